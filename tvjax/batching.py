@@ -1,0 +1,48 @@
+"""Left-padded token batches with bucketed lengths (few distinct shapes, few compiles)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+MIN_BUCKET = 16
+
+
+def bucket_length(n: int, minimum: int = MIN_BUCKET) -> int:
+    """Smallest length in {16, 24, 32, 48, 64, 96, ...} (powers of two and their 1.5x) >= n."""
+    size = minimum
+    while True:
+        if n <= size:
+            return size
+        if n <= size * 3 // 2:
+            return size * 3 // 2
+        size *= 2
+
+
+def pad_left(sequences: Sequence[Sequence[int]], pad_id: int = 0, length: int | None = None):
+    """Left-pad token lists to one bucketed length.
+
+    Returns:
+      tokens `[B, T]` int32 and mask `[B, T]` bool (True on real tokens); the last
+      column holds every row's last token.
+    """
+    if not sequences or any(len(s) == 0 for s in sequences):
+        raise ValueError("pad_left needs at least one sequence and no empty sequences")
+    longest = max(len(s) for s in sequences)
+    length = bucket_length(longest) if length is None else length
+    if longest > length:
+        raise ValueError(f"a sequence of {longest} tokens does not fit length {length}")
+    tokens = np.full((len(sequences), length), pad_id, np.int32)
+    mask = np.zeros((len(sequences), length), bool)
+    for row, seq in enumerate(sequences):
+        tokens[row, length - len(seq):] = seq
+        mask[row, length - len(seq):] = True
+    return tokens, mask
+
+
+def encode(tokenizer, texts: Sequence[str], length: int | None = None):
+    """Tokenise `texts` (with the tokenizer's own special tokens) into a left-padded batch."""
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return pad_left(ids, pad, length)

@@ -1,0 +1,105 @@
+"""ModelConfig: one frozen description of every supported decoder.
+
+Dimension letters used throughout tvjax:
+  B batch, T tokens (queries), S key positions, D model width, N query heads,
+  K key/value heads, G query heads per kv head (N // K), H head dim,
+  F mlp width, V vocab, L layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+NORMS = ("rms", "layer")
+ACTIVATIONS = ("silu", "gelu", "gelu_new", "relu")
+POSITIONS = ("rope", "learned")
+REMAT_POLICIES = ("full", "dots", "dots_no_batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a decoder-only transformer; differences are fields, not classes.
+
+    Attributes:
+      family: weight-naming family the checkpoint came from ('llama', 'gpt2', 'gpt_neox').
+      vocab_size: V.  d_model: D.  n_layers: L.  n_heads: N.  n_kv_heads: K.
+      head_dim: H.  mlp_dim: F.
+      norm: 'rms' (RMSNorm, no bias) or 'layer' (LayerNorm with bias).
+      activation: MLP nonlinearity; 'gelu_new' is the tanh approximation.
+      gated_mlp: SwiGLU-style `down(act(gate(x)) * up(x))` instead of `down(act(up(x)))`.
+      qkv_bias / out_bias / mlp_bias: which projections carry a bias.
+      parallel_residual: `x + attn(ln1(x)) + mlp(ln2(x))` (GPT-NeoX) instead of sequential.
+      positions: 'rope' (split-half rotary, Hugging Face layout) or 'learned' (GPT-2).
+      max_positions: size of the learned position table (and a hint for rope models).
+      rope_theta: rotary base.  rotary_dim: leading dims of each head that rotate (partial rotary).
+      rope_scaling: Hugging Face rope scaling dict as sorted (key, value) pairs; supported
+        rope types: 'default', 'linear', 'llama3'.
+      sliding_window: keys further back than this many positions are masked (Mistral).
+      tie_embeddings: the LM head is the transposed token embedding.
+      dtype: parameter and activation dtype ('float32' or 'bfloat16'); norms, softmax,
+        blend math and logits are float32.
+      remat: per-layer rematerialisation: None, 'full', 'dots' or 'dots_no_batch'.
+      bos_token_id / eos_token_id / pad_token_id: special tokens (None when absent).
+    """
+
+    family: str
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    norm: str = "rms"
+    norm_eps: float = 1e-5
+    activation: str = "silu"
+    gated_mlp: bool = True
+    qkv_bias: bool = False
+    out_bias: bool = False
+    mlp_bias: bool = False
+    parallel_residual: bool = False
+    positions: str = "rope"
+    max_positions: int = 2048
+    rope_theta: float = 10000.0
+    rotary_dim: int | None = None
+    rope_scaling: tuple = ()
+    sliding_window: int | None = None
+    tie_embeddings: bool = True
+    dtype: str = "float32"
+    remat: str | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+
+    def __post_init__(self):
+        checks = {
+            "norm": (self.norm, NORMS),
+            "activation": (self.activation, ACTIVATIONS),
+            "positions": (self.positions, POSITIONS),
+            "dtype": (self.dtype, ("float32", "bfloat16")),
+            "remat": (self.remat, (None,) + REMAT_POLICIES),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"ModelConfig.{name}={value!r}; supported: {allowed}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
+            )
+        if self.rotary_dim is not None and (self.rotary_dim % 2 or self.rotary_dim > self.head_dim):
+            raise ValueError(f"rotary_dim={self.rotary_dim} must be even and <= head_dim={self.head_dim}")
+
+    @property
+    def rope_dim(self) -> int:
+        """Number of rotated dims per head (head_dim unless partial rotary)."""
+        return self.head_dim if self.rotary_dim is None else self.rotary_dim
+
+    @property
+    def jnp_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    def replace(self, **changes) -> "ModelConfig":
+        """A copy with some fields changed, e.g. `config.replace(dtype='bfloat16')`."""
+        return dataclasses.replace(self, **changes)

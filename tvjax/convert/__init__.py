@@ -1,0 +1,68 @@
+"""Checkpoint loaders: the default model, Hugging Face directories, hub ids and GGUF files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from tvjax.config import ModelConfig
+from tvjax.convert.architectures import SUPPORTED, UnsupportedArchitecture
+from tvjax.convert.default import DEFAULT_MODEL, default_model_dir, gguf_tokenizer
+from tvjax.convert.gguf import read_gguf
+from tvjax.convert.hf import CheckpointError, convert, download, load_directory
+from tvjax.model import Params
+
+__all__ = ["Model", "load", "CheckpointError", "UnsupportedArchitecture", "SUPPORTED", "DEFAULT_MODEL"]
+
+
+class Model(NamedTuple):
+    """A loaded model: unpack as `config, params, tokenizer = tvjax.load()`."""
+
+    config: ModelConfig
+    params: Params
+    tokenizer: Any  # a transformers tokenizer, or None when the checkpoint has none
+
+
+def load(name: str | os.PathLike | None = None, *, dtype: str = "float32") -> Model:
+    """Load a model by name.
+
+    Args:
+      name: None or 'smollm2-135m' (the embedded default model), a local Hugging Face
+        checkpoint directory, a `.gguf` file, or a hub id such as 'meta-llama/Llama-3.2-1B'.
+      dtype: 'float32' (default) or 'bfloat16' for params and activations.
+    """
+    if name is None or name == DEFAULT_MODEL:
+        return _load_directory(default_model_dir(), dtype)
+    path = Path(name)
+    if path.suffix == ".gguf":
+        hf_config, tensors = read_gguf(path)
+        config, params = convert(hf_config, lambda k: _get(tensors, k, path), dtype)
+        return Model(config, params, gguf_tokenizer(path))
+    if path.is_dir():
+        return _load_directory(path, dtype)
+    if path.exists() or str(name).count("/") != 1 or str(name).startswith((".", "/")):
+        raise CheckpointError(
+            f"{name!r} is not a checkpoint directory, a .gguf file or a hub id (owner/name); "
+            f"use None or {DEFAULT_MODEL!r} for the default model"
+        )
+    return _load_directory(download(str(name)), dtype)
+
+
+def _load_directory(directory: Path, dtype: str) -> Model:
+    config, params = load_directory(directory, dtype)
+    return Model(config, params, _tokenizer(directory))
+
+
+def _tokenizer(directory: Path):
+    if not any(directory.glob("tokenizer*")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
+def _get(tensors: dict, name: str, path: Path):
+    if name not in tensors:
+        raise CheckpointError(f"{path}: tensor {name!r} is missing")
+    return tensors[name]

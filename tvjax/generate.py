@@ -1,0 +1,76 @@
+"""Jit-compiled greedy generation with a KV cache; the intervention edits the last prompt token."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tvjax.batching import encode
+from tvjax.config import ModelConfig
+from tvjax.interventions import HeadBlend
+from tvjax.model import KVCache, Params, forward
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))
+def _greedy(params, tokens, mask, blend, eos_token_id, *, config: ModelConfig, max_new_tokens: int):
+    B, T = tokens.shape
+    cache = KVCache.empty(config, B, T + max_new_tokens)
+    last = jnp.full((B,), T - 1)
+    out = forward(params, tokens, config=config, mask=mask, blend=blend, logits_at=last, cache=cache)
+    first = jnp.argmax(out.logits, axis=-1).astype(jnp.int32)
+
+    def step(carry, _):
+        token, done, cache = carry
+        out = forward(params, token[:, None], config=config, mask=jnp.ones((B, 1), bool),
+                      logits_at=jnp.zeros((B,), jnp.int32), cache=cache)
+        done = done | (token == eos_token_id)
+        token = jnp.where(done, eos_token_id, jnp.argmax(out.logits, axis=-1).astype(jnp.int32))
+        return (token, done, out.cache), token
+
+    init = (first, jnp.zeros((B,), bool), out.cache)
+    _, rest = jax.lax.scan(step, init, None, length=max_new_tokens - 1)
+    return jnp.concatenate([first[:, None], rest.T], axis=1)
+
+
+def generate(
+    params: Params,
+    tokens,
+    *,
+    config: ModelConfig,
+    mask=None,
+    max_new_tokens: int = 16,
+    blend: HeadBlend | None = None,
+    eos_token_id: int | None = None,
+) -> np.ndarray:
+    """Greedy decoding.
+
+    Args:
+      params, config: the model.
+      tokens: `[B, T]` left-padded prompts; mask: `[B, T]` bool (default: all real).
+      max_new_tokens: tokens to generate per prompt.
+      blend: optional `HeadBlend`, applied at the last prompt token only.
+      eos_token_id: after it, a row keeps emitting it (default: `config.eos_token_id`).
+    Returns:
+      `[B, max_new_tokens]` int32 new tokens.
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    mask = jnp.ones(tokens.shape, bool) if mask is None else jnp.asarray(mask, bool)
+    eos = config.eos_token_id if eos_token_id is None else eos_token_id
+    eos = jnp.int32(-1 if eos is None else eos)
+    return np.asarray(_greedy(params, tokens, mask, blend, eos, config=config, max_new_tokens=max_new_tokens))
+
+
+def generate_text(model, prompts: list[str], max_new_tokens: int = 16, blend: HeadBlend | None = None) -> list[str]:
+    """Greedy completions of `prompts` as strings, cut at the end-of-sequence token."""
+    config, params, tokenizer = model
+    tokens, mask = encode(tokenizer, prompts)
+    new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max_new_tokens, blend=blend)
+    return [tokenizer.decode(_until_eos(row, config.eos_token_id)) for row in new]
+
+
+def _until_eos(row: np.ndarray, eos: int | None) -> list[int]:
+    row = row.tolist()
+    return row[: row.index(eos)] if eos in row else row

@@ -1,0 +1,301 @@
+"""The Flax decoder: one definition for every supported architecture.
+
+Layers run under `nn.scan` with layer-stacked params (leading `L` axis); the
+intervention (`HeadBlend`) and the KV cache are scanned alongside them, so each
+layer sees its own slice. Dimension letters are listed in `tvjax.config`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tvjax.config import ModelConfig
+from tvjax.interventions import HeadBlend, blend_heads, check_blend
+from tvjax.rope import apply_rope, inverse_frequencies
+
+Params = Any
+_INIT = nn.initializers.normal(0.02)
+_ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+}
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer, written left to right.
+
+    Attributes:
+      k, v: `[L, B, S, K, H]`.
+      mask: `[B, S]` bool, which slots hold real (non-pad) tokens.
+      end: int32 scalar, the next slot to write.
+    """
+
+    k: jax.Array
+    v: jax.Array
+    mask: jax.Array
+    end: jax.Array
+
+    @classmethod
+    def empty(cls, config: ModelConfig, batch: int, length: int) -> "KVCache":
+        shape = (config.n_layers, batch, length, config.n_kv_heads, config.head_dim)
+        zeros = jnp.zeros(shape, config.jnp_dtype)
+        return cls(zeros, zeros, jnp.zeros((batch, length), bool), jnp.zeros((), jnp.int32))
+
+
+class Output(NamedTuple):
+    """What `forward` returns.
+
+    Attributes:
+      logits: float32 `[B, T, V]`, or `[B, V]` when `logits_at` was given.
+      heads: `[B, L, N, H]` head outputs at `capture_at` (None when not asked).
+      cache: the updated `KVCache` (None when none was passed).
+    """
+
+    logits: jax.Array
+    heads: jax.Array | None
+    cache: KVCache | None
+
+
+class Einsum(nn.Module):
+    """A linear map written as an einsum, e.g. `'BTD,DNH->BTNH'`, with an optional bias."""
+
+    shape: tuple[int, ...]
+    equation: str
+    bias_shape: tuple[int, ...] | None
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", _INIT, self.shape, self.dtype)
+        y = jnp.einsum(self.equation, x, kernel)
+        if self.bias_shape is not None:
+            y = y + self.param("bias", nn.initializers.zeros, self.bias_shape, self.dtype)
+        return y
+
+
+class Norm(nn.Module):
+    """RMSNorm or LayerNorm over `D`, computed in float32 (`[..., D] -> [..., D]`)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = self.config
+        scale = self.param("scale", nn.initializers.ones, (c.d_model,), c.jnp_dtype)
+        x32 = x.astype(jnp.float32)
+        if c.norm == "rms":
+            y = x32 * jax.lax.rsqrt(jnp.mean(x32**2, axis=-1, keepdims=True) + c.norm_eps)
+            return scale * y.astype(x.dtype)
+        bias = self.param("bias", nn.initializers.zeros, (c.d_model,), c.jnp_dtype)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean((x32 - mean) ** 2, axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + c.norm_eps)
+        return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention; the per-head site is between the value einsum and `o`."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, attn_mask, blend, edit_mask, kv, write_at):
+        """
+        Args:
+          x: `[B, T, D]`.  positions: `[B, T]`.  attn_mask: `[B, T, S]` bool.
+          blend: this layer's `HeadBlend` (theta `[N]`, mu `[N, H]`) or None.
+          edit_mask: `[B, T]` bool.  kv: this layer's cached `(k, v)`, each `[B, S, K, H]`,
+          or None (then S = T).  write_at: int32 scalar, first cache slot to write.
+        Returns:
+          out `[B, T, D]`, heads `[B, T, N, H]` (after the blend), updated `(k, v)` or None.
+        """
+        c = self.config
+        D, N, K, H, dt = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.jnp_dtype
+        qkv_bias = lambda n: (n, H) if c.qkv_bias else None
+        q = Einsum((D, N, H), "BTD,DNH->BTNH", qkv_bias(N), dt, name="q")(x)
+        k = Einsum((D, K, H), "BTD,DKH->BTKH", qkv_bias(K), dt, name="k")(x)
+        v = Einsum((D, K, H), "BTD,DKH->BTKH", qkv_bias(K), dt, name="v")(x)
+        if c.positions == "rope":
+            inv_freq = inverse_frequencies(c)
+            q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        if kv is not None:
+            k = jax.lax.dynamic_update_slice(kv[0], k, (0, write_at, 0, 0))
+            v = jax.lax.dynamic_update_slice(kv[1], v, (0, write_at, 0, 0))
+            kv = (k, v)
+        B, T = x.shape[:2]
+        q = q.reshape(B, T, K, N // K, H)
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
+        scores = scores / jnp.sqrt(jnp.float32(H))
+        scores = jnp.where(attn_mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        heads = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
+        if blend is not None:
+            heads = blend_heads(heads, blend.theta, blend.mu, edit_mask)
+        out_bias = (D,) if c.out_bias else None
+        out = Einsum((N, H, D), "BTNH,NHD->BTD", out_bias, dt, name="o")(heads)
+        return out, heads, kv
+
+
+class MLP(nn.Module):
+    """SwiGLU (`gated_mlp`) or plain two-layer MLP, `[B, T, D] -> [B, T, D]`."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        D, F, dt = c.d_model, c.mlp_dim, c.jnp_dtype
+        act = _ACTIVATIONS[c.activation]
+        bias = lambda n: (n,) if c.mlp_bias else None
+        up = Einsum((D, F), "BTD,DF->BTF", bias(F), dt, name="up")(x)
+        if c.gated_mlp:
+            h = act(Einsum((D, F), "BTD,DF->BTF", bias(F), dt, name="gate")(x)) * up
+        else:
+            h = act(up)
+        return Einsum((F, D), "BTF,FD->BTD", bias(D), dt, name="down")(h)
+
+
+class Block(nn.Module):
+    """One decoder layer; `nn.scan` feeds it one layer's params, blend and cache."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, layer, shared):
+        """
+        Args:
+          x: `[B, T, D]` residual stream (the scan carry).
+          layer: `(blend, kv)`, this layer's slices (either may be None).
+          shared: `(positions, attn_mask, edit_mask, capture_at, write_at)`, same for all layers.
+        Returns:
+          `x` `[B, T, D]` and `(captured heads [B, N, H] or None, updated kv or None)`.
+        """
+        blend, kv = layer
+        positions, attn_mask, edit_mask, capture_at, write_at = shared
+        attn = Attention(self.config, name="attn")
+        a, heads, kv = attn(Norm(self.config, name="ln1")(x), positions, attn_mask, blend, edit_mask, kv, write_at)
+        mlp_in = x if self.config.parallel_residual else x + a
+        x = x + a + MLP(self.config, name="mlp")(Norm(self.config, name="ln2")(mlp_in))
+        captured = None
+        if capture_at is not None:
+            captured = jnp.take_along_axis(heads, capture_at[:, None, None, None], axis=1)[:, 0]
+        return x, (captured, kv)
+
+
+class Decoder(nn.Module):
+    """Embeddings, the scanned stack of blocks, final norm and LM head."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens, mask, blend, edit_mask, capture_at, logits_at, cache):
+        c = self.config
+        B, T = tokens.shape
+        embed = nn.Embed(c.vocab_size, c.d_model, dtype=c.jnp_dtype, param_dtype=c.jnp_dtype,
+                         embedding_init=_INIT, name="embed")
+        x = embed(tokens)
+        offset = jnp.zeros((B,), jnp.int32) if cache is None else cache.mask.sum(-1, dtype=jnp.int32)
+        positions = jnp.maximum(offset[:, None] + jnp.cumsum(mask, axis=-1, dtype=jnp.int32) - 1, 0)
+        if c.positions == "learned":
+            x = x + nn.Embed(c.max_positions, c.d_model, dtype=c.jnp_dtype, param_dtype=c.jnp_dtype,
+                             embedding_init=_INIT, name="pos_embed")(positions)
+        if cache is None:
+            key_mask, write_at, kv = mask, jnp.zeros((), jnp.int32), None
+        else:
+            write_at = cache.end
+            key_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, write_at))
+            kv = (cache.k, cache.v)
+        attn_mask = _attention_mask(c, key_mask, write_at, T)
+        block = Block
+        if c.remat is not None:
+            block = nn.remat(Block, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
+        stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(0, nn.broadcast), length=c.n_layers)
+        shared = (positions, attn_mask, edit_mask, capture_at, write_at)
+        x, (captured, kv) = stack(c, name="layers")(x, (blend, kv), shared)
+        x = Norm(c, name="final_norm")(x)
+        if logits_at is not None:
+            x = x[jnp.arange(B), logits_at]  # [B, D]
+        if c.tie_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = Einsum((c.d_model, c.vocab_size), "...D,DV->...V", None, c.jnp_dtype, name="lm_head")(x)
+        heads = None if captured is None else jnp.swapaxes(captured, 0, 1)
+        new_cache = None if cache is None else KVCache(kv[0], kv[1], key_mask, cache.end + T)
+        return Output(logits.astype(jnp.float32), heads, new_cache)
+
+
+def _attention_mask(config: ModelConfig, key_mask: jax.Array, write_at: jax.Array, T: int) -> jax.Array:
+    """`[B, T, S]` bool: key is real, not in the future, and inside the sliding window."""
+    S = key_mask.shape[1]
+    q_slot = write_at + jnp.arange(T)[:, None]  # [T, 1]
+    k_slot = jnp.arange(S)[None, :]  # [1, S]
+    allowed = k_slot <= q_slot
+    if config.sliding_window is not None:
+        allowed &= q_slot - k_slot < config.sliding_window
+    return key_mask[:, None, :] & allowed[None]
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def forward(
+    params: Params,
+    tokens: jax.Array,
+    *,
+    config: ModelConfig,
+    mask: jax.Array | None = None,
+    blend: HeadBlend | None = None,
+    edit_mask: jax.Array | None = None,
+    capture_at: jax.Array | None = None,
+    logits_at: jax.Array | None = None,
+    cache: KVCache | None = None,
+) -> Output:
+    """The model as a pure function.
+
+    Args:
+      params: converted parameters (see `tvjax.load`).
+      tokens: `[B, T]` int token ids, left-padded.
+      config: the `ModelConfig` (static).
+      mask: `[B, T]` bool, real tokens (default: all). Positions are derived from it.
+      blend: `HeadBlend` (theta `[L, N]`, mu `[L, N, H]`) or None for the plain model.
+      edit_mask: `[B, T]` bool, positions the blend edits (default: the last position).
+      capture_at: `[B]` int, return every head's output at this position per row.
+      logits_at: `[B]` int, compute logits only at this position per row.
+      cache: a `KVCache` to extend (generation); the new tokens are written at `cache.end`.
+    Returns:
+      `Output(logits, heads, cache)`.
+    """
+    B, T = _check_tokens(tokens, mask, edit_mask)
+    mask = jnp.ones((B, T), bool) if mask is None else mask.astype(bool)
+    if blend is not None:
+        check_blend(config, blend)
+        if edit_mask is None:
+            edit_mask = jnp.zeros((B, T), bool).at[:, -1].set(True)
+    return Decoder(config).apply({"params": params}, tokens, mask, blend, edit_mask, capture_at, logits_at, cache)
+
+
+def _check_tokens(tokens, mask, edit_mask) -> tuple[int, int]:
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [B, T], got shape {tokens.shape}")
+    for name, m in (("mask", mask), ("edit_mask", edit_mask)):
+        if m is not None and m.shape != tokens.shape:
+            raise ValueError(f"{name} must match tokens {tokens.shape}, got {m.shape}")
+    return tokens.shape
+
+
+def init_params(config: ModelConfig, rng: jax.Array) -> Params:
+    """Random parameters for `config` (tests, shape inspection with `jax.eval_shape`)."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    variables = Decoder(config).init(rng, tokens, jnp.ones((1, 1), bool), None, None, None, None, None)
+    return variables["params"]

@@ -1,0 +1,55 @@
+"""Rotary position embeddings in Hugging Face's split-half layout, with rope scaling."""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from tvjax.config import ModelConfig
+
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def inverse_frequencies(config: ModelConfig) -> np.ndarray:
+    """Per-pair rotation frequencies, float32 `[R // 2]` with R = config.rope_dim."""
+    dim = config.rope_dim
+    inv_freq = 1.0 / (np.float32(config.rope_theta) ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    scaling = dict(config.rope_scaling)
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / np.float32(scaling["factor"])
+    if kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    raise ValueError(f"rope scaling type {kind!r} is not supported; supported: {ROPE_TYPES}")
+
+
+def apply_rope(x: jnp.ndarray, positions: jnp.ndarray, inv_freq: np.ndarray) -> jnp.ndarray:
+    """Rotate the leading `2 * len(inv_freq)` dims of every head.
+
+    Args:
+      x: `[B, T, N, H]` queries or keys.
+      positions: `[B, T]` integer positions.
+      inv_freq: `[R // 2]` from `inverse_frequencies`.
+    Returns:
+      `[B, T, N, H]`, same dtype as `x`.
+    """
+    rot = 2 * inv_freq.shape[0]
+    angles = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)  # [B, T, R/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x_rot, x_pass = x[..., :rot].astype(jnp.float32), x[..., rot:]
+    x1, x2 = x_rot[..., : rot // 2], x_rot[..., rot // 2 :]
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return jnp.concatenate([rotated.astype(x.dtype), x_pass], axis=-1)
