@@ -1,0 +1,135 @@
+"""Shared fixtures: tiny random Hugging Face models of every supported family.
+
+Each is built with transformers + torch, saved as safetensors and loaded back through
+tvjax's torch-free path, so tests compare tvjax against the PyTorch model as oracle.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import tvjax  # noqa: E402
+
+V = 97
+_LLAMA = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2)
+TINY_CONFIGS = {
+    "llama": lambda: transformers.LlamaConfig(**_LLAMA),
+    "llama3_tied": lambda: transformers.LlamaConfig(
+        **_LLAMA, tie_word_embeddings=True,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 16}),
+    "llama_bias": lambda: transformers.LlamaConfig(**_LLAMA, attention_bias=True, mlp_bias=True),
+    "mistral": lambda: transformers.MistralConfig(**_LLAMA, sliding_window=7),
+    "qwen2": lambda: transformers.Qwen2Config(**_LLAMA),
+    "gpt2": lambda: transformers.GPT2Config(vocab_size=V, n_embd=64, n_layer=3, n_head=4, n_positions=128,
+                                            bos_token_id=1, eos_token_id=2),
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(vocab_size=V, hidden_size=64, intermediate_size=96,
+                                                   num_hidden_layers=3, num_attention_heads=4, rotary_pct=0.25,
+                                                   max_position_embeddings=128, bos_token_id=1, eos_token_id=2),
+    "gpt_neox_sequential": lambda: transformers.GPTNeoXConfig(
+        vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+        use_parallel_residual=False, max_position_embeddings=128, bos_token_id=1, eos_token_id=2),
+}
+FAMILIES = sorted(TINY_CONFIGS)
+
+
+def build_tiny(name: str, directory, seed: int = 0, **save_kwargs):
+    """A random float32 HF model (every weight perturbed, biases and norms included), saved to `directory`."""
+    torch.manual_seed(seed)
+    config = TINY_CONFIGS[name]()
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").float().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.generation_config.eos_token_id = None  # generate exactly max_new_tokens in parity tests
+    model.save_pretrained(directory, **save_kwargs)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """name -> (hf_model, tvjax Model), built once per session."""
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            directory = tmp_path_factory.mktemp(name)
+            hf = build_tiny(name, directory)
+            cache[name] = (hf, tvjax.load(str(directory)), directory)
+        return cache[name]
+
+    return get
+
+
+def out_projections(hf_model) -> list:
+    """Each layer's attention output projection (its input is the per-head site)."""
+    family = hf_model.config.model_type
+    if family == "gpt2":
+        return [layer.attn.c_proj for layer in hf_model.transformer.h]
+    if family == "gpt_neox":
+        return [layer.attention.dense for layer in hf_model.gpt_neox.layers]
+    return [layer.self_attn.o_proj for layer in hf_model.model.layers]
+
+
+class TorchHeadBlend:
+    """Reference blend in PyTorch: forward pre-hooks on the output projections.
+
+    At `positions` (`[B]` indices) every head output `o` becomes `o + weight * (mu - o)`,
+    on forward calls whose sequence covers them (so in `generate` only the prompt's
+    prefill is edited). `weight=None` edits nothing. `captured[l]` keeps the first
+    `[B, T, N * H]` input layer `l`'s projection saw, before the edit.
+    """
+
+    def __init__(self, hf_model, weight=None, mu=None, positions=None):
+        self.weight, self.mu, self.positions = weight, mu, positions
+        self.n_heads = hf_model.config.num_attention_heads
+        self.modules = out_projections(hf_model)
+        self.captured: list = [None] * len(self.modules)
+        self.handles = []
+
+    def __enter__(self):
+        self.handles = [m.register_forward_pre_hook(self._hook(l)) for l, m in enumerate(self.modules)]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+    def _hook(self, layer):
+        def hook(module, args):
+            (x,) = args
+            if self.captured[layer] is None:
+                self.captured[layer] = x.detach().clone()
+            B, T, _ = x.shape
+            if self.weight is None or T <= int(self.positions.max()):
+                return None
+            heads = x.reshape(B, T, self.n_heads, -1).clone()
+            rows = torch.arange(B)
+            o = heads[rows, self.positions]  # [B, N, H]
+            w = torch.as_tensor(np.asarray(self.weight[layer], np.float32))[None, :, None]
+            heads[rows, self.positions] = o + w * (torch.as_tensor(np.asarray(self.mu[layer])) - o)
+            return (heads.reshape(B, T, -1),)
+
+        return hook
+
+
+def hf_logits(hf_model, tokens: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
+    kwargs = {}
+    if mask is not None:
+        m = torch.as_tensor(np.asarray(mask), dtype=torch.long)
+        kwargs = {"attention_mask": m, "position_ids": (m.cumsum(-1) - 1).clamp(min=0)}
+    with torch.no_grad():
+        return hf_model(ids, **kwargs).logits.float().numpy()
+
+
+def assert_logits_close(actual, expected, rel: float = 1e-4):
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    scale = np.abs(expected).max()
+    err = np.abs(actual - expected).max()
+    assert err <= rel * scale, f"max abs diff {err:.3g} > {rel} x logit scale {scale:.3g}"

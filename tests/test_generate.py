@@ -1,0 +1,63 @@
+"""Greedy generation with the KV cache against transformers' `generate`."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import tvjax
+from tvjax import HeadBlend
+from tvjax.batching import pad_left
+from conftest import TorchHeadBlend
+
+RNG = np.random.default_rng(2)
+
+
+def _hf_generate(hf, prompt, n):
+    with torch.no_grad():
+        out = hf.generate(torch.as_tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                          max_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt):].numpy()
+
+
+@pytest.mark.parametrize("family", ["llama", "llama3_tied", "mistral", "qwen2", "gpt2", "gpt_neox"])
+def test_greedy_generation_matches_transformers(tiny_models, family):
+    hf, (config, params, _), _ = tiny_models(family)
+    prompt = RNG.integers(3, config.vocab_size, size=6).tolist()
+    ours = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=16, eos_token_id=-1)
+    np.testing.assert_array_equal(ours[0], _hf_generate(hf, prompt, 16))
+
+
+def test_batched_generation_equals_one_at_a_time(tiny_models):
+    _, (config, params, _), _ = tiny_models("llama")
+    prompts = [RNG.integers(3, config.vocab_size, size=n).tolist() for n in (3, 10, 6)]
+    tokens, mask = pad_left(prompts)
+    batch = tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=12, eos_token_id=-1)
+    for row, prompt in enumerate(prompts):
+        alone = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=12, eos_token_id=-1)
+        np.testing.assert_array_equal(batch[row], alone[0])
+
+
+def test_generation_with_blend_edits_last_prompt_token(tiny_models):
+    hf, (config, params, _), _ = tiny_models("qwen2")
+    prompt = RNG.integers(3, config.vocab_size, size=7).tolist()
+    theta = RNG.normal(size=(config.n_layers, config.n_heads)).astype(np.float32) + 2
+    mu = RNG.normal(size=(config.n_layers, config.n_heads, config.head_dim)).astype(np.float32)
+    ours = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=10,
+                          blend=HeadBlend(jnp.asarray(theta), jnp.asarray(mu)), eos_token_id=-1)
+    with TorchHeadBlend(hf, 1 / (1 + np.exp(-theta)), mu, torch.as_tensor([6])):
+        theirs = _hf_generate(hf, prompt, 10)
+    np.testing.assert_array_equal(ours[0], theirs)
+    plain = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=10, eos_token_id=-1)
+    assert not np.array_equal(plain[0], ours[0]), "the blend should change this generation"
+
+
+def test_rows_stop_at_eos(tiny_models):
+    _, (config, params, _), _ = tiny_models("llama")
+    prompt = np.asarray([RNG.integers(3, config.vocab_size, size=5)])
+    free = tvjax.generate(params, prompt, config=config, max_new_tokens=8, eos_token_id=-1)[0]
+    eos = int(free[2])
+    stopped = tvjax.generate(params, prompt, config=config, max_new_tokens=8, eos_token_id=eos)[0]
+    first = list(free).index(eos)
+    np.testing.assert_array_equal(stopped[: first + 1], free[: first + 1])
+    assert (stopped[first:] == eos).all()

@@ -1,0 +1,95 @@
+"""HeadBlend inside the model: limits, a PyTorch hook reference, gradients, capture."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import tvjax
+from tvjax import HeadBlend
+from conftest import FAMILIES, TorchHeadBlend, assert_logits_close
+
+RNG = np.random.default_rng(1)
+
+
+def _setup(tiny_models, family, T=9):
+    hf, (config, params, _), _ = tiny_models(family)
+    tokens = RNG.integers(3, config.vocab_size, size=(2, T))
+    mu = RNG.normal(size=(config.n_layers, config.n_heads, config.head_dim)).astype(np.float32)
+    return hf, config, params, tokens, mu
+
+
+def _hf_with_blend(hf, tokens, weight, mu, positions):
+    with TorchHeadBlend(hf, weight, mu, torch.as_tensor(positions)), torch.no_grad():
+        return hf(torch.as_tensor(tokens)).logits.numpy()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_blend_matches_pytorch_hook_reference(tiny_models, family):
+    hf, config, params, tokens, mu = _setup(tiny_models, family)
+    theta = RNG.normal(size=(config.n_layers, config.n_heads)).astype(np.float32)
+    edit = np.zeros(tokens.shape, bool)
+    edit[0, 8], edit[1, 5] = True, True  # one edited position per row
+    ours = tvjax.forward(params, jnp.asarray(tokens), config=config, blend=HeadBlend(theta, mu),
+                         edit_mask=jnp.asarray(edit)).logits
+    weight = 1 / (1 + np.exp(-theta))
+    assert_logits_close(ours, _hf_with_blend(hf, tokens, weight, mu, [8, 5]))
+
+
+def test_theta_minus_inf_is_the_plain_model(tiny_models):
+    _, config, params, tokens, mu = _setup(tiny_models, "llama")
+    plain = tvjax.forward(params, jnp.asarray(tokens), config=config).logits
+    off = HeadBlend(jnp.full((config.n_layers, config.n_heads), -jnp.inf), jnp.asarray(mu))
+    np.testing.assert_array_equal(tvjax.forward(params, jnp.asarray(tokens), config=config, blend=off).logits, plain)
+
+
+def test_theta_plus_inf_replaces_heads_with_mu(tiny_models):
+    hf, config, params, tokens, mu = _setup(tiny_models, "gpt_neox")
+    on = HeadBlend(jnp.full((config.n_layers, config.n_heads), jnp.inf), jnp.asarray(mu))
+    ours = tvjax.forward(params, jnp.asarray(tokens), config=config, blend=on).logits  # default: last position
+    replaced = _hf_with_blend(hf, tokens, np.ones((config.n_layers, config.n_heads)), mu, [8, 8])
+    assert_logits_close(ours, replaced)
+    # Before the edited position nothing changes.
+    plain = tvjax.forward(params, jnp.asarray(tokens), config=config).logits
+    np.testing.assert_allclose(ours[:, :8], plain[:, :8], atol=1e-6)
+
+
+def test_gradient_wrt_theta_matches_finite_differences(tiny_models):
+    _, config, params, tokens, mu = _setup(tiny_models, "llama")
+    target = jnp.asarray(tokens[:, 0])
+
+    @jax.jit
+    def loss(theta):
+        logits = tvjax.forward(params, jnp.asarray(tokens), config=config, blend=HeadBlend(theta, jnp.asarray(mu)),
+                               logits_at=jnp.full((2,), 8)).logits
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), target[:, None], axis=1))
+
+    theta = jnp.asarray(RNG.normal(size=(config.n_layers, config.n_heads)).astype(np.float32))
+    grad = jax.jit(jax.grad(loss))(theta)
+    assert np.abs(grad).max() > 1e-4
+    eps = 1e-2
+    for l, n in [(0, 0), (1, 3), (2, 1)]:
+        step = jnp.zeros_like(theta).at[l, n].set(eps)
+        numeric = (loss(theta + step) - loss(theta - step)) / (2 * eps)
+        np.testing.assert_allclose(grad[l, n], numeric, rtol=2e-2, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+def test_capture_returns_head_outputs_at_positions(tiny_models, family):
+    hf, config, params, tokens, _ = _setup(tiny_models, family)
+    at = np.array([8, 4])
+    heads = tvjax.forward(params, jnp.asarray(tokens), config=config, capture_at=jnp.asarray(at)).heads
+    assert heads.shape == (2, config.n_layers, config.n_heads, config.head_dim)
+    with TorchHeadBlend(hf) as ref, torch.no_grad():
+        hf(torch.as_tensor(tokens))
+    for l, x in enumerate(ref.captured):
+        expected = x.numpy()[np.arange(2), at].reshape(2, config.n_heads, config.head_dim)
+        np.testing.assert_allclose(heads[:, l], expected, atol=1e-5)
+
+
+def test_blend_of_wrong_shape_names_both_shapes(tiny_models):
+    _, config, params, tokens, _ = _setup(tiny_models, "llama")
+    bad = HeadBlend(jnp.zeros((config.n_layers, config.n_heads + 1)), jnp.zeros((2, 4, 16)))
+    with pytest.raises(ValueError, match=r"got theta \(3, 5\), mu \(2, 4, 16\).*needs theta \(3, 4\), mu \(3, 4, 16\)"):
+        tvjax.forward(params, jnp.asarray(tokens), config=config, blend=bad)

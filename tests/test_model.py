@@ -1,0 +1,84 @@
+"""The decoder against Hugging Face transformers' PyTorch models (float32)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tvjax
+from tvjax.batching import pad_left
+from conftest import FAMILIES, assert_logits_close, hf_logits
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_transformers(tiny_models, family):
+    hf, (config, params, _), _ = tiny_models(family)
+    tokens = RNG.integers(3, config.vocab_size, size=(2, 21))  # longer than Mistral's window of 7
+    out = tvjax.forward(params, jnp.asarray(tokens), config=config)
+    assert out.logits.shape == (2, 21, config.vocab_size)
+    assert_logits_close(out.logits, hf_logits(hf, tokens))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+def test_left_padded_batch_equals_each_prompt_alone(tiny_models, family):
+    _, (config, params, _), _ = tiny_models(family)
+    prompts = [RNG.integers(3, config.vocab_size, size=n).tolist() for n in (5, 17, 11)]
+    tokens, mask = pad_left(prompts)
+    batch = tvjax.forward(params, jnp.asarray(tokens), config=config, mask=jnp.asarray(mask)).logits
+    T = tokens.shape[1]
+    for row, prompt in enumerate(prompts):
+        alone = tvjax.forward(params, jnp.asarray([prompt]), config=config).logits[0]
+        np.testing.assert_allclose(batch[row, T - len(prompt):], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_padded_batch_matches_transformers_with_mask(tiny_models):
+    hf, (config, params, _), _ = tiny_models("qwen2")
+    tokens, mask = pad_left([RNG.integers(3, config.vocab_size, size=n).tolist() for n in (4, 9)])
+    ours = tvjax.forward(params, jnp.asarray(tokens), config=config, mask=jnp.asarray(mask)).logits
+    theirs = hf_logits(hf, tokens, mask)
+    assert_logits_close(np.where(mask[..., None], ours, 0), np.where(mask[..., None], theirs, 0))
+
+
+def test_logits_at_selects_one_position(tiny_models):
+    _, (config, params, _), _ = tiny_models("llama")
+    tokens = jnp.asarray(RNG.integers(3, config.vocab_size, size=(2, 8)))
+    full = tvjax.forward(params, tokens, config=config).logits
+    last = tvjax.forward(params, tokens, config=config, logits_at=jnp.array([7, 3])).logits
+    np.testing.assert_allclose(last, full[jnp.arange(2), jnp.array([7, 3])], atol=1e-6)
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_changes_nothing(tiny_models, remat):
+    _, (config, params, _), _ = tiny_models("llama")
+    tokens = jnp.asarray(RNG.integers(3, config.vocab_size, size=(1, 10)))
+    plain = tvjax.forward(params, tokens, config=config).logits
+    rematted = tvjax.forward(params, tokens, config=config.replace(remat=remat)).logits
+    np.testing.assert_allclose(rematted, plain, atol=1e-6)
+
+
+def test_bfloat16_tracks_float32(tiny_models):
+    _, _, directory = tiny_models("llama")
+    config32, params32, _ = tvjax.load(str(directory))
+    config16, params16, _ = tvjax.load(str(directory), dtype="bfloat16")
+    assert jax.tree.leaves(params16)[0].dtype == jnp.bfloat16
+    tokens = jnp.asarray(RNG.integers(3, config32.vocab_size, size=(1, 12)))
+    ref = tvjax.forward(params32, tokens, config=config32).logits
+    low = tvjax.forward(params16, tokens, config=config16).logits
+    assert low.dtype == jnp.float32
+    assert np.abs(low - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_bad_token_shapes_are_clear(tiny_models):
+    _, (config, params, _), _ = tiny_models("llama")
+    with pytest.raises(ValueError, match=r"tokens must be \[B, T\]"):
+        tvjax.forward(params, jnp.zeros((4,), jnp.int32), config=config)
+    with pytest.raises(ValueError, match="mask must match tokens"):
+        tvjax.forward(params, jnp.zeros((1, 4), jnp.int32), config=config, mask=jnp.ones((1, 5), bool))
+
+
+def test_config_rejects_unknown_values():
+    with pytest.raises(ValueError, match="supported"):
+        tvjax.ModelConfig(family="llama", vocab_size=8, d_model=8, n_layers=1, n_heads=2, n_kv_heads=2,
+                          head_dim=4, mlp_dim=8, norm="batchnorm")
