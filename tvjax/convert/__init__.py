@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from tvjax.config import ModelConfig
-from tvjax.convert.architectures import SUPPORTED, UnsupportedArchitecture
+from tvjax.convert.architectures import SUPPORTED, UnsupportedArchitecture, config_from_hf
 from tvjax.convert.default import DEFAULT_MODEL, default_model_dir, gguf_tokenizer
 from tvjax.convert.gguf import read_gguf
 from tvjax.convert.hf import CheckpointError, convert, download, load_directory
@@ -37,8 +37,8 @@ def load(name: str | os.PathLike | None = None, *, dtype: str = "float32") -> Mo
     path = Path(name)
     if path.suffix == ".gguf":
         hf_config, tensors = read_gguf(path)
-        config, params = convert(hf_config, lambda k: _get(tensors, k, path), dtype)
-        return Model(config, params, gguf_tokenizer(path))
+        config = config_from_hf(hf_config).replace(dtype=dtype)
+        return Model(config, convert(config, lambda k: _get(tensors, k, path)), gguf_tokenizer(path))
     if path.is_dir():
         return _load_directory(path, dtype)
     if path.exists() or str(name).count("/") != 1 or str(name).startswith((".", "/")):

@@ -22,6 +22,7 @@ _LAYER_NAMES = {
     "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+_REQUIRED = ("block_count", "embedding_length", "feed_forward_length", "attention.head_count")
 _BIG_FIELDS = {f"tokenizer.ggml.{k}" for k in ("tokens", "merges", "token_type", "scores")}
 _GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
                  "output.weight": "lm_head.weight"}
@@ -63,6 +64,9 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     names = {t.name for t in reader.tensors}
     if "rope_freqs.weight" in names or f"{arch}.rope.scaling.type" in meta:
         raise CheckpointError(f"{path}: GGUF rope scaling is not supported; load the Hugging Face checkpoint instead")
+    missing = [f"{arch}.{k}" for k in _REQUIRED if f"{arch}.{k}" not in meta]
+    if missing or "tokenizer.ggml.tokens" not in reader.fields:
+        raise CheckpointError(f"{path}: GGUF metadata lacks {missing or ['tokenizer.ggml.tokens']}")
     config = _hf_config(meta, arch, tie="output.weight" not in names,
                         vocab=len(reader.fields["tokenizer.ggml.tokens"].data))
     tensors = {}

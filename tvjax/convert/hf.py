@@ -85,29 +85,37 @@ class SafetensorsReader:
             raise CheckpointError(f"could not read tensor {key!r} from {file} (truncated file?): {e}") from e
 
 
-def convert(hf_config: dict, get: Callable[[str], np.ndarray], dtype: str = "float32") -> tuple[ModelConfig, Params]:
-    """Build `(ModelConfig, params)` from a Hugging Face config and a tensor getter.
+def convert(config: ModelConfig, get: Callable[[str], np.ndarray]) -> Params:
+    """Build params for `config` from a tensor getter.
 
     `get(name)` returns the checkpoint tensor `name` (Hugging Face naming) as numpy.
-    Layer weights are stacked along a leading `L` axis.
+    Layer weights are stacked along a leading `L` axis; leaves get `config.dtype`.
     """
-    config = config_from_hf(hf_config).replace(dtype=dtype)
     glob, layer = weight_table(config)
     expected = jax.eval_shape(functools.partial(init_params, config), jax.random.PRNGKey(0))
     params: dict = {}
     entries = [(path, name, fn, None) for path, (name, fn) in glob.items()]
     entries += [(("layers",) + path, name, fn, config.n_layers) for path, (name, fn) in layer.items()]
     for path, name, fn, n_layers in tqdm(entries, desc="converting weights", leave=False, disable=None):
-        if n_layers is None:
-            value = fn(get(name))
-        else:
-            value = np.stack([fn(get(name.format(i=i))) for i in range(n_layers)])
         want = _lookup(expected, path).shape
+        if n_layers is None:
+            value = _transform(fn, get, name, path)
+        else:
+            value = np.stack([_transform(fn, get, name.format(i=i), path) for i in range(n_layers)])
         if value.shape != want:
-            raise CheckpointError(f"{name}: converted to shape {value.shape} but the config implies {want} "
-                                  f"for {'/'.join(path)}")
-        _insert(params, path, jnp.asarray(value, dtype=dtype))
-    return config, params
+            raise CheckpointError(f"{name}: converted to shape {value.shape}, which does not fit the config "
+                                  f"({'/'.join(path)} needs {want})")
+        _insert(params, path, jnp.asarray(value, dtype=config.dtype))
+    return params
+
+
+def _transform(fn, get, name: str, path: tuple[str, ...]) -> np.ndarray:
+    raw = get(name)
+    try:
+        return fn(raw)
+    except ValueError as e:
+        raise CheckpointError(f"{name} has shape {raw.shape}, which does not fit the config "
+                              f"(for {'/'.join(path)}: {e})") from e
 
 
 def _lookup(tree, path):
@@ -124,7 +132,8 @@ def _insert(tree: dict, path: tuple[str, ...], value) -> None:
 
 def load_directory(directory: str | os.PathLike, dtype: str = "float32") -> tuple[ModelConfig, Params]:
     """Convert a local Hugging Face checkpoint directory (config.json + safetensors)."""
-    return convert(read_config(Path(directory)), SafetensorsReader(Path(directory)), dtype)
+    config = config_from_hf(read_config(Path(directory))).replace(dtype=dtype)
+    return config, convert(config, SafetensorsReader(Path(directory)))
 
 
 def download(repo_id: str) -> Path:
