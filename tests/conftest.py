@@ -133,3 +133,36 @@ def assert_logits_close(actual, expected, rel: float = 1e-4):
     scale = np.abs(expected).max()
     err = np.abs(actual - expected).max()
     assert err <= rel * scale, f"max abs diff {err:.3g} > {rel} x logit scale {scale:.3g}"
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory):
+    """A tiny random Llama checkpoint with the default model's tokenizer (vocab 49152)."""
+    import shutil
+
+    from tvjax.convert.default import default_model_dir
+
+    directory = tmp_path_factory.mktemp("tiny_lm")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(default_model_dir() / name, directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_lm_dir):
+    """The tiny random Llama with a real tokenizer, loaded: fast pipeline tests."""
+    return tvjax.load(str(tiny_lm_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_task():
+    """A small synthetic task: lowercase words -> uppercase."""
+    words = ["apple", "river", "stone", "cloud", "green", "house", "light", "music", "ocean", "paper", "quiet",
+             "sharp", "table", "water", "young", "zebra", "bread", "chair", "dream", "earth", "flame", "grape",
+             "heart", "ivory", "jelly", "knife", "lemon", "maple", "night", "olive"]
+    return tvjax.Task.from_pairs("upper", [(w, w.upper()) for w in words], seed=0)

@@ -1,11 +1,30 @@
-"""tvjax: task vectors for language models in JAX/Flax."""
+"""tvjax: task vectors for language models in JAX/Flax.
 
-from tvjax.config import ModelConfig
-from tvjax.convert import CheckpointError, Model, UnsupportedArchitecture, load
-from tvjax.generate import generate
-from tvjax.interventions import HeadBlend
-from tvjax.model import KVCache, Output, forward, init_params
+Without JAX installed, only the JAX-free modules (`tvjax.taskvector`, and the
+PyTorch side) are importable; everything else needs JAX.
+"""
 
 __version__ = "0.1.0"
-__all__ = ["ModelConfig", "HeadBlend", "KVCache", "Output", "forward", "init_params", "generate", "load",
-           "Model", "CheckpointError", "UnsupportedArchitecture"]
+
+try:
+    import jax  # noqa: F401
+except ImportError:  # e.g. a PyTorch-only environment reading task-vector files
+    pass
+else:
+    from tvjax.config import ModelConfig
+    from tvjax.convert import CheckpointError, Model, UnsupportedArchitecture, load
+    from tvjax.generate import generate
+    from tvjax.interventions import HeadBlend
+    from tvjax.model import KVCache, Output, forward, init_params
+    from tvjax.data import Task, TaskError, Template, builtin_names, load_task
+    from tvjax.extract import extract_means
+    from tvjax.fit import FitConfig, FitResult, fit
+    from tvjax.evaluate import Scores, evaluate
+    from tvjax.taskvector import TaskVector, TaskVectorError, load_task_vector, save_task_vector
+    from tvjax.extractor import TaskVectorExtractor
+
+    __all__ = ["ModelConfig", "HeadBlend", "KVCache", "Output", "forward", "init_params", "generate", "load",
+               "Model", "CheckpointError", "UnsupportedArchitecture", "Task", "TaskError", "Template",
+               "builtin_names", "load_task", "extract_means", "FitConfig", "FitResult", "fit", "Scores",
+               "evaluate", "TaskVector", "TaskVectorError", "load_task_vector", "save_task_vector",
+               "TaskVectorExtractor"]

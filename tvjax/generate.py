@@ -68,9 +68,10 @@ def generate_text(model, prompts: list[str], max_new_tokens: int = 16, blend: He
     config, params, tokenizer = model
     tokens, mask = encode(tokenizer, prompts)
     new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max_new_tokens, blend=blend)
-    return [tokenizer.decode(_until_eos(row, config.eos_token_id)) for row in new]
+    return [tokenizer.decode(until_eos(row, config.eos_token_id)) for row in new]
 
 
-def _until_eos(row: np.ndarray, eos: int | None) -> list[int]:
+def until_eos(row: np.ndarray, eos: int | None) -> list[int]:
+    """Generated tokens before the first end-of-sequence token."""
     row = row.tolist()
     return row[: row.index(eos)] if eos in row else row

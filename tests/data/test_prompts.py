@@ -1,0 +1,56 @@
+import pytest
+
+from tvjax.data import Task, TaskError, Template, build_texts, prompts_for, tokenize
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from tvjax.convert.default import default_model_dir
+
+    return AutoTokenizer.from_pretrained(str(default_model_dir()))
+
+
+def test_template_writes_demonstrations_and_queries():
+    t = Template()
+    assert t.demonstration(("hot", "cold")) == "Q: hot\nA: cold\n\n"
+    assert t.query("fast") == ("Q: fast\nA:", " ")
+    with pytest.raises(TaskError, match="must contain"):
+        Template("{output} before {input}")
+
+
+def test_icl_prompts_use_other_train_pairs():
+    pool = [(str(i), str(i + 1)) for i in range(20)]
+    texts = build_texts(Template(), pool[:3], shots=5, pool=pool, seed=0)
+    for prompt, answer, pair in texts:
+        assert prompt.count("Q: ") == 6 and prompt.endswith(f"Q: {pair[0]}\nA:")
+        assert f"Q: {pair[0]}\nA: {pair[1]}" not in prompt and answer == " " + pair[1]
+
+
+def test_word_answers_keep_their_leading_space(tokenizer):
+    [(ids, answer, _)], skipped = tokenize(tokenizer, build_texts(Template(), [("fast", "slow")], 0, [], 0))
+    assert not skipped and tokenizer.decode(answer[:1]) == " slow"
+    assert tokenizer.decode(ids).endswith("A:")
+
+
+def test_numeric_answers_move_the_bare_space_into_the_prompt(tokenizer):
+    # SmolLM2 writes " 42" as ' ', '4', '2': the informative first answer token is '4'.
+    [(ids, answer, _)], _ = tokenize(tokenizer, build_texts(Template(), [("41", "42")], 0, [], 0))
+    assert tokenizer.decode(answer) == "42" and tokenizer.decode(answer[:1]) == "4"
+    assert tokenizer.decode(ids).endswith("A: ")
+
+
+def test_answers_that_do_not_tokenise_are_reported(tokenizer):
+    texts = build_texts(Template("{input}={output}"), [("x", "y"), ("z", "  "), ("w", "=")], 0, [], 0)
+    prompts, skipped = tokenize(tokenizer, texts)
+    assert [p.pair for p in prompts] == [("x", "y")]
+    reasons = dict(skipped)
+    assert "whitespace" in reasons[("z", "  ")]
+    assert "merges with the end of the prompt" in reasons[("w", "=")]  # '=' + '=' is one token '=='
+
+
+def test_prompts_for_checks_the_shots(tokenizer):
+    task = Task.from_pairs("small", [(str(i), str(i)) for i in range(6)], seed=0)
+    with pytest.raises(TaskError, match="10-shot"):
+        prompts_for(tokenizer, task, "test", 10)

@@ -1,0 +1,48 @@
+"""The `tvjax` command, run in-process on a tiny model with a real tokenizer."""
+
+import json
+
+import numpy as np
+
+from tvjax.cli import main
+from tvjax.taskvector import save_task_vector
+
+
+def test_tasks_lists_builtin_tasks_with_sizes(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "antonym" in out and "country_capital" in out and "train" in out
+
+
+def test_fit_eval_generate_round_trip(tmp_path, capsys, tiny_lm_dir):
+    model = str(tiny_lm_dir)
+    task = tmp_path / "caps.jsonl"
+    task.write_text("\n".join(json.dumps({"input": w, "output": w.upper()}) for w in
+                              ["apple", "river", "stone", "cloud", "green", "house", "light", "music", "ocean",
+                               "paper", "quiet", "sharp", "table", "water", "young", "zebra"]))
+    out_dir = tmp_path / "out"
+    assert main(["fit", "--model", model, "--task", str(task), "--out", str(out_dir), "--shots", "3",
+                 "--n-prompts", "4", "--steps", "3", "--batch-size", "2", "--eval-every", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "soft TV" in printed and "saved" in printed
+    results = json.loads((out_dir / "caps.json").read_text())
+    assert set(results["scores"]) == {"zero_shot", "icl", "task_vector"} and results["fit"]["steps"] == 3
+    tv = out_dir / "caps.safetensors"
+    assert main(["eval", "--model", model, "--task", str(task), "--shots", "3", "--tv", str(tv)]) == 0
+    assert "soft TV" in capsys.readouterr().out
+    assert main(["generate", "--model", model, "--tv", str(tv), "--query", "fast", "--max-new-tokens", "3"]) == 0
+    assert "'Q: fast\\nA:' -> " in capsys.readouterr().out
+
+
+def test_bad_input_exits_non_zero_with_a_message(tmp_path, capsys, tiny_lm, tiny_lm_dir):
+    assert main(["fit", "--task", "antonyms"]) == 2
+    assert "not a built-in task" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"input": "a", "output": "A"},\n {"input": "b"}]')
+    assert main(["eval", "--model", str(tiny_lm_dir), "--task", str(bad)]) == 2
+    assert "bad.json:2:" in capsys.readouterr().err
+    other = tmp_path / "other.safetensors"
+    c = tiny_lm.config.replace(n_layers=3)
+    save_task_vector(other, np.zeros((3, c.n_heads)), np.zeros((3, c.n_heads, c.head_dim)), c)
+    assert main(["generate", "--model", str(tiny_lm_dir), "--tv", str(other), "--prompt", "hi"]) == 2
+    assert "cannot be applied" in capsys.readouterr().err

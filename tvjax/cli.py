@@ -1,0 +1,157 @@
+"""The `tvjax` command: fit, eval, generate, tasks."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from tvjax.data.tasks import TaskError
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except (TaskError, ValueError, FileNotFoundError) as e:  # our errors are ValueErrors with the fix in them
+        print(f"tvjax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    from tvjax.fit import FitConfig
+
+    parser = argparse.ArgumentParser(prog="tvjax", description="Task vectors for language models in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    model_help = "default model (smollm2-135m), a checkpoint directory, a .gguf file or a hub id"
+
+    tasks = sub.add_parser("tasks", help="list the built-in tasks")
+    tasks.set_defaults(run=cmd_tasks)
+
+    fit = sub.add_parser("fit", help="extract means, fit a soft task vector, evaluate, save")
+    fit.add_argument("--task", required=True, help="built-in task name or a task file / directory")
+    fit.add_argument("--model", default=None, help=model_help)
+    fit.add_argument("--out", default="results", help="directory for <task>.safetensors and <task>.json")
+    fit.add_argument("--shots", type=int, default=10)
+    fit.add_argument("--n-prompts", type=int, default=50, help="ICL prompts averaged for the means")
+    fit.add_argument("--template", default=None, help="prompt template with {input} and {output}")
+    defaults = FitConfig()
+    for field in dataclasses.fields(FitConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type in ("bool", bool):
+            fit.add_argument(flag, action="store_true")
+        else:
+            fit.add_argument(flag, type=type(getattr(defaults, field.name)), default=getattr(defaults, field.name))
+    fit.set_defaults(run=cmd_fit)
+
+    ev = sub.add_parser("eval", help="zero-shot, ICL and (with --tv) task-vector accuracy")
+    ev.add_argument("--task", required=True)
+    ev.add_argument("--model", default=None, help=model_help)
+    ev.add_argument("--tv", default=None, help="a task-vector file from `tvjax fit`")
+    ev.add_argument("--shots", type=int, default=10)
+    ev.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--template", default=None)
+    ev.set_defaults(run=cmd_eval)
+
+    gen = sub.add_parser("generate", help="greedy generation, with or without a task vector")
+    what = gen.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="raw prompt text")
+    what.add_argument("--query", nargs="+", help="inputs written with the template, e.g. --query fast hot")
+    gen.add_argument("--model", default=None, help=model_help)
+    gen.add_argument("--tv", default=None, help="a task-vector file (applied at the last prompt token)")
+    gen.add_argument("--max-new-tokens", type=int, default=16)
+    gen.add_argument("--template", default=None)
+    gen.set_defaults(run=cmd_generate)
+    return parser
+
+
+def _template(args):
+    from tvjax.data import Template
+
+    if args.template is None:
+        return Template()
+    return Template(args.template.replace("\\n", "\n").replace("\\t", "\t"))  # shell-typed \n
+
+
+def cmd_tasks(args) -> None:
+    from tvjax.data import builtin_names, load_task
+
+    print(f"{'task':<18} {'pairs':>6} {'train':>6} {'valid':>6} {'test':>6}")
+    for name in builtin_names():
+        task = load_task(name)
+        print(f"{name:<18} {len(task):>6} {len(task.train):>6} {len(task.valid):>6} {len(task.test):>6}")
+
+
+def cmd_fit(args) -> None:
+    from tvjax.convert import load
+    from tvjax.data import load_task
+    from tvjax.extractor import TaskVectorExtractor
+    from tvjax.fit import FitConfig
+    from tvjax.report import markdown_table
+
+    task = load_task(args.task, args.seed)  # fail on a bad task before loading a model
+    config = FitConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FitConfig)})
+    start = time.perf_counter()
+    model = load(args.model)
+    tv = TaskVectorExtractor(model, task, shots=args.shots, n_prompts=args.n_prompts, fit_config=config,
+                             template=_template(args), seed=args.seed)
+    tv.model_name = args.model or "smollm2-135m"
+    tv.timings["load"] = time.perf_counter() - start
+    tv.fit()
+    scores = tv.evaluate()
+    out = Path(args.out)
+    path = tv.save(out / f"{task.name}.safetensors", scores={m: s.as_dict() for m, s in scores.items()})
+    results = {"model": tv.model_name, "task": task.name, "task_vector": str(path),
+               "scores": {m: s.as_dict() for m, s in scores.items()}, "fit": dataclasses.asdict(config),
+               "best_step": tv.result.best_step, "history": tv.result.history, "seconds": tv.timings}
+    (out / f"{task.name}.json").write_text(json.dumps(results, indent=2))
+    print(markdown_table({task.name: {m: s.as_dict() for m, s in scores.items()}}, list(scores)).rsplit("\n", 1)[0])
+    print("first-token / exact-match accuracy (%) on the test split, "
+          f"{scores['task_vector'].n} prompts; best step {tv.result.best_step}")
+    print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in tv.timings.items()))
+    print(f"saved {path} and {out / (task.name + '.json')}")
+
+
+def cmd_eval(args) -> None:
+    from tvjax.convert import load
+    from tvjax.data import load_task
+    from tvjax.extractor import TaskVectorExtractor
+    from tvjax.report import markdown_table
+
+    task = load_task(args.task, args.seed)
+    model = load(args.model)
+    tv = TaskVectorExtractor(model, task, shots=args.shots, template=_template(args), seed=args.seed)
+    methods = ["zero_shot", "icl"]
+    if args.tv:
+        tv.load(args.tv)
+        methods.append("task_vector")
+    scores = tv.evaluate(methods, split=args.split)
+    print(markdown_table({task.name: {m: s.as_dict() for m, s in scores.items()}}, methods).rsplit("\n", 1)[0])
+    print(f"first-token / exact-match accuracy (%) on the {args.split} split, {scores['zero_shot'].n} prompts")
+
+
+def cmd_generate(args) -> None:
+    from tvjax.convert import load
+    from tvjax.generate import generate_text
+    from tvjax.taskvector import load_task_vector
+
+    model = load(args.model)
+    template = _template(args)
+    prompts = [args.prompt] if args.prompt else [template.query(q)[0] for q in args.query]
+    blend = None
+    if args.tv:
+        tv = load_task_vector(args.tv)
+        tv.check(model.config)
+        blend = tv.blend()
+    for prompt, text in zip(prompts, generate_text(model, prompts, args.max_new_tokens, blend)):
+        print(f"{prompt!r} -> {text!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Tasks, prompt building and tokenisation."""
+
+from tvjax.data.prompts import DEFAULT_TEMPLATE, Prompt, Template, build_texts, tokenize
+from tvjax.data.tasks import Task, TaskError, builtin_names, load_task, read_pairs
+
+__all__ = ["Task", "TaskError", "load_task", "read_pairs", "builtin_names", "Template", "DEFAULT_TEMPLATE",
+           "Prompt", "build_texts", "tokenize", "prompts_for"]
+
+
+def prompts_for(tokenizer, task: Task, split: str, shots: int, *, template: Template = Template(),
+                seed: int = 0, limit: int | None = None, queries=None):
+    """Tokenised prompts for `task`'s `split` (or `queries`), with `shots` train demonstrations each.
+
+    Returns `(prompts, skipped)`; `skipped` lists pairs whose answer does not tokenise.
+    """
+    task.require(shots)
+    queries = list(task.split(split) if queries is None else queries)[:limit]
+    return tokenize(tokenizer, build_texts(template, queries, shots, task.train, seed))

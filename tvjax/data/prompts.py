@@ -1,0 +1,86 @@
+"""Prompts: a template, ICL and zero-shot prompts, and answer tokens with the right spacing.
+
+A prompt ends just before the answer. The answer is tokenised *in context* (the
+tokens of `prompt + answer` after those of `prompt`), so leading spaces merge into
+the first answer token the way the model saw them in the demonstrations. Tokens
+that are only whitespace at the start of an answer (e.g. ' ' before digits in
+SmolLM2's tokenizer) move to the end of the prompt, so the first answer token is
+the one that carries information.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import NamedTuple, Sequence
+
+from tvjax.data.tasks import Pair, TaskError
+
+DEFAULT_TEMPLATE = "Q: {input}\nA: {output}\n\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """How one (input, output) pair is written; `{input}` must come before `{output}`."""
+
+    text: str = DEFAULT_TEMPLATE
+
+    def __post_init__(self):
+        if self.text.count("{input}") != 1 or self.text.count("{output}") != 1 or \
+                self.text.index("{input}") > self.text.index("{output}"):
+            raise TaskError(f"template {self.text!r} must contain {{input}} once, then {{output}} once")
+
+    def demonstration(self, pair: Pair) -> str:
+        return self.text.replace("{input}", pair[0]).replace("{output}", pair[1])
+
+    def query(self, x: str) -> tuple[str, str]:
+        """`(prompt tail, answer lead)`: the text before `{output}` split off its trailing spaces."""
+        before = self.text[: self.text.index("{output}")].replace("{input}", x)
+        tail = before.rstrip(" ")
+        return tail, before[len(tail):]
+
+
+class Prompt(NamedTuple):
+    """One tokenised prompt: `ids` end just before the answer; `answer` are its tokens."""
+
+    ids: list[int]
+    answer: list[int]
+    pair: Pair
+
+
+def build_texts(template: Template, queries: Sequence[Pair], shots: int, pool: Sequence[Pair],
+                seed: int) -> list[tuple[str, str, Pair]]:
+    """`(prompt text, answer text, pair)` per query with `shots` demonstrations drawn from `pool`.
+
+    Demonstrations never include the query pair itself; draws are seeded per query.
+    """
+    rng = random.Random(seed)
+    out = []
+    for pair in queries:
+        candidates = [p for p in pool if p != pair]
+        if len(candidates) < shots:
+            raise TaskError(f"{shots}-shot prompts need {shots} demonstrations; only {len(candidates)} available")
+        demos = rng.sample(candidates, shots)
+        tail, lead = template.query(pair[0])
+        context = "".join(template.demonstration(d) for d in demos)
+        out.append((context + tail, lead + pair[1], pair))
+    return out
+
+
+def tokenize(tokenizer, texts: Sequence[tuple[str, str, Pair]]) -> tuple[list[Prompt], list[tuple[Pair, str]]]:
+    """Tokenise prompts and answers; returns `(prompts, skipped)` with a reason per skipped pair."""
+    prompts, skipped = [], []
+    for prompt, answer, pair in texts:
+        ids = tokenizer(prompt)["input_ids"]
+        full = tokenizer(prompt + answer)["input_ids"]
+        if full[: len(ids)] != ids:
+            skipped.append((pair, "the answer merges with the end of the prompt into other tokens"))
+            continue
+        answer_ids = full[len(ids):]
+        while answer_ids and not tokenizer.decode(answer_ids[:1]).strip():
+            ids, answer_ids = ids + answer_ids[:1], answer_ids[1:]
+        if not answer_ids:
+            skipped.append((pair, "the answer tokenises to nothing but whitespace"))
+            continue
+        prompts.append(Prompt(ids, answer_ids, pair))
+    return prompts, skipped

@@ -1,0 +1,63 @@
+"""Accuracy on a task: zero-shot, K-shot ICL, or zero-shot with an intervention.
+
+Two scores per prompt, both from one batched greedy generation: first-token accuracy
+(the first generated token is the answer's first token) and exact match (the first
+line of the generation, stripped, equals the answer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from tvjax.batching import bucket_length, pad_left
+from tvjax.data import Task, Template, prompts_for
+from tvjax.extract import chunks
+from tvjax.generate import generate, until_eos
+from tvjax.interventions import HeadBlend
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    first_token: float  # fraction of prompts whose first generated token is the answer's first token
+    exact_match: float  # fraction whose generated first line equals the answer
+    n: int  # prompts scored
+    skipped: int  # pairs whose answer does not tokenise (reported, not scored)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def evaluate(model, task: Task, *, blend: HeadBlend | None = None, shots: int = 0, split: str = "test",
+             seed: int = 0, batch_size: int = 16, max_new_tokens: int | None = None,
+             template: Template = Template(), desc: str | None = None) -> Scores:
+    """Score `task`'s `split` with `shots` demonstrations per prompt and an optional blend.
+
+    The blend edits the last prompt token of each prompt (then generation continues).
+    `max_new_tokens` defaults to the longest answer plus one (for the line break),
+    rounded up to a multiple of 4 so that tasks share compiled shapes.
+    """
+    config, params, tokenizer = model
+    prompts, skipped = prompts_for(tokenizer, task, split, shots, template=template, seed=seed)
+    if not prompts:
+        raise ValueError(f"task {task.name!r}: no {split} pair has an answer that tokenises")
+    length = bucket_length(max(len(p.ids) for p in prompts))
+    if max_new_tokens is None:
+        max_new_tokens = -(-(max(len(p.answer) for p in prompts) + 1) // 4) * 4
+    first = exact = 0
+    pad = tokenizer.pad_token_id or 0
+    for chunk, real in tqdm(list(chunks(prompts, batch_size)), desc=desc or f"eval {task.name}",
+                            leave=False, disable=None):
+        tokens, mask = pad_left([p.ids for p in chunk], pad, length)
+        new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max_new_tokens, blend=blend)
+        for prompt, row in zip(chunk[:real], new[:real]):
+            first += int(row[0] == prompt.answer[0])
+            exact += int(answer_text(tokenizer, row, config.eos_token_id) == prompt.pair[1].strip())
+    return Scores(first / len(prompts), exact / len(prompts), len(prompts), len(skipped))
+
+
+def answer_text(tokenizer, row: np.ndarray, eos: int | None) -> str:
+    """The generated answer: decoded up to end-of-sequence, first line, stripped."""
+    return (tokenizer.decode(until_eos(row, eos)).strip().splitlines() or [""])[0].strip()

@@ -1,0 +1,50 @@
+"""Mean head activations: average every head's output at the last token of ICL prompts."""
+
+from __future__ import annotations
+
+import random
+
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from tvjax.batching import bucket_length, pad_left
+from tvjax.data import Prompt, Task, Template, prompts_for
+from tvjax.model import forward
+
+
+def chunks(items: list, size: int):
+    """`items` in chunks of exactly `size` (the last one padded by repeating its first item), with
+    the number of real items in each: fixed batch shapes mean one compile."""
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
+        yield chunk + [chunk[0]] * (size - len(chunk)), len(chunk)
+
+
+def head_means(model, prompts: list[Prompt], batch_size: int = 8, desc: str = "means") -> np.ndarray:
+    """Mean of every head's output at each prompt's last token: float32 `[L, N, H]`."""
+    config, params, tokenizer = model
+    length = bucket_length(max(len(p.ids) for p in prompts))  # one shape for every batch
+    total = np.zeros((config.n_layers, config.n_heads, config.head_dim), np.float64)
+    for chunk, real in tqdm(list(chunks(prompts, batch_size)), desc=desc, leave=False, disable=None):
+        tokens, mask = pad_left([p.ids for p in chunk], tokenizer.pad_token_id or 0, length)
+        T = tokens.shape[1]
+        heads = forward(params, jnp.asarray(tokens), config=config, mask=jnp.asarray(mask),
+                        capture_at=jnp.full((len(chunk),), T - 1), logits_at=jnp.full((len(chunk),), T - 1)).heads
+        total += np.asarray(heads[:real], np.float64).sum(0)
+    return (total / len(prompts)).astype(np.float32)
+
+
+def extract_means(model, task: Task, *, n_prompts: int = 50, shots: int = 10, batch_size: int = 8,
+                  seed: int = 0, template: Template = Template()) -> np.ndarray:
+    """Task means `mu` `[L, N, H]` from `n_prompts` `shots`-shot ICL prompts of the train split.
+
+    Each prompt's query is a train pair (drawn with replacement when the split is smaller
+    than `n_prompts`); its demonstrations are other train pairs.
+    """
+    task.require(shots)
+    rng = random.Random(seed)
+    queries = [rng.choice(task.train) for _ in range(n_prompts)]
+    prompts, _ = prompts_for(model.tokenizer, task, "train", shots, template=template, seed=seed, queries=queries)
+    return head_means(model, prompts, batch_size)
+

@@ -1,0 +1,94 @@
+"""`TaskVectorExtractor`: the common pipeline (means -> fit -> evaluate -> save) as one object.
+
+The name follows the PyTorch task-vectors package; every method is a thin wrapper over
+the functional API (`extract_means`, `fit`, `evaluate`, `save_task_vector`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from tvjax import __version__
+from tvjax.convert import Model, load
+from tvjax.data import Task, Template, load_task
+from tvjax.evaluate import Scores, evaluate
+from tvjax.extract import extract_means
+from tvjax.fit import FitConfig, FitResult, fit
+from tvjax.interventions import HeadBlend
+from tvjax.taskvector import load_task_vector, save_task_vector
+
+
+class TaskVectorExtractor:
+    """Fit and use a soft task vector for one model and one task.
+
+    Example:
+        tv = TaskVectorExtractor(task="antonym")     # default model
+        tv.extract_means(); tv.fit()
+        print(tv.evaluate())                          # zero-shot, ICL, task vector
+        tv.save("antonym.safetensors")
+    """
+
+    def __init__(self, model: Model | str | None = None, task: Task | str = "antonym", *, shots: int = 10,
+                 n_prompts: int = 50, fit_config: FitConfig = FitConfig(), template: Template = Template(),
+                 seed: int = 0):
+        self.model = model if isinstance(model, Model) else load(model)
+        self.model_name = model if isinstance(model, str) or model is None else "custom"
+        self.task = task if isinstance(task, Task) else load_task(task, seed)
+        self.task.require(shots)
+        self.shots, self.n_prompts, self.fit_config = shots, n_prompts, fit_config
+        self.template, self.seed = template, seed
+        self.mu = None
+        self.result: FitResult | None = None
+        self.blend: HeadBlend | None = None
+        self.timings: dict[str, float] = {}
+
+    def extract_means(self):
+        """Head means `[L, N, H]` from ICL prompts of the train split."""
+        start = time.perf_counter()
+        self.mu = extract_means(self.model, self.task, n_prompts=self.n_prompts, shots=self.shots,
+                                seed=self.seed, template=self.template)
+        self.timings["means"] = time.perf_counter() - start
+        return self.mu
+
+    def fit(self) -> HeadBlend:
+        """Fit `theta` (extracting the means first if needed); keeps the best-validation blend."""
+        if self.mu is None:
+            self.extract_means()
+        start = time.perf_counter()
+        self.result = fit(self.model, self.task, self.mu, self.fit_config, template=self.template)
+        self.blend = self.result.blend
+        self.timings["fit"] = time.perf_counter() - start
+        return self.blend
+
+    def evaluate(self, methods=("zero_shot", "icl", "task_vector"), split: str = "test") -> dict[str, Scores]:
+        """Scores of each method on `split`: plain zero-shot, `shots`-shot ICL, zero-shot + task vector."""
+        settings = {"zero_shot": {}, "icl": {"shots": self.shots}, "task_vector": {"blend": self.blend}}
+        if "task_vector" in methods and self.blend is None:
+            raise ValueError("no task vector yet: call fit() or load() first")
+        scores = {}
+        for method in methods:
+            start = time.perf_counter()
+            scores[method] = evaluate(self.model, self.task, split=split, seed=self.seed, template=self.template,
+                                      desc=f"{method} {self.task.name}", **settings[method])
+            self.timings[f"eval_{method}"] = time.perf_counter() - start
+        return scores
+
+    def save(self, path, **extra):
+        """Write the task vector file (arrays + metadata: model, task, hyperparameters, version)."""
+        if self.blend is None:
+            raise ValueError("no task vector yet: call fit() or load() first")
+        info = {"model": self.model_name, "task": self.task.name, "shots": self.shots, "n_prompts": self.n_prompts,
+                "fit": dataclasses.asdict(self.fit_config), "template": self.template.text, "seed": self.seed,
+                "tvjax_version": __version__, **extra}
+        if self.result is not None:
+            info.update(best_step=self.result.best_step, best_valid_loss=self.result.best_valid_loss)
+        return save_task_vector(path, self.blend.theta, self.blend.mu, self.model.config, **info)
+
+    def load(self, path) -> HeadBlend:
+        """Load a task vector file, checked against this model's shape."""
+        tv = load_task_vector(path)
+        tv.check(self.model.config)
+        self.blend = tv.blend()
+        self.mu = tv.mu
+        return self.blend

@@ -1,0 +1,184 @@
+"""Fit a soft task vector: learn `theta [L, N]` with Optax, model params and means fixed.
+
+Speed by design: the intervention edits the last prompt token, so nothing before it
+depends on `theta`. Each training prompt's prefix (all but its last token) is run
+once, without gradient, into a KV cache; a step then runs only the suffix (the last
+prompt token, plus the answer tokens when `all_answer_tokens`) on top of the cached
+prefixes, with logits only there. Shapes are fixed, so the loop compiles once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from tvjax.batching import bucket_length, pad_left
+from tvjax.config import ModelConfig
+from tvjax.data import Prompt, Task, Template, prompts_for
+from tvjax.extract import chunks
+from tvjax.interventions import HeadBlend
+from tvjax.model import KVCache, forward
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """Hyperparameters of `fit` (defaults chosen on the default model; see README)."""
+
+    steps: int = 100
+    learning_rate: float = 0.1
+    batch_size: int = 16
+    init: float = -2.0  # initial theta: sigmoid(-2) = 0.12 weight on the means
+    seed: int = 0
+    eval_every: int = 10
+    sparsity: float = 0.0  # penalty weight on mean(sigmoid(theta))
+    all_answer_tokens: bool = False  # loss on every answer token instead of the first
+
+
+class Rows(NamedTuple):
+    """Training rows: cached prompt prefixes and the suffix that is run with the blend.
+
+    Attributes:
+      cache: `KVCache` of the prefixes, k/v `[L, R, S, K, H]`, mask `[R, S]`.
+      tokens / mask: `[R, Ts]` suffix tokens (the last prompt token first), right-padded.
+      targets / target_mask: `[R, Ts]` next-token targets and which of them count.
+    """
+
+    cache: KVCache
+    tokens: jax.Array
+    mask: jax.Array
+    targets: jax.Array
+    target_mask: jax.Array
+
+
+class FitResult(NamedTuple):
+    blend: HeadBlend  # theta with the best validation loss
+    best_step: int
+    best_valid_loss: float
+    history: list  # dicts: step, train_loss (mean since the last eval), valid_loss
+
+
+def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, batch_size: int = 16) -> Rows:
+    """Run every prompt's prefix once into a KV cache and lay out suffixes and targets."""
+    config, params, tokenizer = model
+    if any(len(p.ids) < 2 for p in prompts):
+        raise ValueError("every fitting prompt needs at least 2 tokens (a prefix and the edited last token)")
+    suffixes = [[p.ids[-1]] + (p.answer[:-1] if all_answer_tokens else []) for p in prompts]
+    targets = [p.answer if all_answer_tokens else p.answer[:1] for p in prompts]
+    Tp, Ts = bucket_length(max(len(p.ids) - 1 for p in prompts)), max(map(len, suffixes))
+    caches = []
+    for chunk, real in chunks(prompts, batch_size):
+        tokens, mask = pad_left([p.ids[:-1] for p in chunk], 0, Tp)
+        caches.append(_prefill(params, jnp.asarray(tokens), jnp.asarray(mask), config=config, length=Tp + Ts))
+    n = len(prompts)
+    cache = KVCache(jnp.concatenate([c.k for c in caches], axis=1)[:, :n],
+                    jnp.concatenate([c.v for c in caches], axis=1)[:, :n],
+                    jnp.concatenate([c.mask for c in caches])[:n], caches[0].end)
+    return Rows(cache, *_right_pad(suffixes, Ts), *_right_pad(targets, Ts))
+
+
+def _right_pad(rows: list[list[int]], length: int) -> tuple[jax.Array, jax.Array]:
+    """`[R, length]` int32 tokens padded with 0 on the right, and `[R, length]` bool presence."""
+    tokens = np.zeros((len(rows), length), np.int32)
+    present = np.zeros((len(rows), length), bool)
+    for i, row in enumerate(rows):
+        tokens[i, :len(row)], present[i, :len(row)] = row, True
+    return jnp.asarray(tokens), jnp.asarray(present)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "length"))
+def _prefill(params, tokens, mask, *, config: ModelConfig, length: int) -> KVCache:
+    B = tokens.shape[0]
+    out = forward(params, tokens, config=config, mask=mask, cache=KVCache.empty(config, B, length),
+                  logits_at=jnp.zeros((B,), jnp.int32))
+    return out.cache
+
+
+def row_losses(params, config: ModelConfig, blend: HeadBlend, rows: Rows) -> jax.Array:
+    """Mean answer cross-entropy per row `[R]`, with the blend on each row's last prompt token."""
+    edit = jnp.zeros(rows.tokens.shape, bool).at[:, 0].set(True)
+    logits = forward(params, rows.tokens, config=config, mask=rows.mask, blend=blend, edit_mask=edit,
+                     cache=rows.cache).logits  # [R, Ts, V]
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), rows.targets[..., None], axis=-1)[..., 0]
+    return (nll * rows.target_mask).sum(-1) / rows.target_mask.sum(-1)
+
+
+def take(rows: Rows, index: jax.Array) -> Rows:
+    """The rows at `index` (`[B]`)."""
+    c = rows.cache
+    cache = KVCache(c.k[:, index], c.v[:, index], c.mask[index], c.end)
+    return Rows(cache, rows.tokens[index], rows.mask[index], rows.targets[index], rows.target_mask[index])
+
+
+def _optimizer(learning_rate: float):
+    return optax.adam(learning_rate)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "learning_rate"), donate_argnames=("theta", "opt_state"))
+def train_step(theta, opt_state, mu, params, rows: Rows, index, sparsity, *, config: ModelConfig,
+               learning_rate: float):
+    """One Adam step on `theta` `[L, N]` over the rows at `index` `[B]`; returns (theta, opt_state, loss)."""
+
+    def loss_fn(theta):
+        losses = row_losses(params, config, HeadBlend(theta, mu), take(rows, index))
+        return losses.mean() + sparsity * jax.nn.sigmoid(theta).mean()
+
+    loss, grad = jax.value_and_grad(loss_fn)(theta)
+    updates, opt_state = _optimizer(learning_rate).update(grad, opt_state, theta)
+    return optax.apply_updates(theta, updates), opt_state, loss
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def mean_loss(params, blend: HeadBlend, rows: Rows, *, config: ModelConfig) -> jax.Array:
+    return row_losses(params, config, blend, rows).mean()
+
+
+def batch_indices(n_rows: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+    """Rows of training step `step`: consecutive slices of seeded per-epoch permutations."""
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n_rows)
+        order = np.random.default_rng([seed, epoch]).permutation(n_rows)
+        out.extend(order[offset: offset + batch_size - len(out)])
+    return np.asarray(out, np.int32)
+
+
+def fit(model, task: Task, mu, config: FitConfig = FitConfig(), *, template: Template = Template()) -> FitResult:
+    """Fit `theta` on zero-shot train prompts; keep the one with the best validation loss."""
+    model_config, params, tokenizer = model
+    mu = jnp.asarray(mu, jnp.float32)
+    train_prompts, _ = prompts_for(tokenizer, task, "train", 0, template=template, seed=config.seed)
+    valid_prompts, _ = prompts_for(tokenizer, task, "valid", 0, template=template, seed=config.seed)
+    if not train_prompts or not valid_prompts:
+        raise ValueError(f"task {task.name!r} has no usable train or valid prompts")
+    train = prepare_rows(model, train_prompts, config.all_answer_tokens, config.batch_size)
+    valid = prepare_rows(model, valid_prompts, config.all_answer_tokens, config.batch_size)
+    theta = jnp.full((model_config.n_layers, model_config.n_heads), config.init, jnp.float32)
+    opt_state = _optimizer(config.learning_rate).init(theta)
+
+    def validate(theta):
+        return float(mean_loss(params, HeadBlend(theta, mu), valid, config=model_config))
+
+    best_theta, best_loss, best_step = jnp.array(theta), validate(theta), 0  # a copy: theta is donated
+    history, running = [{"step": 0, "train_loss": None, "valid_loss": best_loss}], []
+    bar = tqdm(range(1, config.steps + 1), desc=f"fit {task.name}", leave=False, disable=None)
+    for step in bar:
+        index = jnp.asarray(batch_indices(len(train_prompts), config.batch_size, step - 1, config.seed))
+        theta, opt_state, loss = train_step(theta, opt_state, mu, params, train, index, config.sparsity,
+                                            config=model_config, learning_rate=config.learning_rate)
+        running.append(loss)
+        if step % config.eval_every == 0 or step == config.steps:
+            valid_loss = validate(theta)
+            history.append({"step": step, "train_loss": float(np.mean(running)), "valid_loss": valid_loss})
+            running = []
+            bar.set_postfix(train=f"{history[-1]['train_loss']:.3f}", valid=f"{valid_loss:.3f}")
+            if valid_loss < best_loss:
+                best_theta, best_loss, best_step = jnp.array(theta), valid_loss, step
+    return FitResult(HeadBlend(best_theta, mu), best_step, best_loss, history)
