@@ -1,52 +1,61 @@
-"""Demo on the embedded default model (SmolLM2-135M-Instruct).
+"""`make demo`: soft task vectors on the embedded default model (SmolLM2-135M-Instruct).
 
-Loads the model (converting the GGUF into the tvjax cache on first use), then shows
-in-context learning: a few-shot antonym prompt is answered, the zero-shot one is not.
-That gap is what a task vector closes.
+For a few built-in tasks: extract head means from 10-shot prompts, fit one blend
+weight per head, and compare zero-shot, 10-shot ICL and zero-shot + soft task
+vector on the test split, with the time each phase took.
+
+    python scripts/demo.py [--tasks antonym,country_capital,english_french]
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
-import jax
-import jax.numpy as jnp
-
 import tvjax
-from tvjax.batching import encode
 from tvjax.generate import generate_text
+from tvjax.report import markdown_table
 
-SHOTS = [("hot", "cold"), ("big", "small"), ("up", "down"), ("happy", "sad"), ("light", "dark")]
-QUERY = "fast"
-
-
-def prompt(shots, query: str) -> str:
-    return "".join(f"Q: {x}\nA: {y}\n\n" for x, y in shots) + f"Q: {query}\nA:"
+METHODS = ("zero_shot", "icl", "task_vector")
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="antonym,country_capital,english_french")
+    args = parser.parse_args()
+
     start = time.perf_counter()
     model = tvjax.load()
-    config, params, tokenizer = model
-    print(f"loaded {config.family} model: {config.n_layers} layers x {config.n_heads} heads "
-          f"(head dim {config.head_dim}) in {time.perf_counter() - start:.1f} s")
+    config = model.config
+    print(f"SmolLM2-135M-Instruct: {config.n_layers} layers x {config.n_heads} heads = "
+          f"{config.n_layers * config.n_heads} task-vector parameters; loaded in {time.perf_counter() - start:.1f} s")
 
-    prompts = {"5-shot": prompt(SHOTS, QUERY), "zero-shot": prompt([], QUERY)}
-    tokens, mask = encode(tokenizer, list(prompts.values()))
-    start = time.perf_counter()
-    logits = tvjax.forward(params, jnp.asarray(tokens), config=config, mask=jnp.asarray(mask),
-                           logits_at=jnp.full((len(prompts),), tokens.shape[1] - 1)).logits
-    probs = jax.nn.softmax(logits)
-    top_p, top_i = jax.lax.top_k(probs, 5)
-    completions = generate_text(model, list(prompts.values()), max_new_tokens=12)
-    elapsed = time.perf_counter() - start
-    for (name, text), completion, p, i in zip(prompts.items(), completions, top_p, top_i):
-        print(f"\n== {name} prompt ==\n{text}", end="")
-        first_line = (completion.strip().splitlines() or [""])[0]
-        print(f" {first_line}    <- generated")
-        print("next-token predictions: " + ", ".join(f"{tokenizer.decode([int(t)])!r} {float(q):.2f}"
-                                                     for t, q in zip(i, p)))
-    print(f"\nforward + greedy generation (compile included): {elapsed:.1f} s")
+    rows, timings = {}, {}
+    for name in args.tasks.split(","):
+        tv = tvjax.TaskVectorExtractor(model, name)
+        print(f"\n{name}: {len(tv.task.train)} train / {len(tv.task.valid)} valid / {len(tv.task.test)} test pairs")
+        tv.fit()
+        scores = tv.evaluate(METHODS)
+        rows[name] = {m: s.as_dict() for m, s in scores.items()}
+        timings[name] = tv.timings
+        print("  " + ", ".join(f"{m} {100 * s.first_token:.0f}%" for m, s in scores.items())
+              + "   (" + ", ".join(f"{k} {v:.0f}s" for k, v in tv.timings.items()) + ")")
+        queries = [x for x, _ in tv.task.test[:3]]
+        prompts = [tvjax.Template().query(q)[0] for q in queries]
+        for q, plain, steered in zip(queries, generate_text(model, prompts, 6), generate_text(model, prompts, 6, tv.blend)):
+            print(f"    {q!r}: zero-shot {_line(plain)!r} -> with task vector {_line(steered)!r}")
+
+    print("\nTest-split accuracy, first token / exact match (%):\n")
+    print(markdown_table(rows, METHODS))
+    phases = sorted({k for t in timings.values() for k in t})
+    print("\nSeconds per phase:  " + "  ".join(f"{p}" for p in phases))
+    for name, t in timings.items():
+        print(f"  {name:<16}" + "  ".join(f"{t.get(p, 0):>{len(p)}.1f}" for p in phases))
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+
+
+def _line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0]
 
 
 if __name__ == "__main__":

@@ -89,7 +89,6 @@ def cmd_tasks(args) -> None:
 
 
 def cmd_fit(args) -> None:
-    from tvjax.convert import load
     from tvjax.data import load_task
     from tvjax.extractor import TaskVectorExtractor
     from tvjax.fit import FitConfig
@@ -98,10 +97,8 @@ def cmd_fit(args) -> None:
     task = load_task(args.task, args.seed)  # fail on a bad task before loading a model
     config = FitConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FitConfig)})
     start = time.perf_counter()
-    model = load(args.model)
-    tv = TaskVectorExtractor(model, task, shots=args.shots, n_prompts=args.n_prompts, fit_config=config,
+    tv = TaskVectorExtractor(args.model, task, shots=args.shots, n_prompts=args.n_prompts, fit_config=config,
                              template=_template(args), seed=args.seed)
-    tv.model_name = args.model or "smollm2-135m"
     tv.timings["load"] = time.perf_counter() - start
     tv.fit()
     scores = tv.evaluate()

@@ -10,7 +10,7 @@ import dataclasses
 import time
 
 from tvjax import __version__
-from tvjax.convert import Model, load
+from tvjax.convert import DEFAULT_MODEL, Model, load
 from tvjax.data import Task, Template, load_task
 from tvjax.evaluate import Scores, evaluate
 from tvjax.extract import extract_means
@@ -33,7 +33,7 @@ class TaskVectorExtractor:
                  n_prompts: int = 50, fit_config: FitConfig = FitConfig(), template: Template = Template(),
                  seed: int = 0):
         self.model = model if isinstance(model, Model) else load(model)
-        self.model_name = model if isinstance(model, str) or model is None else "custom"
+        self.model_name = "custom" if isinstance(model, Model) else str(model or DEFAULT_MODEL)
         self.task = task if isinstance(task, Task) else load_task(task, seed)
         self.task.require(shots)
         self.shots, self.n_prompts, self.fit_config = shots, n_prompts, fit_config
