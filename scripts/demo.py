@@ -13,10 +13,10 @@ import argparse
 import time
 
 import tvjax
+from tvjax.data import prompts_for
+from tvjax.extractor import METHODS, fit_tasks
 from tvjax.generate import generate_text
 from tvjax.report import markdown_table
-
-METHODS = ("zero_shot", "icl", "task_vector")
 
 
 def main() -> None:
@@ -31,19 +31,15 @@ def main() -> None:
           f"{config.n_layers * config.n_heads} task-vector parameters; loaded in {time.perf_counter() - start:.1f} s")
 
     rows, timings = {}, {}
-    for name in args.tasks.split(","):
-        tv = tvjax.TaskVectorExtractor(model, name)
-        print(f"\n{name}: {len(tv.task.train)} train / {len(tv.task.valid)} valid / {len(tv.task.test)} test pairs")
-        tv.fit()
-        scores = tv.evaluate(METHODS)
-        rows[name] = {m: s.as_dict() for m, s in scores.items()}
-        timings[name] = tv.timings
-        print("  " + ", ".join(f"{m} {100 * s.first_token:.0f}%" for m, s in scores.items())
-              + "   (" + ", ".join(f"{k} {v:.0f}s" for k, v in tv.timings.items()) + ")")
-        queries = [x for x, _ in tv.task.test[:3]]
-        prompts = [tvjax.Template().query(q)[0] for q in queries]
-        for q, plain, steered in zip(queries, generate_text(model, prompts, 6), generate_text(model, prompts, 6, tv.blend)):
-            print(f"    {q!r}: zero-shot {_line(plain)!r} -> with task vector {_line(steered)!r}")
+    for tv, scores in fit_tasks(model, args.tasks.split(",")):
+        name, task = tv.task.name, tv.task
+        rows[name], timings[name] = {m: s.as_dict() for m, s in scores.items()}, tv.timings
+        print(f"\n{name} ({len(task.train)} train / {len(task.valid)} valid / {len(task.test)} test pairs): "
+              + ", ".join(f"{m} {100 * s.first_token:.0f}%" for m, s in scores.items()))
+        prompts, _ = prompts_for(model.tokenizer, task, "test", 0, limit=3)
+        ids = [p.ids for p in prompts]
+        for p, plain, steered in zip(prompts, generate_text(model, ids, 6), generate_text(model, ids, 6, tv.blend)):
+            print(f"    {p.pair[0]!r}: zero-shot {_line(plain)!r} -> with the task vector {_line(steered)!r}")
 
     print("\nTest-split accuracy, first token / exact match (%):\n")
     print(markdown_table(rows, METHODS))

@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 import tvjax
+from tvjax.extractor import METHODS, fit_tasks
 from tvjax.report import markdown_table
-
-METHODS = ("zero_shot", "icl", "task_vector")
 
 
 def main(argv=None) -> None:
@@ -30,10 +29,8 @@ def main(argv=None) -> None:
     model = tvjax.load(args.model)
     rows = {}
     start = time.perf_counter()
-    for name in args.tasks.split(","):
-        tv = tvjax.TaskVectorExtractor(model, name, fit_config=tvjax.FitConfig(steps=args.steps))
-        tv.fit()
-        scores = tv.evaluate(METHODS)
+    for tv, scores in fit_tasks(model, args.tasks.split(","), fit_config=tvjax.FitConfig(steps=args.steps)):
+        name = tv.task.name
         rows[name] = {m: s.as_dict() for m, s in scores.items()} | {"seconds": tv.timings}
         print(f"{name}: " + ", ".join(f"{m} {s.first_token:.2f}/{s.exact_match:.2f}" for m, s in scores.items()),
               flush=True)

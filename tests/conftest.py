@@ -147,7 +147,11 @@ def tiny_lm_dir(tmp_path_factory):
     config = transformers.LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
                                       bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # varied greedy answers (see echo_task)
+    model.save_pretrained(directory)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(default_model_dir() / name, directory)
     return directory
@@ -166,3 +170,24 @@ def tiny_task():
              "sharp", "table", "water", "young", "zebra", "bread", "chair", "dream", "earth", "flame", "grape",
              "heart", "ivory", "jelly", "knife", "lemon", "maple", "night", "olive"]
     return tvjax.Task.from_pairs("upper", [(w, w.upper()) for w in words], seed=0)
+
+
+@pytest.fixture(scope="session")
+def echo_task(tiny_lm):
+    """A task whose outputs are the tiny model's own greedy first answer tokens.
+
+    Plain zero-shot first-token accuracy is 100% on it by construction, so a scoring bug
+    or a misplaced edit shows up as a change, and a blend moves accuracy away from 100%.
+    """
+    from tvjax.batching import encode
+    from tvjax.data import Template, build_texts, tokenize
+
+    config, params, tokenizer = tiny_lm
+    words = [x for x, _ in tvjax.load_task("capitalize").train][:60]
+    tokens, mask = encode(tokenizer, [Template().query(w)[0] for w in words])
+    first = dict(zip(words, tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=1)[:, 0]))
+    pairs = [(w, tokenizer.decode([int(t)]).strip()) for w, t in first.items()]
+    encoded, _ = tokenize(tokenizer, build_texts(Template(), [p for p in pairs if p[1]], 0, [], 0))
+    kept = [p.pair for p in encoded if p.answer[0] == first[p.pair[0]]]
+    assert len(kept) >= 20, f"only {len(kept)} echo pairs"
+    return tvjax.Task.from_pairs("echo", kept, seed=0)

@@ -46,3 +46,12 @@ def test_bad_input_exits_non_zero_with_a_message(tmp_path, capsys, tiny_lm, tiny
     save_task_vector(other, np.zeros((3, c.n_heads)), np.zeros((3, c.n_heads, c.head_dim)), c)
     assert main(["generate", "--model", str(tiny_lm_dir), "--tv", str(other), "--prompt", "hi"]) == 2
     assert "cannot be applied" in capsys.readouterr().err
+
+
+def test_generate_queries_end_like_the_fitting_prompts(tmp_path, capsys, tiny_lm, tiny_lm_dir):
+    c = tiny_lm.config
+    tv = save_task_vector(tmp_path / "numbers.safetensors", np.zeros((c.n_layers, c.n_heads)),
+                          np.zeros((c.n_layers, c.n_heads, c.head_dim)), c, task="next_number", lead=" ")
+    assert main(["generate", "--model", str(tiny_lm_dir), "--tv", str(tv), "--query", "41",
+                 "--max-new-tokens", "2"]) == 0
+    assert "'Q: 41\\nA: ' -> " in capsys.readouterr().out

@@ -6,22 +6,31 @@ from tvjax.data import prompts_for
 from tvjax.evaluate import answer_text
 
 
-def test_first_token_accuracy_equals_a_direct_count(tiny_lm, tiny_task):
+def test_the_models_own_answers_score_100_percent(tiny_lm, echo_task):
+    scores = tvjax.evaluate(tiny_lm, echo_task, batch_size=4)
+    assert scores.n == len(echo_task.test) and scores.skipped == 0
+    assert scores.first_token == 1.0
+
+
+def test_scores_equal_a_direct_count(tiny_lm, echo_task):
     config, params, tokenizer = tiny_lm
     c = config
-    blend = tvjax.HeadBlend(jnp.full((c.n_layers, c.n_heads), 3.0), jnp.ones((c.n_layers, c.n_heads, c.head_dim)))
-    for kwargs in ({}, {"shots": 3}, {"blend": blend}):
-        scores = tvjax.evaluate(tiny_lm, tiny_task, batch_size=4, **kwargs)
-        prompts, _ = prompts_for(tokenizer, tiny_task, "test", kwargs.get("shots", 0))
+    blend = tvjax.HeadBlend(jnp.full((c.n_layers, c.n_heads), 3.0),
+                            jnp.asarray(np.random.default_rng(0).normal(size=(c.n_layers, c.n_heads, c.head_dim)),
+                                        jnp.float32))
+    for kwargs in ({"shots": 3}, {"blend": blend}):
+        scores = tvjax.evaluate(tiny_lm, echo_task, batch_size=4, **kwargs)
+        prompts, _ = prompts_for(tokenizer, echo_task, "test", kwargs.get("shots", 0))
         hits = 0
         for p in prompts:
             logits = tvjax.forward(params, jnp.asarray([p.ids]), config=config, blend=kwargs.get("blend")).logits
             hits += int(np.argmax(logits[0, -1]) == p.answer[0])
-        assert scores.n == len(prompts) and scores.first_token == hits / len(prompts)
+        assert scores.first_token == hits / len(prompts)
+    assert scores.first_token < 1.0, "this blend should change some answers"
 
 
 def test_answer_text_takes_the_first_line_before_eos(tiny_lm):
     tokenizer = tiny_lm.tokenizer
     ids = tokenizer(" slow\n\nQ: big")["input_ids"]
-    assert answer_text(tokenizer, np.asarray(ids), eos=2) == "slow"
-    assert answer_text(tokenizer, np.asarray(tokenizer(" Paris")["input_ids"] + [2, 5, 6]), eos=2) == "Paris"
+    assert answer_text(tokenizer, np.asarray(ids), eos_ids=(2,)) == "slow"
+    assert answer_text(tokenizer, np.asarray(tokenizer(" Paris")["input_ids"] + [2, 5, 6]), eos_ids=(2,)) == "Paris"

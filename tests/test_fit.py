@@ -117,3 +117,17 @@ def test_soft_task_vector_beats_zero_shot_on_the_default_model():
     tv.fit()
     scores = tv.evaluate(("zero_shot", "task_vector"))
     assert scores["task_vector"].first_token >= scores["zero_shot"].first_token + 0.4, scores
+
+
+def test_optimizer_is_selectable_and_checked(tiny_lm, tiny_task, fitted):
+    mu, _ = fitted
+    result = tvjax.fit(tiny_lm, tiny_task, mu, FitConfig(steps=3, eval_every=3, batch_size=4, optimizer="sgd"))
+    assert result.history[-1]["step"] == 3
+    with pytest.raises(ValueError, match="unknown optax optimizer 'adamm'"):
+        tvjax.fit(tiny_lm, tiny_task, mu, FitConfig(steps=3, optimizer="adamm"))
+
+
+def test_a_model_without_tokenizer_is_a_clear_error(tiny_models, tiny_task):
+    _, model, _ = tiny_models("llama")
+    with pytest.raises(tvjax.CheckpointError, match="no tokenizer"):
+        tvjax.TaskVectorExtractor(model, tiny_task)

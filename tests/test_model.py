@@ -82,3 +82,9 @@ def test_config_rejects_unknown_values():
     with pytest.raises(ValueError, match="supported"):
         tvjax.ModelConfig(family="llama", vocab_size=8, d_model=8, n_layers=1, n_heads=2, n_kv_heads=2,
                           head_dim=4, mlp_dim=8, norm="batchnorm")
+
+
+def test_learned_positions_beyond_the_table_are_an_error(tiny_models):
+    _, (config, params, _), _ = tiny_models("gpt2")
+    with pytest.raises(ValueError, match="exceed the model's learned position table \\(128\\)"):
+        tvjax.forward(params, jnp.zeros((1, 129), jnp.int32), config=config)

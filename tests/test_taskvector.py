@@ -45,13 +45,17 @@ def test_bad_files_are_clear_errors(tmp_path, tiny_lm):
         load_task_vector(path)
 
 
-def test_extractor_saves_and_loads_with_the_same_accuracy(tmp_path, tiny_lm, tiny_task):
-    tv = tvjax.TaskVectorExtractor(tiny_lm, tiny_task, shots=3, n_prompts=8,
-                                   fit_config=tvjax.FitConfig(steps=5, batch_size=4))
+def test_extractor_saves_and_loads_with_the_same_accuracy(tmp_path, tiny_lm, echo_task):
+    tv = tvjax.TaskVectorExtractor(tiny_lm, echo_task, shots=3, n_prompts=8,
+                                   fit_config=tvjax.FitConfig(steps=5, batch_size=4, init=1.0))
     tv.fit()
     before = tv.evaluate(("task_vector",))["task_vector"]
-    path = tv.save(tmp_path / "upper.safetensors")
-    again = tvjax.TaskVectorExtractor(tiny_lm, tiny_task, shots=3)
+    assert 0 < before.first_token < 1, "the fitted vector should change some of the model's own answers"
+    path = tv.save(tmp_path / "echo.safetensors")
+    again = tvjax.TaskVectorExtractor(tiny_lm, echo_task, shots=3)
     again.load(path)
+    np.testing.assert_array_equal(again.blend.theta, tv.blend.theta)
+    np.testing.assert_array_equal(again.blend.mu, tv.blend.mu)
     assert again.evaluate(("task_vector",))["task_vector"] == before
-    assert load_task_vector(path).info["task"] == "upper"
+    info = load_task_vector(path).info
+    assert info["task"] == "echo" and info["best_valid_loss"] == tv.result.best_valid_loss

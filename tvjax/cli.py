@@ -17,7 +17,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (TaskError, ValueError, FileNotFoundError) as e:  # our errors are ValueErrors with the fix in them
+    except (TaskError, ValueError, OSError) as e:  # our errors are ValueErrors with the fix in them
         print(f"tvjax {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
@@ -55,8 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--tv", default=None, help="a task-vector file from `tvjax fit`")
     ev.add_argument("--shots", type=int, default=10)
     ev.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--template", default=None)
+    ev.add_argument("--seed", type=int, default=None, help="split seed (default: the task vector's, else 0)")
+    ev.add_argument("--template", default=None, help="default: the task vector's, else the standard one")
     ev.set_defaults(run=cmd_eval)
 
     gen = sub.add_parser("generate", help="greedy generation, with or without a task vector")
@@ -66,17 +66,26 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default=None, help=model_help)
     gen.add_argument("--tv", default=None, help="a task-vector file (applied at the last prompt token)")
     gen.add_argument("--max-new-tokens", type=int, default=16)
-    gen.add_argument("--template", default=None)
+    gen.add_argument("--template", default=None, help="for --query (default: the task vector's)")
     gen.set_defaults(run=cmd_generate)
     return parser
 
 
-def _template(args):
-    from tvjax.data import Template
+def _template(args, info: dict | None = None):
+    from tvjax.data import DEFAULT_TEMPLATE, Template
 
     if args.template is None:
-        return Template()
+        return Template((info or {}).get("template", DEFAULT_TEMPLATE))
     return Template(args.template.replace("\\n", "\n").replace("\\t", "\t"))  # shell-typed \n
+
+
+def _task_vector(path, config):
+    """A task-vector file, checked against the model it will be applied to."""
+    from tvjax.taskvector import load_task_vector
+
+    tv = load_task_vector(path)
+    tv.check(config)
+    return tv
 
 
 def cmd_tasks(args) -> None:
@@ -108,9 +117,9 @@ def cmd_fit(args) -> None:
                "scores": {m: s.as_dict() for m, s in scores.items()}, "fit": dataclasses.asdict(config),
                "best_step": tv.result.best_step, "history": tv.result.history, "seconds": tv.timings}
     (out / f"{task.name}.json").write_text(json.dumps(results, indent=2))
-    print(markdown_table({task.name: {m: s.as_dict() for m, s in scores.items()}}, list(scores)).rsplit("\n", 1)[0])
-    print("first-token / exact-match accuracy (%) on the test split, "
-          f"{scores['task_vector'].n} prompts; best step {tv.result.best_step}")
+    print(markdown_table({task.name: {m: s.as_dict() for m, s in scores.items()}}, list(scores), mean=False))
+    print(f"first-token / exact-match accuracy (%) on the test split, {scores['task_vector'].n} prompts"
+          f"{_skipped(scores['task_vector'])}; best validation step {tv.result.best_step}")
     print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in tv.timings.items()))
     print(f"saved {path} and {out / (task.name + '.json')}")
 
@@ -121,31 +130,41 @@ def cmd_eval(args) -> None:
     from tvjax.extractor import TaskVectorExtractor
     from tvjax.report import markdown_table
 
-    task = load_task(args.task, args.seed)
     model = load(args.model)
-    tv = TaskVectorExtractor(model, task, shots=args.shots, template=_template(args), seed=args.seed)
+    info = _task_vector(args.tv, model.config).info if args.tv else {}
+    seed = info.get("seed", 0) if args.seed is None else args.seed
+    task = load_task(args.task, seed)
+    if info.get("task") not in (None, task.name):
+        print(f"warning: the task vector was fitted on task {info['task']!r}, evaluating it on {task.name!r}",
+              file=sys.stderr)
+    tv = TaskVectorExtractor(model, task, shots=args.shots, template=_template(args, info), seed=seed)
     methods = ["zero_shot", "icl"]
     if args.tv:
         tv.load(args.tv)
         methods.append("task_vector")
     scores = tv.evaluate(methods, split=args.split)
-    print(markdown_table({task.name: {m: s.as_dict() for m, s in scores.items()}}, methods).rsplit("\n", 1)[0])
-    print(f"first-token / exact-match accuracy (%) on the {args.split} split, {scores['zero_shot'].n} prompts")
+    print(markdown_table({task.name: {m: s.as_dict() for m, s in scores.items()}}, methods, mean=False))
+    print(f"first-token / exact-match accuracy (%) on the {args.split} split (seed {seed}), "
+          f"{scores['zero_shot'].n} prompts{_skipped(scores['zero_shot'])}")
+
+
+def _skipped(scores) -> str:
+    return f" ({scores.skipped} skipped: answer does not tokenise)" if scores.skipped else ""
 
 
 def cmd_generate(args) -> None:
     from tvjax.convert import load
     from tvjax.generate import generate_text
-    from tvjax.taskvector import load_task_vector
 
     model = load(args.model)
-    template = _template(args)
-    prompts = [args.prompt] if args.prompt else [template.query(q)[0] for q in args.query]
-    blend = None
-    if args.tv:
-        tv = load_task_vector(args.tv)
-        tv.check(model.config)
-        blend = tv.blend()
+    if model.tokenizer is None:
+        raise ValueError("this checkpoint has no tokenizer; copy its tokenizer files into the checkpoint directory")
+    tv = _task_vector(args.tv, model.config) if args.tv else None
+    info = tv.info if tv else {}
+    # Queries end like the fitting prompts did (e.g. with the ' ' token before digits).
+    prompts = [args.prompt] if args.prompt else [_template(args, info).query(q)[0] + info.get("lead", "")
+                                                 for q in args.query]
+    blend = tv.blend() if tv else None
     for prompt, text in zip(prompts, generate_text(model, prompts, args.max_new_tokens, blend)):
         print(f"{prompt!r} -> {text!r}")
 

@@ -70,7 +70,7 @@ class ModelConfig:
     dtype: str = "float32"
     remat: str | None = None
     bos_token_id: int | None = None
-    eos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None  # several for some chat models
     pad_token_id: int | None = None
 
     def __post_init__(self):
@@ -95,6 +95,12 @@ class ModelConfig:
     def rope_dim(self) -> int:
         """Number of rotated dims per head (head_dim unless partial rotary)."""
         return self.head_dim if self.rotary_dim is None else self.rotary_dim
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """Every end-of-sequence token id (possibly none)."""
+        eos = self.eos_token_id
+        return () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
 
     @property
     def jnp_dtype(self):

@@ -41,8 +41,6 @@ def evaluate(model, task: Task, *, blend: HeadBlend | None = None, shots: int = 
     """
     config, params, tokenizer = model
     prompts, skipped = prompts_for(tokenizer, task, split, shots, template=template, seed=seed)
-    if not prompts:
-        raise ValueError(f"task {task.name!r}: no {split} pair has an answer that tokenises")
     length = bucket_length(max(len(p.ids) for p in prompts))
     if max_new_tokens is None:
         max_new_tokens = -(-(max(len(p.answer) for p in prompts) + 1) // 4) * 4
@@ -54,10 +52,11 @@ def evaluate(model, task: Task, *, blend: HeadBlend | None = None, shots: int = 
         new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max_new_tokens, blend=blend)
         for prompt, row in zip(chunk[:real], new[:real]):
             first += int(row[0] == prompt.answer[0])
-            exact += int(answer_text(tokenizer, row, config.eos_token_id) == prompt.pair[1].strip())
+            exact += int(answer_text(tokenizer, row, config.eos_ids) == prompt.pair[1].strip())
     return Scores(first / len(prompts), exact / len(prompts), len(prompts), len(skipped))
 
 
-def answer_text(tokenizer, row: np.ndarray, eos: int | None) -> str:
+def answer_text(tokenizer, row: np.ndarray, eos_ids: tuple[int, ...]) -> str:
     """The generated answer: decoded up to end-of-sequence, first line, stripped."""
-    return (tokenizer.decode(until_eos(row, eos)).strip().splitlines() or [""])[0].strip()
+    text = tokenizer.decode(until_eos(row, eos_ids), skip_special_tokens=True)
+    return (text.strip().splitlines() or [""])[0].strip()

@@ -39,12 +39,15 @@ def extract_means(model, task: Task, *, n_prompts: int = 50, shots: int = 10, ba
                   seed: int = 0, template: Template = Template()) -> np.ndarray:
     """Task means `mu` `[L, N, H]` from `n_prompts` `shots`-shot ICL prompts of the train split.
 
-    Each prompt's query is a train pair (drawn with replacement when the split is smaller
-    than `n_prompts`); its demonstrations are other train pairs.
+    Each prompt's query is a train pair (distinct, unless the split is smaller than
+    `n_prompts`); its demonstrations are other train pairs.
     """
     task.require(shots)
     rng = random.Random(seed)
-    queries = [rng.choice(task.train) for _ in range(n_prompts)]
+    if n_prompts <= len(task.train):
+        queries = rng.sample(task.train, n_prompts)
+    else:
+        queries = [rng.choice(task.train) for _ in range(n_prompts)]
     prompts, _ = prompts_for(model.tokenizer, task, "train", shots, template=template, seed=seed, queries=queries)
     return head_means(model, prompts, batch_size)
 

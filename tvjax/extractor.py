@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 
 from tvjax import __version__
-from tvjax.convert import DEFAULT_MODEL, Model, load
-from tvjax.data import Task, Template, load_task
+from tvjax.convert import DEFAULT_MODEL, CheckpointError, Model, load
+from tvjax.data import Task, Template, load_task, prompts_for
 from tvjax.evaluate import Scores, evaluate
 from tvjax.extract import extract_means
 from tvjax.fit import FitConfig, FitResult, fit
@@ -33,6 +34,9 @@ class TaskVectorExtractor:
                  n_prompts: int = 50, fit_config: FitConfig = FitConfig(), template: Template = Template(),
                  seed: int = 0):
         self.model = model if isinstance(model, Model) else load(model)
+        if self.model.tokenizer is None:
+            raise CheckpointError("this checkpoint has no tokenizer; copy its tokenizer files (tokenizer.json, "
+                                  "tokenizer_config.json) into the checkpoint directory")
         self.model_name = "custom" if isinstance(model, Model) else str(model or DEFAULT_MODEL)
         self.task = task if isinstance(task, Task) else load_task(task, seed)
         self.task.require(shots)
@@ -61,8 +65,9 @@ class TaskVectorExtractor:
         self.timings["fit"] = time.perf_counter() - start
         return self.blend
 
-    def evaluate(self, methods=("zero_shot", "icl", "task_vector"), split: str = "test") -> dict[str, Scores]:
+    def evaluate(self, methods=None, split: str = "test") -> dict[str, Scores]:
         """Scores of each method on `split`: plain zero-shot, `shots`-shot ICL, zero-shot + task vector."""
+        methods = METHODS if methods is None else methods
         settings = {"zero_shot": {}, "icl": {"shots": self.shots}, "task_vector": {"blend": self.blend}}
         if "task_vector" in methods and self.blend is None:
             raise ValueError("no task vector yet: call fit() or load() first")
@@ -80,10 +85,15 @@ class TaskVectorExtractor:
             raise ValueError("no task vector yet: call fit() or load() first")
         info = {"model": self.model_name, "task": self.task.name, "shots": self.shots, "n_prompts": self.n_prompts,
                 "fit": dataclasses.asdict(self.fit_config), "template": self.template.text, "seed": self.seed,
-                "tvjax_version": __version__, **extra}
+                "lead": self.lead(), "tvjax_version": __version__, **extra}
         if self.result is not None:
             info.update(best_step=self.result.best_step, best_valid_loss=self.result.best_valid_loss)
         return save_task_vector(path, self.blend.theta, self.blend.mu, self.model.config, **info)
+
+    def lead(self) -> str:
+        """Whitespace that ends this task's fitting prompts (e.g. ' ' before digits in SmolLM2)."""
+        prompts, _ = prompts_for(self.model.tokenizer, self.task, "train", 0, template=self.template, seed=self.seed)
+        return Counter(p.lead for p in prompts).most_common(1)[0][0]
 
     def load(self, path) -> HeadBlend:
         """Load a task vector file, checked against this model's shape."""
@@ -92,3 +102,14 @@ class TaskVectorExtractor:
         self.blend = tv.blend()
         self.mu = tv.mu
         return self.blend
+
+
+METHODS = ("zero_shot", "icl", "task_vector")
+
+
+def fit_tasks(model: Model, tasks, *, methods=METHODS, **settings):
+    """For each task (name, path or Task): means, fit, evaluate. Yields `(extractor, scores)`."""
+    for task in tasks:
+        tv = TaskVectorExtractor(model, task, **settings)
+        tv.fit()
+        yield tv, tv.evaluate(methods)

@@ -38,6 +38,7 @@ class FitConfig:
     seed: int = 0
     eval_every: int = 10
     sparsity: float = 0.0  # penalty weight on mean(sigmoid(theta))
+    optimizer: str = "adam"  # any optax optimizer taking a learning rate: adam, adamw, sgd, lion, ...
     all_answer_tokens: bool = False  # loss on every answer token instead of the first
 
 
@@ -116,13 +117,18 @@ def take(rows: Rows, index: jax.Array) -> Rows:
     return Rows(cache, rows.tokens[index], rows.mask[index], rows.targets[index], rows.target_mask[index])
 
 
-def _optimizer(learning_rate: float):
-    return optax.adam(learning_rate)
+def optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
+    """`optax.<name>(learning_rate)`, with a clear error for an unknown name."""
+    make = getattr(optax, name, None)
+    if name.startswith("_") or not callable(make):
+        raise ValueError(f"unknown optax optimizer {name!r}; e.g. adam, adamw, sgd, lion, rmsprop")
+    return make(learning_rate)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "learning_rate"), donate_argnames=("theta", "opt_state"))
+@functools.partial(jax.jit, static_argnames=("config", "learning_rate", "optimizer_name"),
+                   donate_argnames=("theta", "opt_state"))
 def train_step(theta, opt_state, mu, params, rows: Rows, index, sparsity, *, config: ModelConfig,
-               learning_rate: float):
+               learning_rate: float, optimizer_name: str = "adam"):
     """One Adam step on `theta` `[L, N]` over the rows at `index` `[B]`; returns (theta, opt_state, loss)."""
 
     def loss_fn(theta):
@@ -130,7 +136,7 @@ def train_step(theta, opt_state, mu, params, rows: Rows, index, sparsity, *, con
         return losses.mean() + sparsity * jax.nn.sigmoid(theta).mean()
 
     loss, grad = jax.value_and_grad(loss_fn)(theta)
-    updates, opt_state = _optimizer(learning_rate).update(grad, opt_state, theta)
+    updates, opt_state = optimizer(optimizer_name, learning_rate).update(grad, opt_state, theta)
     return optax.apply_updates(theta, updates), opt_state, loss
 
 
@@ -156,12 +162,10 @@ def fit(model, task: Task, mu, config: FitConfig = FitConfig(), *, template: Tem
     mu = jnp.asarray(mu, jnp.float32)
     train_prompts, _ = prompts_for(tokenizer, task, "train", 0, template=template, seed=config.seed)
     valid_prompts, _ = prompts_for(tokenizer, task, "valid", 0, template=template, seed=config.seed)
-    if not train_prompts or not valid_prompts:
-        raise ValueError(f"task {task.name!r} has no usable train or valid prompts")
     train = prepare_rows(model, train_prompts, config.all_answer_tokens, config.batch_size)
     valid = prepare_rows(model, valid_prompts, config.all_answer_tokens, config.batch_size)
     theta = jnp.full((model_config.n_layers, model_config.n_heads), config.init, jnp.float32)
-    opt_state = _optimizer(config.learning_rate).init(theta)
+    opt_state = optimizer(config.optimizer, config.learning_rate).init(theta)
 
     def validate(theta):
         return float(mean_loss(params, HeadBlend(theta, mu), valid, config=model_config))
@@ -172,7 +176,8 @@ def fit(model, task: Task, mu, config: FitConfig = FitConfig(), *, template: Tem
     for step in bar:
         index = jnp.asarray(batch_indices(len(train_prompts), config.batch_size, step - 1, config.seed))
         theta, opt_state, loss = train_step(theta, opt_state, mu, params, train, index, config.sparsity,
-                                            config=model_config, learning_rate=config.learning_rate)
+                                            config=model_config, learning_rate=config.learning_rate,
+                                            optimizer_name=config.optimizer)
         running.append(loss)
         if step % config.eval_every == 0 or step == config.steps:
             valid_loss = validate(theta)

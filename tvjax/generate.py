@@ -8,14 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tvjax.batching import encode
+from tvjax.batching import encode, pad_left
 from tvjax.config import ModelConfig
 from tvjax.interventions import HeadBlend
 from tvjax.model import KVCache, Params, forward
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))
-def _greedy(params, tokens, mask, blend, eos_token_id, *, config: ModelConfig, max_new_tokens: int):
+def _greedy(params, tokens, mask, blend, eos_ids, *, config: ModelConfig, max_new_tokens: int):
     B, T = tokens.shape
     cache = KVCache.empty(config, B, T + max_new_tokens)
     last = jnp.full((B,), T - 1)
@@ -26,8 +26,8 @@ def _greedy(params, tokens, mask, blend, eos_token_id, *, config: ModelConfig, m
         token, done, cache = carry
         out = forward(params, token[:, None], config=config, mask=jnp.ones((B, 1), bool),
                       logits_at=jnp.zeros((B,), jnp.int32), cache=cache)
-        done = done | (token == eos_token_id)
-        token = jnp.where(done, eos_token_id, jnp.argmax(out.logits, axis=-1).astype(jnp.int32))
+        done = done | jnp.isin(token, eos_ids)
+        token = jnp.where(done, eos_ids[0], jnp.argmax(out.logits, axis=-1).astype(jnp.int32))
         return (token, done, out.cache), token
 
     init = (first, jnp.zeros((B,), bool), out.cache)
@@ -43,7 +43,7 @@ def generate(
     mask=None,
     max_new_tokens: int = 16,
     blend: HeadBlend | None = None,
-    eos_token_id: int | None = None,
+    eos_token_id: int | tuple[int, ...] | None = None,
 ) -> np.ndarray:
     """Greedy decoding.
 
@@ -52,26 +52,32 @@ def generate(
       tokens: `[B, T]` left-padded prompts; mask: `[B, T]` bool (default: all real).
       max_new_tokens: tokens to generate per prompt.
       blend: optional `HeadBlend`, applied at the last prompt token only.
-      eos_token_id: after it, a row keeps emitting it (default: `config.eos_token_id`).
+      eos_token_id: id(s) ending a row; after one, the row repeats the first id
+        (default: `config.eos_token_id`; -1 never stops).
     Returns:
       `[B, max_new_tokens]` int32 new tokens.
     """
     tokens = jnp.asarray(tokens, jnp.int32)
     mask = jnp.ones(tokens.shape, bool) if mask is None else jnp.asarray(mask, bool)
-    eos = config.eos_token_id if eos_token_id is None else eos_token_id
-    eos = jnp.int32(-1 if eos is None else eos)
+    eos = config.eos_ids if eos_token_id is None else config.replace(eos_token_id=eos_token_id).eos_ids
+    eos = jnp.asarray(eos or (-1,), jnp.int32)
     return np.asarray(_greedy(params, tokens, mask, blend, eos, config=config, max_new_tokens=max_new_tokens))
 
 
-def generate_text(model, prompts: list[str], max_new_tokens: int = 16, blend: HeadBlend | None = None) -> list[str]:
-    """Greedy completions of `prompts` as strings, cut at the end-of-sequence token."""
+def generate_text(model, prompts: list[str] | list[list[int]], max_new_tokens: int = 16,
+                  blend: HeadBlend | None = None) -> list[str]:
+    """Greedy completions of `prompts` (texts, or token id lists) as strings, cut at end-of-sequence."""
     config, params, tokenizer = model
-    tokens, mask = encode(tokenizer, prompts)
+    if all(isinstance(p, str) for p in prompts):
+        tokens, mask = encode(tokenizer, prompts)
+    else:
+        tokens, mask = pad_left(prompts, tokenizer.pad_token_id or 0)
     new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max_new_tokens, blend=blend)
-    return [tokenizer.decode(until_eos(row, config.eos_token_id)) for row in new]
+    return [tokenizer.decode(until_eos(row, config.eos_ids), skip_special_tokens=True) for row in new]
 
 
-def until_eos(row: np.ndarray, eos: int | None) -> list[int]:
+def until_eos(row: np.ndarray, eos_ids: tuple[int, ...]) -> list[int]:
     """Generated tokens before the first end-of-sequence token."""
     row = row.tolist()
-    return row[: row.index(eos)] if eos in row else row
+    ends = [i for i, t in enumerate(row) if t in eos_ids]
+    return row[: ends[0]] if ends else row

@@ -277,6 +277,9 @@ def forward(
       `Output(logits, heads, cache)`.
     """
     B, T = _check_tokens(tokens, mask, edit_mask)
+    length = T if cache is None else cache.k.shape[2]
+    if config.positions == "learned" and length > config.max_positions:
+        raise ValueError(f"{length} positions exceed the model's learned position table ({config.max_positions})")
     mask = jnp.ones((B, T), bool) if mask is None else mask.astype(bool)
     if blend is not None:
         check_blend(config, blend)

@@ -5,8 +5,8 @@ from __future__ import annotations
 LABELS = {"zero_shot": "zero-shot", "icl": "ICL", "task_vector": "soft TV"}
 
 
-def markdown_table(rows: dict[str, dict], methods) -> str:
-    """`rows[task][method] = {"first_token": .., "exact_match": ..}` -> a Markdown table with a mean row.
+def markdown_table(rows: dict[str, dict], methods, mean: bool = True) -> str:
+    """`rows[task][method] = {"first_token": .., "exact_match": ..}` -> a Markdown table (with a mean row).
 
     Each cell is `first-token / exact-match` accuracy in percent.
     """
@@ -14,9 +14,10 @@ def markdown_table(rows: dict[str, dict], methods) -> str:
     lines = [header, "|---" * (len(methods) + 1) + "|"]
     for task, scores in rows.items():
         lines.append(f"| {task} | " + " | ".join(_cell(scores[m]) for m in methods) + " |")
-    mean = {m: {k: sum(r[m][k] for r in rows.values()) / len(rows) for k in ("first_token", "exact_match")}
-            for m in methods}
-    lines.append("| **mean** | " + " | ".join(f"**{_cell(mean[m])}**" for m in methods) + " |")
+    if mean:
+        avg = {m: {k: sum(r[m][k] for r in rows.values()) / len(rows) for k in ("first_token", "exact_match")}
+               for m in methods}
+        lines.append("| **mean** | " + " | ".join(f"**{_cell(avg[m])}**" for m in methods) + " |")
     return "\n".join(lines)
 
 

@@ -40,7 +40,7 @@ class TaskVector(NamedTuple):
 
     def check(self, config) -> None:
         """Raise `TaskVectorError` naming both shapes if `config` (a ModelConfig) differs."""
-        want = {k: getattr(config, k) for k in SHAPE_KEYS}
+        want = model_shape(config)
         if self.model != want:
             raise TaskVectorError(f"task vector made for model {self.model} cannot be applied to model {want}")
 

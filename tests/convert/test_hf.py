@@ -96,3 +96,24 @@ def test_tokenizer_is_loaded_when_present(tmp_path):
     shutil.copy(tvjax.convert.default_model_dir() / "tokenizer.json", tmp_path)
     shutil.copy(tvjax.convert.default_model_dir() / "tokenizer_config.json", tmp_path)
     assert tvjax.load(str(tmp_path)).tokenizer("Q: hot")["input_ids"]
+
+
+def test_unsupported_rope_scaling_and_missing_fields_fail_at_load(tmp_path):
+    build_tiny("llama", tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(tvjax.UnsupportedArchitecture, match="'yarn' is not supported.*llama3"):
+        tvjax.load(str(tmp_path))
+    del config["rope_parameters"], config["hidden_size"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(tvjax.UnsupportedArchitecture, match="lacks the field 'hidden_size'"):
+        tvjax.load(str(tmp_path))
+
+
+def test_several_eos_ids_are_kept(tmp_path):
+    build_tiny("llama", tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["eos_token_id"] = [2, 7]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert tvjax.load(str(tmp_path)).config.eos_ids == (2, 7)

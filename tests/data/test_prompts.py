@@ -29,16 +29,16 @@ def test_icl_prompts_use_other_train_pairs():
 
 
 def test_word_answers_keep_their_leading_space(tokenizer):
-    [(ids, answer, _)], skipped = tokenize(tokenizer, build_texts(Template(), [("fast", "slow")], 0, [], 0))
-    assert not skipped and tokenizer.decode(answer[:1]) == " slow"
-    assert tokenizer.decode(ids).endswith("A:")
+    [prompt], skipped = tokenize(tokenizer, build_texts(Template(), [("fast", "slow")], 0, [], 0))
+    assert not skipped and tokenizer.decode(prompt.answer[:1]) == " slow"
+    assert tokenizer.decode(prompt.ids).endswith("A:") and prompt.lead == ""
 
 
 def test_numeric_answers_move_the_bare_space_into_the_prompt(tokenizer):
     # SmolLM2 writes " 42" as ' ', '4', '2': the informative first answer token is '4'.
-    [(ids, answer, _)], _ = tokenize(tokenizer, build_texts(Template(), [("41", "42")], 0, [], 0))
-    assert tokenizer.decode(answer) == "42" and tokenizer.decode(answer[:1]) == "4"
-    assert tokenizer.decode(ids).endswith("A: ")
+    [prompt], _ = tokenize(tokenizer, build_texts(Template(), [("41", "42")], 0, [], 0))
+    assert tokenizer.decode(prompt.answer) == "42" and tokenizer.decode(prompt.answer[:1]) == "4"
+    assert tokenizer.decode(prompt.ids).endswith("A: ") and prompt.lead == " "
 
 
 def test_answers_that_do_not_tokenise_are_reported(tokenizer):
@@ -54,3 +54,13 @@ def test_prompts_for_checks_the_shots(tokenizer):
     task = Task.from_pairs("small", [(str(i), str(i)) for i in range(6)], seed=0)
     with pytest.raises(TaskError, match="10-shot"):
         prompts_for(tokenizer, task, "test", 10)
+
+
+def test_prompts_for_reports_skipped_pairs_and_fails_when_none_is_left(tokenizer):
+    task = Task.from_pairs("eq", [(str(i), "=") for i in range(8)], seed=0)
+    with pytest.raises(TaskError, match="no pair has an answer that tokenises"), pytest.warns(UserWarning):
+        prompts_for(tokenizer, task, "test", 0, template=Template("{input}={output}"))
+    mixed = Task.from_pairs("mixed", [(str(i), "=" if i % 2 else "y") for i in range(20)], seed=0)
+    with pytest.warns(UserWarning, match="pairs skipped, their answers do not tokenise"):
+        prompts, skipped = prompts_for(tokenizer, mixed, "train", 0, template=Template("{input}={output}"))
+    assert prompts and skipped

@@ -87,3 +87,9 @@ def test_task_too_small():
         Task.from_pairs("tiny", PAIRS[:2])
     with pytest.raises(TaskError, match="10-shot prompts need at least 11"):
         Task.from_pairs("small", PAIRS).require(10)
+
+
+def test_non_utf8_file_names_the_path(tmp_path):
+    (tmp_path / "latin1.csv").write_bytes("caf\xe9,CAF\xc9\n".encode("latin-1"))
+    with pytest.raises(TaskError, match="latin1.csv: not UTF-8"):
+        read_pairs(tmp_path / "latin1.csv")

@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from tvjax.config import ModelConfig
+from tvjax.rope import ROPE_TYPES
 
 # model_type -> family (weight-naming scheme)
 MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2", "gpt_neox": "gpt_neox"}
@@ -34,8 +35,17 @@ def config_from_hf(hf: dict) -> ModelConfig:
             f"unsupported architecture model_type={model_type!r} "
             f"(architectures={hf.get('architectures')}); supported model types: {SUPPORTED}"
         )
+    try:
+        return _config_from_hf(hf, model_type)
+    except KeyError as e:
+        raise UnsupportedArchitecture(f"config.json of model_type {model_type!r} lacks the field {e}") from e
+
+
+def _config_from_hf(hf: dict, model_type: str) -> ModelConfig:
     rope = _rope_parameters(hf)
-    tokens = {k: _first(hf.get(k)) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    eos = hf.get("eos_token_id")
+    tokens = {"bos_token_id": _first(hf.get("bos_token_id")), "pad_token_id": _first(hf.get("pad_token_id")),
+              "eos_token_id": tuple(eos) if isinstance(eos, list) else eos}
     if model_type == "gpt2":
         D, N = hf["n_embd"], hf["n_head"]
         return ModelConfig(
@@ -84,6 +94,8 @@ def _rope_parameters(hf: dict) -> dict:
 
 def _scaling(rope: dict) -> tuple:
     kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind not in ROPE_TYPES:
+        raise UnsupportedArchitecture(f"rope scaling type {kind!r} is not supported; supported: {ROPE_TYPES}")
     return () if kind == "default" else tuple(sorted(rope.items()))
 
 

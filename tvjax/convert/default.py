@@ -67,7 +67,11 @@ def write_hf_directory(source: Path, target: Path) -> None:
         gguf_tokenizer(source).save_pretrained(tmp)
         config["architectures"] = ["LlamaForCausalLM"]
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished the same conversion first
+            if not (target / "config.json").is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -41,11 +41,15 @@ class Template:
 
 
 class Prompt(NamedTuple):
-    """One tokenised prompt: `ids` end just before the answer; `answer` are its tokens."""
+    """One tokenised prompt: `ids` end just before the answer; `answer` are its tokens.
+
+    `lead` is the whitespace text moved from the answer into the prompt ('' or e.g. ' ').
+    """
 
     ids: list[int]
     answer: list[int]
     pair: Pair
+    lead: str = ""
 
 
 def build_texts(template: Template, queries: Sequence[Pair], shots: int, pool: Sequence[Pair],
@@ -76,11 +80,12 @@ def tokenize(tokenizer, texts: Sequence[tuple[str, str, Pair]]) -> tuple[list[Pr
         if full[: len(ids)] != ids:
             skipped.append((pair, "the answer merges with the end of the prompt into other tokens"))
             continue
-        answer_ids = full[len(ids):]
+        answer_ids, lead = full[len(ids):], ""
         while answer_ids and not tokenizer.decode(answer_ids[:1]).strip():
+            lead += tokenizer.decode(answer_ids[:1])
             ids, answer_ids = ids + answer_ids[:1], answer_ids[1:]
         if not answer_ids:
             skipped.append((pair, "the answer tokenises to nothing but whitespace"))
             continue
-        prompts.append(Prompt(ids, answer_ids, pair))
+        prompts.append(Prompt(ids, answer_ids, pair, lead))
     return prompts, skipped

@@ -90,7 +90,10 @@ def read_pairs(path: Path) -> list[Pair]:
     """Pairs from a .json, .jsonl, .csv or .tsv file; errors name the file and line."""
     path = Path(path)
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TaskError(f"{path}: not UTF-8 text ({e})") from e
     if suffix == ".json":
         pairs = [_pair(item, path, line) for item, line in _json_list(text, path)]
     elif suffix == ".jsonl":
