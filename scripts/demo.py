@@ -4,7 +4,7 @@ For a few built-in tasks: extract head means from 10-shot prompts, fit one blend
 weight per head, and compare zero-shot, 10-shot ICL and zero-shot + soft task
 vector on the test split, with the time each phase took.
 
-    python scripts/demo.py [--tasks antonym,country_capital,english_french]
+    python scripts/demo.py [--tasks antonym,country_capital,present_past]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tvjax.report import markdown_table
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", default="antonym,country_capital,english_french")
+    parser.add_argument("--tasks", default="antonym,country_capital,present_past")
     args = parser.parse_args()
 
     start = time.perf_counter()

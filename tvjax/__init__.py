@@ -1,7 +1,7 @@
 """tvjax: task vectors for language models in JAX/Flax.
 
-Without JAX installed, only the JAX-free modules (`tvjax.taskvector`, and the
-PyTorch side) are importable; everything else needs JAX.
+Without JAX installed only the JAX-free module `tvjax.taskvector` (reading and
+writing task-vector files) is importable; everything else needs JAX.
 """
 
 __version__ = "0.1.0"
