@@ -26,7 +26,7 @@ def main() -> None:
     mu = tvjax.extract_means(model, task, n_prompts=50, shots=10)
 
     # 2. Fit theta [L, N] with Adam on zero-shot train prompts; keep the best-validation theta.
-    result = tvjax.fit(model, task, mu, tvjax.FitConfig(steps=100, learning_rate=0.1))
+    result = tvjax.fit(model, task, mu, tvjax.FitConfig(steps=100, learning_rate=0.3))
     print(f"best validation loss {result.best_valid_loss:.3f} at step {result.best_step}")
 
     # 3. Evaluate on the test split: zero-shot, 10-shot ICL, zero-shot + soft task vector.

@@ -29,12 +29,12 @@ from tvjax.model import KVCache, forward
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
-    """Hyperparameters of `fit` (defaults chosen on the default model; see README)."""
+    """Hyperparameters of `fit` (defaults chosen with scripts/sweep_fit.py on the default model)."""
 
     steps: int = 100
-    learning_rate: float = 0.1
+    learning_rate: float = 0.3
     batch_size: int = 16
-    init: float = -2.0  # initial theta: sigmoid(-2) = 0.12 weight on the means
+    init: float = 0.0  # initial theta: sigmoid(0) = 0.5 weight on the means
     seed: int = 0
     eval_every: int = 10
     sparsity: float = 0.0  # penalty weight on mean(sigmoid(theta))
