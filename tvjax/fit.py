@@ -67,14 +67,14 @@ class FitResult(NamedTuple):
 
 def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, batch_size: int = 16) -> Rows:
     """Run every prompt's prefix once into a KV cache and lay out suffixes and targets."""
-    config, params, tokenizer = model
+    config, params, _ = model
     if any(len(p.ids) < 2 for p in prompts):
         raise ValueError("every fitting prompt needs at least 2 tokens (a prefix and the edited last token)")
     suffixes = [[p.ids[-1]] + (p.answer[:-1] if all_answer_tokens else []) for p in prompts]
     targets = [p.answer if all_answer_tokens else p.answer[:1] for p in prompts]
     Tp, Ts = bucket_length(max(len(p.ids) - 1 for p in prompts)), max(map(len, suffixes))
     caches = []
-    for chunk, real in chunks(prompts, batch_size):
+    for chunk, _ in chunks(prompts, batch_size):  # padded rows are cut off below
         tokens, mask = pad_left([p.ids[:-1] for p in chunk], 0, Tp)
         caches.append(_prefill(params, jnp.asarray(tokens), jnp.asarray(mask), config=config, length=Tp + Ts))
     n = len(prompts)
