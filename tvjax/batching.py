@@ -46,3 +46,11 @@ def encode(tokenizer, texts: Sequence[str], length: int | None = None):
     ids = [tokenizer(t)["input_ids"] for t in texts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return pad_left(ids, pad, length)
+
+
+def chunks(items: list, size: int):
+    """`items` in chunks of exactly `size` (the last one padded by repeating its first item), with
+    the number of real items in each: fixed batch shapes mean one compile."""
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
+        yield chunk + [chunk[0]] * (size - len(chunk)), len(chunk)

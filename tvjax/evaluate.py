@@ -12,9 +12,8 @@ import dataclasses
 import numpy as np
 from tqdm.auto import tqdm
 
-from tvjax.batching import bucket_length, pad_left
+from tvjax.batching import bucket_length, chunks, pad_left
 from tvjax.data import Task, Template, prompts_for
-from tvjax.extract import chunks
 from tvjax.generate import generate, until_eos
 from tvjax.interventions import HeadBlend
 

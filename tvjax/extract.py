@@ -8,17 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from tvjax.batching import bucket_length, pad_left
+from tvjax.batching import bucket_length, chunks, pad_left
 from tvjax.data import Prompt, Task, Template, prompts_for
 from tvjax.model import forward
-
-
-def chunks(items: list, size: int):
-    """`items` in chunks of exactly `size` (the last one padded by repeating its first item), with
-    the number of real items in each: fixed batch shapes mean one compile."""
-    for start in range(0, len(items), size):
-        chunk = items[start:start + size]
-        yield chunk + [chunk[0]] * (size - len(chunk)), len(chunk)
 
 
 def head_means(model, prompts: list[Prompt], batch_size: int = 8, desc: str = "means") -> np.ndarray:

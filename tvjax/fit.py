@@ -19,10 +19,9 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from tvjax.batching import bucket_length, pad_left
+from tvjax.batching import bucket_length, chunks, pad_left
 from tvjax.config import ModelConfig
 from tvjax.data import Prompt, Task, Template, prompts_for
-from tvjax.extract import chunks
 from tvjax.interventions import HeadBlend
 from tvjax.model import KVCache, forward
 
