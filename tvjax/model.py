@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from tvjax.config import ModelConfig
 from tvjax.interventions import HeadBlend, blend_heads, check_blend
 from tvjax.rope import apply_rope, inverse_frequencies
+from tvjax.sharding import constrain
 
 Params = Any
 _INIT = nn.initializers.normal(0.02)
@@ -141,6 +142,7 @@ class Attention(nn.Module):
         scores = jnp.where(attn_mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
         heads = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
+        heads = constrain(heads, "batch", "length", "heads", "head_dim")
         if blend is not None:
             heads = blend_heads(heads, blend.theta, blend.mu, edit_mask)
         out_bias = (D,) if c.out_bias else None
@@ -164,6 +166,7 @@ class MLP(nn.Module):
             h = act(Einsum((D, F), "BTD,DF->BTF", bias(F), dt, name="gate")(x)) * up
         else:
             h = act(up)
+        h = constrain(h, "batch", "length", "mlp")
         return Einsum((F, D), "BTF,FD->BTD", bias(D), dt, name="down")(h)
 
 
@@ -191,7 +194,7 @@ class Block(nn.Module):
         captured = None
         if capture_at is not None:
             captured = jnp.take_along_axis(heads, capture_at[:, None, None, None], axis=1)[:, 0]
-        return x, (captured, kv)
+        return constrain(x, "batch", "length", "embed"), (captured, kv)
 
 
 class Decoder(nn.Module):
@@ -205,7 +208,7 @@ class Decoder(nn.Module):
         B, T = tokens.shape
         embed = nn.Embed(c.vocab_size, c.d_model, dtype=c.jnp_dtype, param_dtype=c.jnp_dtype,
                          embedding_init=_INIT, name="embed")
-        x = embed(tokens)
+        x = constrain(embed(tokens), "batch", "length", "embed")
         offset = jnp.zeros((B,), jnp.int32) if cache is None else cache.mask.sum(-1, dtype=jnp.int32)
         positions = jnp.maximum(offset[:, None] + jnp.cumsum(mask, axis=-1, dtype=jnp.int32) - 1, 0)
         if c.positions == "learned":
@@ -234,6 +237,7 @@ class Decoder(nn.Module):
             logits = Einsum((c.d_model, c.vocab_size), "...D,DV->...V", None, c.jnp_dtype, name="lm_head")(x)
         heads = None if captured is None else jnp.swapaxes(captured, 0, 1)
         new_cache = None if cache is None else KVCache(kv[0], kv[1], key_mask, cache.end + T)
+        logits = constrain(logits, "batch", *("length",) * (logits.ndim == 3), "vocab")
         return Output(logits.astype(jnp.float32), heads, new_cache)
 
 
