@@ -55,3 +55,20 @@ def test_generate_queries_end_like_the_fitting_prompts(tmp_path, capsys, tiny_lm
     assert main(["generate", "--model", str(tiny_lm_dir), "--tv", str(tv), "--query", "41",
                  "--max-new-tokens", "2"]) == 0
     assert "'Q: 41\\nA: ' -> " in capsys.readouterr().out
+
+
+def test_fit_resume_continues_from_checkpoints(tmp_path, capsys, tiny_lm_dir):
+    task = tmp_path / "caps.tsv"
+    task.write_text("\n".join(f"{w}\t{w.upper()}" for w in ["apple", "river", "stone", "cloud", "green", "house",
+                                                            "light", "music", "ocean", "paper", "quiet", "sharp"]))
+    out = tmp_path / "out"
+    fit = ["fit", "--model", str(tiny_lm_dir), "--task", str(task), "--out", str(out), "--shots", "2",
+           "--n-prompts", "2", "--batch-size", "2", "--eval-every", "2", "--resume"]
+    assert main(fit + ["--steps", "4"]) == 0
+    assert sorted(p.name for p in (out / "checkpoints" / "caps").iterdir() if p.name.isdigit()) == ["2", "4"]
+    assert main(fit + ["--steps", "6"]) == 0
+    history = json.loads((out / "caps.json").read_text())["history"]
+    assert [h["step"] for h in history] == [0, 2, 4, 6]
+    capsys.readouterr()
+    assert main(fit[:-1] + ["--steps", "6", "--checkpoint-dir", str(out / "checkpoints" / "caps")]) == 2
+    assert "already holds checkpoints (latest step 6)" in capsys.readouterr().err

@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
             fit.add_argument(flag, action="store_true")
         else:
             fit.add_argument(flag, type=type(getattr(defaults, field.name)), default=getattr(defaults, field.name))
+    fit.add_argument("--checkpoint-dir", default=None,
+                     help="save Orbax checkpoints of the fit here (with --resume, default <out>/checkpoints/<task>)")
+    fit.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (start one if there is none)")
     fit.set_defaults(run=cmd_fit)
 
     ev = sub.add_parser("eval", help="zero-shot, ICL and (with --tv) task-vector accuracy")
@@ -109,9 +112,10 @@ def cmd_fit(args) -> None:
     tv = TaskVectorExtractor(args.model, task, shots=args.shots, n_prompts=args.n_prompts, fit_config=config,
                              template=_template(args), seed=args.seed)
     tv.timings["load"] = time.perf_counter() - start
-    tv.fit()
-    scores = tv.evaluate()
     out = Path(args.out)
+    checkpoints = args.checkpoint_dir or (out / "checkpoints" / task.name if args.resume else None)
+    tv.fit(checkpoints, resume=args.resume)
+    scores = tv.evaluate()
     path = tv.save(out / f"{task.name}.safetensors", scores={m: s.as_dict() for m, s in scores.items()})
     results = {"model": tv.model_name, "task": task.name, "task_vector": str(path),
                "scores": {m: s.as_dict() for m, s in scores.items()}, "fit": dataclasses.asdict(config),

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 
 from tvjax import __version__
+from tvjax.checkpoint import has_checkpoints
 from tvjax.convert import DEFAULT_MODEL, CheckpointError, Model, load
 from tvjax.data import Task, Template, load_task, prompts_for
 from tvjax.evaluate import Scores, evaluate
@@ -55,12 +56,20 @@ class TaskVectorExtractor:
         self.timings["means"] = time.perf_counter() - start
         return self.mu
 
-    def fit(self) -> HeadBlend:
-        """Fit `theta` (extracting the means first if needed); keeps the best-validation blend."""
-        if self.mu is None:
+    def fit(self, checkpoint_dir=None, resume: bool = False) -> HeadBlend:
+        """Fit `theta` (extracting the means first if needed); keeps the best-validation blend.
+
+        With `checkpoint_dir` the fit is checkpointed with Orbax; `resume` continues the
+        latest checkpoint there (whose means are reused), or starts afresh if there is none.
+        """
+        if self.mu is None and not (resume and has_checkpoints(checkpoint_dir)):
             self.extract_means()
         start = time.perf_counter()
-        self.result = fit(self.model, self.task, self.mu, self.fit_config, template=self.template)
+        self.result = fit(self.model, self.task, self.mu, self.fit_config, template=self.template,
+                          checkpoint_dir=checkpoint_dir, resume=resume,
+                          run_info={"model_name": self.model_name, "shots": self.shots,
+                                    "n_prompts": self.n_prompts, "seed": self.seed})
+        self.mu = self.result.blend.mu
         self.blend = self.result.blend
         self.timings["fit"] = time.perf_counter() - start
         return self.blend

@@ -19,11 +19,15 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from tvjax import __version__
 from tvjax.batching import bucket_length, chunks, pad_left
+from tvjax.checkpoint import FitCheckpoints, ResumeError
 from tvjax.config import ModelConfig
 from tvjax.data import Prompt, Task, Template, prompts_for
 from tvjax.interventions import HeadBlend
 from tvjax.model import KVCache, forward
+from tvjax.sharding import MU_AXES, Placement
+from tvjax.taskvector import model_shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,15 +76,25 @@ def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, 
     suffixes = [[p.ids[-1]] + (p.answer[:-1] if all_answer_tokens else []) for p in prompts]
     targets = [p.answer if all_answer_tokens else p.answer[:1] for p in prompts]
     Tp, Ts = bucket_length(max(len(p.ids) - 1 for p in prompts)), max(map(len, suffixes))
-    caches = []
+    place, caches = Placement.of(params), []
+    param_shardings = place.params(params)
+    cache_shardings = place.cache(jax.eval_shape(lambda: KVCache.empty(config, batch_size, Tp + Ts)))
     for chunk, _ in chunks(prompts, batch_size):  # padded rows are cut off below
         tokens, mask = pad_left([p.ids[:-1] for p in chunk], 0, Tp)
-        caches.append(_prefill(params, jnp.asarray(tokens), jnp.asarray(mask), config=config, length=Tp + Ts))
+        caches.append(place.run(_prefill, (params, tokens, mask),
+                                (param_shardings, place.batch(tokens), place.batch(mask)), cache_shardings,
+                                config=config, length=Tp + Ts))
     n = len(prompts)
     cache = KVCache(jnp.concatenate([c.k for c in caches], axis=1)[:, :n],
                     jnp.concatenate([c.v for c in caches], axis=1)[:, :n],
                     jnp.concatenate([c.mask for c in caches])[:n], caches[0].end)
-    return Rows(cache, *_right_pad(suffixes, Ts), *_right_pad(targets, Ts))
+    rows = Rows(cache, *_right_pad(suffixes, Ts), *_right_pad(targets, Ts))
+    return place.put(rows, rows_shardings(place, rows))
+
+
+def rows_shardings(place: Placement, rows: Rows) -> Rows:
+    """Rows split over `R` (the batch), the cache by `tvjax.sharding.CACHE_AXES`."""
+    return Rows(place.cache(rows.cache), *(place.batch(x) for x in rows[1:]))
 
 
 def _right_pad(rows: list[list[int]], length: int) -> tuple[jax.Array, jax.Array]:
@@ -124,11 +138,29 @@ def optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
     return make(learning_rate)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "learning_rate", "optimizer_name"),
-                   donate_argnames=("theta", "opt_state"))
 def train_step(theta, opt_state, mu, params, rows: Rows, index, sparsity, *, config: ModelConfig,
                learning_rate: float, optimizer_name: str = "adam"):
-    """One Adam step on `theta` `[L, N]` over the rows at `index` `[B]`; returns (theta, opt_state, loss)."""
+    """One optimizer step on `theta` `[L, N]` over the rows at `index` `[B]`; returns (theta, opt_state, loss).
+
+    On a mesh (params from `tvjax.load(..., mesh=...)`) it runs with `step_shardings`.
+    """
+    place = Placement.of(params)
+    ins, outs = step_shardings(place, mu, params, rows)
+    return place.run(_train_step, (theta, opt_state, mu, params, rows, index, sparsity), ins, outs, donate=(0, 1),
+                     config=config, learning_rate=learning_rate, optimizer_name=optimizer_name)
+
+
+def step_shardings(place: Placement, mu, params, rows: Rows) -> tuple[tuple, tuple]:
+    """`train_step`'s (in, out) shardings: theta, optimizer state, index and loss replicated."""
+    rep = place.replicated
+    mu = place.sharding(np.shape(mu), *MU_AXES)
+    return (rep, rep, mu, place.params(params), rows_shardings(place, rows), rep, rep), (rep, rep, rep)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "learning_rate", "optimizer_name"),
+                   donate_argnames=("theta", "opt_state"))
+def _train_step(theta, opt_state, mu, params, rows: Rows, index, sparsity, *, config: ModelConfig,
+                learning_rate: float, optimizer_name: str = "adam"):
 
     def loss_fn(theta):
         losses = row_losses(params, config, HeadBlend(theta, mu), take(rows, index))
@@ -139,8 +171,16 @@ def train_step(theta, opt_state, mu, params, rows: Rows, index, sparsity, *, con
     return optax.apply_updates(theta, updates), opt_state, loss
 
 
-@functools.partial(jax.jit, static_argnames="config")
 def mean_loss(params, blend: HeadBlend, rows: Rows, *, config: ModelConfig) -> jax.Array:
+    """Mean of `row_losses` (a float32 scalar), on the params' mesh if any."""
+    place = Placement.of(params)
+    return place.run(_mean_loss, (params, blend, rows),
+                     (place.params(params), place.blend(blend), rows_shardings(place, rows)), place.replicated,
+                     config=config)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _mean_loss(params, blend: HeadBlend, rows: Rows, *, config: ModelConfig) -> jax.Array:
     return row_losses(params, config, blend, rows).mean()
 
 
@@ -155,34 +195,71 @@ def batch_indices(n_rows: int, batch_size: int, step: int, seed: int) -> np.ndar
     return np.asarray(out, np.int32)
 
 
-def fit(model, task: Task, mu, config: FitConfig = FitConfig(), *, template: Template = Template()) -> FitResult:
-    """Fit `theta` on zero-shot train prompts; keep the one with the best validation loss."""
+def fit(model, task: Task, mu, config: FitConfig = FitConfig(), *, template: Template = Template(),
+        checkpoint_dir=None, resume: bool = False, run_info: dict | None = None) -> FitResult:
+    """Fit `theta` on zero-shot train prompts; keep the one with the best validation loss.
+
+    Args:
+      model: a `tvjax.Model`.  task: the `Task`.  mu: `[L, N, H]` head means (may be None
+        when resuming: the checkpoint's are used).
+      checkpoint_dir: save an Orbax checkpoint at every validation (see `tvjax.checkpoint`).
+      resume: continue from the latest checkpoint in `checkpoint_dir` (if there is one).
+        The data order is a function of (seed, step), so the resumed run is the same run.
+      run_info: extra JSON-able run description (e.g. the model id) that must match on resume.
+    """
     model_config, params, tokenizer = model
-    mu = jnp.asarray(mu, jnp.float32)
+    L, N = model_config.n_layers, model_config.n_heads
+    checkpoints = None
+    if checkpoint_dir is not None:
+        run = {"model": model_shape(model_config), "task": task.name, "task_digest": task.digest(),
+               "template": template.text, "fit": {k: v for k, v in dataclasses.asdict(config).items() if k != "steps"},
+               "tvjax_version": __version__, **(run_info or {})}
+        checkpoints = FitCheckpoints(checkpoint_dir, run, resume=resume)
+    if mu is None and (checkpoints is None or checkpoints.latest_step() is None):
+        raise ValueError("fit needs the head means mu [L, N, H] (only a resumed fit takes them from its checkpoint)")
+    mu = jnp.zeros((L, N, model_config.head_dim), jnp.float32) if mu is None else jnp.asarray(mu, jnp.float32)
     train_prompts, _ = prompts_for(tokenizer, task, "train", 0, template=template, seed=config.seed)
     valid_prompts, _ = prompts_for(tokenizer, task, "valid", 0, template=template, seed=config.seed)
     train = prepare_rows(model, train_prompts, config.all_answer_tokens, config.batch_size)
     valid = prepare_rows(model, valid_prompts, config.all_answer_tokens, config.batch_size)
-    theta = jnp.full((model_config.n_layers, model_config.n_heads), config.init, jnp.float32)
+    theta = jnp.full((L, N), config.init, jnp.float32)
     opt_state = optimizer(config.optimizer, config.learning_rate).init(theta)
 
     def validate(theta):
         return float(mean_loss(params, HeadBlend(theta, mu), valid, config=model_config))
 
-    best_theta, best_loss, best_step = jnp.array(theta), validate(theta), 0  # a copy: theta is donated
-    history, running = [{"step": 0, "train_loss": None, "valid_loss": best_loss}], []
-    bar = tqdm(range(1, config.steps + 1), desc=f"fit {task.name}", leave=False, disable=None)
-    for step in bar:
-        index = jnp.asarray(batch_indices(len(train_prompts), config.batch_size, step - 1, config.seed))
-        theta, opt_state, loss = train_step(theta, opt_state, mu, params, train, index, config.sparsity,
-                                            config=model_config, learning_rate=config.learning_rate,
-                                            optimizer_name=config.optimizer)
-        running.append(loss)
-        if step % config.eval_every == 0 or step == config.steps:
-            valid_loss = validate(theta)
-            history.append({"step": step, "train_loss": float(np.mean(running)), "valid_loss": valid_loss})
-            running = []
-            bar.set_postfix(train=f"{history[-1]['train_loss']:.3f}", valid=f"{valid_loss:.3f}")
-            if valid_loss < best_loss:
-                best_theta, best_loss, best_step = jnp.array(theta), valid_loss, step
+    state = {"theta": theta, "opt_state": opt_state, "best_theta": theta, "mu": mu}
+    if checkpoints is not None and checkpoints.latest_step() is not None:
+        start, state, progress = checkpoints.restore(state)
+        if start > config.steps:
+            raise ResumeError(f"the checkpoint is at step {start}, past the {config.steps} steps asked for")
+        best_loss, best_step, history = progress["best_valid_loss"], progress["best_step"], progress["history"]
+    else:
+        start, best_loss, best_step = 0, validate(theta), 0
+        history = [{"step": 0, "train_loss": None, "valid_loss": best_loss}]
+    theta, opt_state, best_theta, mu = state["theta"], state["opt_state"], jnp.array(state["best_theta"]), state["mu"]
+    running = []
+    bar = tqdm(range(start + 1, config.steps + 1), desc=f"fit {task.name}", leave=False, disable=None,
+               initial=start, total=config.steps)
+    try:
+        for step in bar:
+            index = jnp.asarray(batch_indices(len(train_prompts), config.batch_size, step - 1, config.seed))
+            theta, opt_state, loss = train_step(theta, opt_state, mu, params, train, index, config.sparsity,
+                                                config=model_config, learning_rate=config.learning_rate,
+                                                optimizer_name=config.optimizer)
+            running.append(loss)
+            if step % config.eval_every == 0 or step == config.steps:
+                valid_loss = validate(theta)
+                history.append({"step": step, "train_loss": float(np.mean(running)), "valid_loss": valid_loss})
+                running = []
+                bar.set_postfix(train=f"{history[-1]['train_loss']:.3f}", valid=f"{valid_loss:.3f}")
+                if valid_loss < best_loss:
+                    best_theta, best_loss, best_step = jnp.array(theta), valid_loss, step  # a copy: theta is donated
+                if checkpoints is not None:
+                    checkpoints.save(step, {"theta": theta, "opt_state": opt_state, "best_theta": best_theta, "mu": mu},
+                                     {"best_valid_loss": best_loss, "best_step": best_step, "history": history},
+                                     valid_loss)
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
     return FitResult(HeadBlend(best_theta, mu), best_step, best_loss, history)
