@@ -1,24 +1,48 @@
 """Intervention pytrees and the pure functions that apply them inside the model.
 
-An intervention is data: it travels through `jax.jit`, `jax.grad`, shardings, Optax
-and Orbax like any other pytree. `None` means no intervention and compiles to the
-plain model.
+An intervention is data: it travels through `jax.jit`, `jax.grad`, `jax.vmap`,
+shardings, Optax and Orbax like any other pytree. `None` means no intervention and
+compiles to the plain model. Every leaf carries a leading `L` axis, so the scan over
+layers hands each layer its own slice.
+
+Sites: the named places, in every layer, where interventions act and `forward` captures:
+
+  heads  `[B, T, N, H]`  each head's attention output, before the output projection
+  attn   `[B, T, D]`     the attention block's output (after the output projection)
+  mlp    `[B, T, D]`     the MLP block's output
+  resid  `[B, T, D]`     the residual stream leaving the layer (the layer's output)
+
+An intervention edits its site at the edited positions (`edit_mask`, by default each
+row's last token) and leaves every other position as it was.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
 
 from tvjax.config import ModelConfig
 
+SITES = ("heads", "attn", "mlp", "resid")
+
+
+def check_site(site) -> None:
+    """Raise a ValueError naming the known sites when `site` is not one of them."""
+    if not site:
+        raise ValueError(f"empty site name; sites: {', '.join(SITES)}")
+    if site not in SITES:
+        raise ValueError(f"unknown site {site!r}; sites: {', '.join(SITES)}")
+
 
 class HeadBlend(NamedTuple):
     """Soft task vector: blend each head's output with its task mean.
 
     At edited positions every head output `o` becomes `o + sigmoid(theta) * (mu - o)`.
+    `theta = +inf` replaces a head by its mean exactly, `-inf` leaves it exactly alone.
 
     Attributes:
       theta: `[L, N]` blend logits (sigmoid(theta) is the weight on the mean).
@@ -27,12 +51,25 @@ class HeadBlend(NamedTuple):
 
     theta: jax.Array
     mu: jax.Array
+    site = "heads"
 
     @classmethod
     def zeros(cls, config: ModelConfig, init: float = 0.0) -> "HeadBlend":
         """A blend with every logit at `init` and zero means, shaped for `config`."""
         L, N, H = config.n_layers, config.n_heads, config.head_dim
         return cls(jnp.full((L, N), init, jnp.float32), jnp.zeros((L, N, H), jnp.float32))
+
+    @classmethod
+    def hard(cls, heads: jax.Array, mu: jax.Array) -> "HeadBlend":
+        """Hard replacement: heads where `heads` (`[L, N]` bool) is set become their means `mu` `[L, N, H]`."""
+        return cls(jnp.where(jnp.asarray(heads, bool), jnp.inf, -jnp.inf), jnp.asarray(mu, jnp.float32))
+
+    def check(self, config: ModelConfig) -> None:
+        check_blend(config, self)
+
+    def apply(self, heads: jax.Array, layer: jax.Array, edit_mask: jax.Array) -> jax.Array:
+        """One layer's blend (`self` is that layer's slice) on `heads` `[B, T, N, H]`."""
+        return blend_heads(heads, self.theta, self.mu, edit_mask)
 
 
 def check_blend(config: ModelConfig, blend: HeadBlend) -> None:
@@ -65,3 +102,124 @@ def blend_heads(
     weight = weight * edit_mask[:, :, None, None].astype(jnp.float32)  # [B, T, N, 1]
     h32 = heads.astype(jnp.float32)
     return (h32 + weight * (mu.astype(jnp.float32) - h32)).astype(heads.dtype)
+
+
+class ResidualEdit(NamedTuple):
+    """Residual-stream edit: at edited positions the output `x` of layer `l` becomes
+
+        (1 - weight[l]) * x + weight[l] * target[l] + add[l]
+
+    (computed in float32), so `weight = 1` patches a state in exactly (ICL layer patching,
+    Hendel et al. 2023), `add` adds a vector (function vectors, Todd et al. 2023), and a
+    layer with `weight = 0`, `add = 0` is left exactly as it was.
+
+    Attributes:
+      add: `[L, D]` vectors added.
+      target: `[L, D]` states patched in, with weight `weight`.
+      weight: `[L]` weight on `target`.
+    """
+
+    add: jax.Array
+    target: jax.Array
+    weight: jax.Array
+    site = "resid"
+
+    @classmethod
+    def adding(cls, config: ModelConfig, layer: int, vector) -> "ResidualEdit":
+        """Add `vector` `[D]` to the output of `layer` only."""
+        return cls.at_layer(config, layer, add=vector)
+
+    @classmethod
+    def patching(cls, config: ModelConfig, layer: int, state) -> "ResidualEdit":
+        """Replace the output of `layer` by `state` `[D]`, other layers untouched."""
+        return cls.at_layer(config, layer, target=state, weight=1.0)
+
+    @classmethod
+    def at_layer(cls, config: ModelConfig, layer: int, *, add=None, target=None, weight: float = 0.0) -> "ResidualEdit":
+        """An edit of `layer` only: `add`, `target` `[D]` (default zeros) and the scalar `weight`."""
+        L, D = config.n_layers, config.d_model
+        check_layer(config, layer)
+        rows = {}
+        for name, vector in (("add", add), ("target", target)):
+            vector = jnp.zeros((D,), jnp.float32) if vector is None else jnp.asarray(vector, jnp.float32)
+            if vector.shape != (D,):
+                raise ValueError(f"ResidualEdit {name} must be [D] = ({D},) for this model, got {vector.shape}")
+            rows[name] = jnp.zeros((L, D), jnp.float32).at[layer].set(vector)
+        return cls(rows["add"], rows["target"], jnp.zeros((L,), jnp.float32).at[layer].set(weight))
+
+    def check(self, config: ModelConfig) -> None:
+        L, D = config.n_layers, config.d_model
+        got = tuple(tuple(jnp.shape(a)) for a in self)
+        if got != ((L, D), (L, D), (L,)):
+            raise ValueError(f"ResidualEdit does not fit this model: got add {got[0]}, target {got[1]}, weight "
+                             f"{got[2]}; the model (L={L} layers, D={D}) needs add ({L}, {D}), target ({L}, {D}), "
+                             f"weight ({L},)")
+
+    def apply(self, x: jax.Array, layer: jax.Array, edit_mask: jax.Array) -> jax.Array:
+        """One layer's edit (`self` is that layer's slice) on `x` `[B, T, D]`."""
+        x32 = x.astype(jnp.float32)
+        w = self.weight.astype(jnp.float32)
+        edited = (1 - w) * x32 + w * self.target.astype(jnp.float32) + self.add.astype(jnp.float32)
+        return jnp.where(edit_mask[:, :, None], edited, x32).astype(x.dtype)
+
+
+def check_layer(config: ModelConfig, layer: int) -> None:
+    """Raise a ValueError when `layer` is not in `[0, L)`."""
+    if not 0 <= int(layer) < config.n_layers:
+        raise ValueError(f"layer {layer} out of range: the model has {config.n_layers} layers (0 to "
+                         f"{config.n_layers - 1})")
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["data"], meta_fields=["site", "fn"])
+@dataclasses.dataclass(frozen=True)
+class Edit:
+    """Edit a named site with your own function, inside the jitted forward.
+
+    At edited positions the site's value `x` (`[B, T, ...]`, see `SITES`) of every layer
+    becomes `fn(x, layer, data)` (its other positions are kept), where `layer` is the
+    layer index (a traced int32 scalar) and `data` that layer's slice of `data` (a
+    pytree whose leaves have a leading `L` axis, or None). `site` and `fn` are static:
+    define `fn` once (not as a fresh lambda per call) so that compiled code is reused.
+
+    Example: zero head 3 of layer 5 at the last token,
+        Edit("heads", lambda x, layer, _: jnp.where(layer == 5, x.at[..., 3, :].set(0), x))
+    """
+
+    site: str
+    fn: Callable
+    data: Any = None
+
+    def check(self, config: ModelConfig) -> None:
+        check_site(self.site)
+        for leaf in jax.tree.leaves(self.data):
+            if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != config.n_layers:
+                raise ValueError(f"Edit data leaves need a leading L = {config.n_layers} axis, got shape "
+                                 f"{jnp.shape(leaf)}")
+
+    def apply(self, x: jax.Array, layer: jax.Array, edit_mask: jax.Array) -> jax.Array:
+        y = self.fn(x, layer, self.data)
+        return jnp.where(edit_mask.reshape(edit_mask.shape + (1,) * (x.ndim - 2)), y, x)
+
+
+Intervention = Union[HeadBlend, ResidualEdit, Edit]
+KINDS = (HeadBlend, ResidualEdit, Edit)
+
+
+def as_interventions(intervention) -> tuple:
+    """`None`, one intervention or a sequence of them -> a tuple of interventions (applied in order)."""
+    if intervention is None:
+        return ()
+    if isinstance(intervention, KINDS):
+        return (intervention,)
+    if isinstance(intervention, (tuple, list)) and all(isinstance(i, KINDS) for i in intervention):
+        return tuple(intervention)
+    raise ValueError(f"expected an intervention ({', '.join(k.__name__ for k in KINDS)}), a sequence of them "
+                     f"or None, got {type(intervention).__name__}")
+
+
+def apply_at(site: str, x: jax.Array, interventions: tuple, layer, edit_mask) -> jax.Array:
+    """Apply this layer's slices of the `interventions` that act on `site` to its value `x`, in order."""
+    for intervention in interventions:
+        if intervention.site == site:
+            x = intervention.apply(x, layer, edit_mask)
+    return x

@@ -1,8 +1,8 @@
 """The Flax decoder: one definition for every supported architecture.
 
 Layers run under `nn.scan` with layer-stacked params (leading `L` axis); the
-intervention (`HeadBlend`) and the KV cache are scanned alongside them, so each
-layer sees its own slice. Dimension letters are listed in `tvjax.config`.
+interventions (`tvjax.interventions`) and the KV cache are scanned alongside them, so
+each layer sees its own slice. Dimension letters are listed in `tvjax.config`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from tvjax.config import ModelConfig
-from tvjax.interventions import HeadBlend, blend_heads, check_blend
+from tvjax.interventions import Intervention, apply_at, as_interventions, check_site
 from tvjax.rope import apply_rope, inverse_frequencies
 from tvjax.sharding import constrain
 
@@ -60,13 +60,20 @@ class Output(NamedTuple):
 
     Attributes:
       logits: float32 `[B, T, V]`, or `[B, V]` when `logits_at` was given.
-      heads: `[B, L, N, H]` head outputs at `capture_at` (None when not asked).
+      captured: site name -> its value in every layer (None when nothing was captured):
+        `[B, L, ...]` at `capture_at`, else `[B, L, T, ...]` (heads `[B, L, N, H]`, attn / mlp /
+        resid `[B, L, D]` at `capture_at`).
       cache: the updated `KVCache` (None when none was passed).
     """
 
     logits: jax.Array
-    heads: jax.Array | None
+    captured: dict[str, jax.Array] | None
     cache: KVCache | None
+
+    @property
+    def heads(self) -> jax.Array | None:
+        """The captured head outputs, `[B, L, N, H]` at `capture_at` (None when not captured)."""
+        return None if self.captured is None else self.captured.get("heads")
 
 
 class Einsum(nn.Module):
@@ -112,15 +119,15 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, attn_mask, blend, edit_mask, kv, write_at):
+    def __call__(self, x, positions, attn_mask, edit_heads, kv, write_at):
         """
         Args:
           x: `[B, T, D]`.  positions: `[B, T]`.  attn_mask: `[B, T, S]` bool.
-          blend: this layer's `HeadBlend` (theta `[N]`, mu `[N, H]`) or None.
-          edit_mask: `[B, T]` bool.  kv: this layer's cached `(k, v)`, each `[B, S, K, H]`,
-          or None (then S = T).  write_at: int32 scalar, first cache slot to write.
+          edit_heads: this layer's interventions on the head outputs, `[B, T, N, H] -> [B, T, N, H]`.
+          kv: this layer's cached `(k, v)`, each `[B, S, K, H]`, or None (then S = T).
+          write_at: int32 scalar, first cache slot to write.
         Returns:
-          out `[B, T, D]`, heads `[B, T, N, H]` (after the blend), updated `(k, v)` or None.
+          out `[B, T, D]`, heads `[B, T, N, H]` (after the edit), updated `(k, v)` or None.
         """
         c = self.config
         D, N, K, H, dt = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.jnp_dtype
@@ -143,8 +150,7 @@ class Attention(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
         heads = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
         heads = constrain(heads, "batch", "length", "heads", "head_dim")
-        if blend is not None:
-            heads = blend_heads(heads, blend.theta, blend.mu, edit_mask)
+        heads = edit_heads(heads)
         out_bias = (D,) if c.out_bias else None
         out = Einsum((N, H, D), "BTNH,NHD->BTD", out_bias, dt, name="o")(heads)
         return out, heads, kv
@@ -171,29 +177,40 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One decoder layer; `nn.scan` feeds it one layer's params, blend and cache."""
+    """One decoder layer; `nn.scan` feeds it one layer's params, interventions and cache.
+
+    Attributes:
+      capture: site names (`tvjax.interventions.SITES`) whose values this layer returns.
+    """
 
     config: ModelConfig
+    capture: tuple[str, ...] = ()
 
     @nn.compact
     def __call__(self, x, layer, shared):
         """
         Args:
           x: `[B, T, D]` residual stream (the scan carry).
-          layer: `(blend, kv)`, this layer's slices (either may be None).
+          layer: `(interventions, kv, index)`: this layer's slices of the interventions (a tuple),
+            of the cache (or None), and its index (int32 scalar, or None without interventions).
           shared: `(positions, attn_mask, edit_mask, capture_at, write_at)`, same for all layers.
         Returns:
-          `x` `[B, T, D]` and `(captured heads [B, N, H] or None, updated kv or None)`.
+          `x` `[B, T, D]` and `(captured, updated kv or None)`, captured: site -> `[B, ...]` at
+          `capture_at`, else `[B, T, ...]`.
         """
-        blend, kv = layer
+        interventions, kv, index = layer
         positions, attn_mask, edit_mask, capture_at, write_at = shared
+        edit = lambda site, value: apply_at(site, value, interventions, index, edit_mask)
         attn = Attention(self.config, name="attn")
-        a, heads, kv = attn(Norm(self.config, name="ln1")(x), positions, attn_mask, blend, edit_mask, kv, write_at)
+        a, heads, kv = attn(Norm(self.config, name="ln1")(x), positions, attn_mask, functools.partial(edit, "heads"),
+                            kv, write_at)
+        a = edit("attn", a)
         mlp_in = x if self.config.parallel_residual else x + a
-        x = x + a + MLP(self.config, name="mlp")(Norm(self.config, name="ln2")(mlp_in))
-        captured = None
-        if capture_at is not None:
-            captured = jnp.take_along_axis(heads, capture_at[:, None, None, None], axis=1)[:, 0]
+        m = edit("mlp", MLP(self.config, name="mlp")(Norm(self.config, name="ln2")(mlp_in)))
+        x = edit("resid", x + a + m)
+        sites = {"heads": heads, "attn": a, "mlp": m, "resid": x}
+        rows = None if capture_at is None else jnp.arange(x.shape[0])
+        captured = {s: sites[s] if rows is None else sites[s][rows, capture_at] for s in self.capture}
         return constrain(x, "batch", "length", "embed"), (captured, kv)
 
 
@@ -201,9 +218,10 @@ class Decoder(nn.Module):
     """Embeddings, the scanned stack of blocks, final norm and LM head."""
 
     config: ModelConfig
+    capture: tuple[str, ...] = ()
 
     @nn.compact
-    def __call__(self, tokens, mask, blend, edit_mask, capture_at, logits_at, cache):
+    def __call__(self, tokens, mask, interventions, edit_mask, capture_at, logits_at, cache):
         c = self.config
         B, T = tokens.shape
         embed = nn.Embed(c.vocab_size, c.d_model, dtype=c.jnp_dtype, param_dtype=c.jnp_dtype,
@@ -227,7 +245,8 @@ class Decoder(nn.Module):
         stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=(0, nn.broadcast), length=c.n_layers)
         shared = (positions, attn_mask, edit_mask, capture_at, write_at)
-        x, (captured, kv) = stack(c, name="layers")(x, (blend, kv), shared)
+        index = jnp.arange(c.n_layers, dtype=jnp.int32) if interventions else None
+        x, (captured, kv) = stack(c, self.capture, name="layers")(x, (interventions, kv, index), shared)
         x = Norm(c, name="final_norm")(x)
         if logits_at is not None:
             x = x[jnp.arange(B), logits_at]  # [B, D]
@@ -235,10 +254,10 @@ class Decoder(nn.Module):
             logits = embed.attend(x)
         else:
             logits = Einsum((c.d_model, c.vocab_size), "...D,DV->...V", None, c.jnp_dtype, name="lm_head")(x)
-        heads = None if captured is None else jnp.swapaxes(captured, 0, 1)
+        captured = {s: jnp.swapaxes(v, 0, 1) for s, v in captured.items()} or None  # [L, B, ...] -> [B, L, ...]
         new_cache = None if cache is None else KVCache(kv[0], kv[1], key_mask, cache.end + T)
         logits = constrain(logits, "batch", *("length",) * (logits.ndim == 3), "vocab")
-        return Output(logits.astype(jnp.float32), heads, new_cache)
+        return Output(logits.astype(jnp.float32), captured, new_cache)
 
 
 def _attention_mask(config: ModelConfig, key_mask: jax.Array, write_at: jax.Array, T: int) -> jax.Array:
@@ -252,15 +271,16 @@ def _attention_mask(config: ModelConfig, key_mask: jax.Array, write_at: jax.Arra
     return key_mask[:, None, :] & allowed[None]
 
 
-@functools.partial(jax.jit, static_argnames="config")
+@functools.partial(jax.jit, static_argnames=("config", "capture"))
 def forward(
     params: Params,
     tokens: jax.Array,
     *,
     config: ModelConfig,
     mask: jax.Array | None = None,
-    blend: HeadBlend | None = None,
+    blend: Intervention | tuple[Intervention, ...] | None = None,
     edit_mask: jax.Array | None = None,
+    capture: str | tuple[str, ...] | None = None,
     capture_at: jax.Array | None = None,
     logits_at: jax.Array | None = None,
     cache: KVCache | None = None,
@@ -272,24 +292,40 @@ def forward(
       tokens: `[B, T]` int token ids, left-padded.
       config: the `ModelConfig` (static).
       mask: `[B, T]` bool, real tokens (default: all). Positions are derived from it.
-      blend: `HeadBlend` (theta `[L, N]`, mu `[L, N, H]`) or None for the plain model.
-      edit_mask: `[B, T]` bool, positions the blend edits (default: the last position).
-      capture_at: `[B]` int, return every head's output at this position per row.
+      blend: the intervention: a `HeadBlend` (theta `[L, N]`, mu `[L, N, H]`), a `ResidualEdit`,
+        an `Edit` (your function on a named site), a tuple of them (applied in order), or None
+        for the plain model.
+      edit_mask: `[B, T]` bool, positions the intervention edits (default: the last position).
+      capture: site names (static; `tvjax.interventions.SITES`: heads, attn, mlp, resid) whose
+        values to return for every layer in `Output.captured` (default: heads when `capture_at`
+        is given, else none). Sites are read after any intervention on them.
+      capture_at: `[B]` int, capture at this position per row (default: every position).
       logits_at: `[B]` int, compute logits only at this position per row.
       cache: a `KVCache` to extend (generation); the new tokens are written at `cache.end`.
     Returns:
-      `Output(logits, heads, cache)`.
+      `Output(logits, captured, cache)`.
     """
     B, T = _check_tokens(tokens, mask, edit_mask)
     length = T if cache is None else cache.k.shape[2]
     if config.positions == "learned" and length > config.max_positions:
         raise ValueError(f"{length} positions exceed the model's learned position table ({config.max_positions})")
     mask = jnp.ones((B, T), bool) if mask is None else mask.astype(bool)
-    if blend is not None:
-        check_blend(config, blend)
-        if edit_mask is None:
-            edit_mask = jnp.zeros((B, T), bool).at[:, -1].set(True)
-    return Decoder(config).apply({"params": params}, tokens, mask, blend, edit_mask, capture_at, logits_at, cache)
+    interventions = as_interventions(blend)
+    for intervention in interventions:
+        intervention.check(config)
+    if interventions and edit_mask is None:
+        edit_mask = jnp.zeros((B, T), bool).at[:, -1].set(True)
+    decoder = Decoder(config, _capture_sites(capture, capture_at))
+    return decoder.apply({"params": params}, tokens, mask, interventions, edit_mask, capture_at, logits_at, cache)
+
+
+def _capture_sites(capture, capture_at) -> tuple[str, ...]:
+    if capture is None:
+        return ("heads",) if capture_at is not None else ()
+    sites = (capture,) if isinstance(capture, str) else tuple(capture)
+    for site in sites:
+        check_site(site)
+    return sites
 
 
 def _check_tokens(tokens, mask, edit_mask) -> tuple[int, int]:
@@ -304,5 +340,5 @@ def _check_tokens(tokens, mask, edit_mask) -> tuple[int, int]:
 def init_params(config: ModelConfig, rng: jax.Array) -> Params:
     """Random parameters for `config` (tests, shape inspection with `jax.eval_shape`)."""
     tokens = jnp.zeros((1, 1), jnp.int32)
-    variables = Decoder(config).init(rng, tokens, jnp.ones((1, 1), bool), None, None, None, None, None)
+    variables = Decoder(config).init(rng, tokens, jnp.ones((1, 1), bool), (), None, None, None, None)
     return variables["params"]
