@@ -1,0 +1,164 @@
+"""Meshes and sharding: the rule table in-process (one device), then equality with the
+one-device run on 8 simulated CPU devices and a 2-process run, each in subprocesses
+(the device-count flag must be set before JAX starts)."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import transformers
+from conftest import TINY_CONFIGS
+from jax.sharding import PartitionSpec as P
+
+import tvjax
+from tvjax.cli import main
+from tvjax.convert.architectures import config_from_hf
+from tvjax.sharding import logical_spec, make_mesh, param_axes, parse_mesh
+
+HERE = Path(__file__).parent
+MESHES = ["data=8", "fsdp=8", "tensor=8", "data=2,fsdp=2,tensor=2"]
+CPU_ENV = {"JAX_PLATFORMS": "cpu", "PYTHONPATH": str(HERE.parent)}
+
+
+@pytest.fixture(scope="module")
+def tiny8_dir(tmp_path_factory):
+    """A tiny random Llama with N=8 heads (they divide tensor=8) and K=4 kv heads (they don't),
+    D=64, F=128, L=2 and the default model's tokenizer."""
+    import torch
+
+    from tvjax.convert.default import default_model_dir
+
+    directory = tmp_path_factory.mktemp("tiny8")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=True,
+                                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(directory)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(default_model_dir() / name, directory)
+    return directory
+
+
+def test_mesh_specs_parse_and_default_to_data():
+    assert parse_mesh("data=2, fsdp=2,tensor=2") == {"data": 2, "fsdp": 2, "tensor": 2}
+    with pytest.raises(ValueError, match="axis=size"):
+        parse_mesh("model=2")
+    assert dict(make_mesh().shape) == {"data": jax.device_count(), "fsdp": 1, "tensor": 1}
+    assert dict(make_mesh("fsdp=-1").shape)["fsdp"] == jax.device_count()
+    with pytest.raises(ValueError, match=f"does not use the {jax.device_count()} devices"):
+        make_mesh({"data": 2 * jax.device_count()})
+
+
+def test_one_rule_table_for_params_and_activations():
+    mesh = {"data": 2, "fsdp": 2, "tensor": 2}
+    L, D, N, K, H, B, T = 2, 64, 8, 4, 8, 8, 16
+    assert logical_spec(param_axes(("layers", "attn", "q", "kernel")), (L, D, N, H), mesh) == \
+        P(None, "fsdp", "tensor", None)
+    assert logical_spec(param_axes(("embed", "embedding")), (49152, D), mesh) == P("tensor", "fsdp")
+    # activations: the batch takes data x fsdp, so `embed` stays whole ...
+    assert logical_spec(("batch", "length", "embed"), (B, T, D), mesh) == P(("data", "fsdp"), None, None)
+    # ... unless fsdp does not divide the batch
+    assert logical_spec(("batch", "length", "embed"), (2, T, D), mesh) == P("data", None, "fsdp")
+    # a mesh axis that does not divide a dimension leaves it replicated: K=4 kv heads on tensor=8
+    assert logical_spec(param_axes(("layers", "attn", "k", "kernel")), (L, D, K, H), {"tensor": 8}) == \
+        P(None, None, None, None)
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
+def test_every_param_of_every_family_has_logical_axes(family):
+    config = config_from_hf(TINY_CONFIGS[family]().to_dict())
+    shapes = jax.eval_shape(lambda key: tvjax.init_params(config, key), jax.random.PRNGKey(0))
+    for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
+        assert len(param_axes(tuple(k.key for k in path))) == leaf.ndim
+
+
+def test_activation_constraints_only_with_a_mesh(tiny_models):
+    _, (config, params, _), _ = tiny_models("llama")
+    tokens = jnp.ones((2, 8), jnp.int32)
+    jaxpr = lambda: str(jax.make_jaxpr(lambda p: tvjax.forward(p, tokens, config=config).logits)(params))
+    assert "sharding_constraint" not in jaxpr()
+    with jax.set_mesh(make_mesh()):
+        assert "sharding_constraint" in jaxpr()
+
+
+@pytest.fixture(scope="module")
+def mesh_report(tiny8_dir, tmp_path_factory):
+    """tests/sharding_worker.py's differences from the one-device run, on 8 simulated devices."""
+    out = tmp_path_factory.mktemp("meshes") / "report.json"
+    _run([sys.executable, str(HERE / "sharding_worker.py"), str(tiny8_dir), str(out)], CPU_ENV)
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_a_mesh_gives_the_one_device_results(mesh_report, mesh):
+    assert mesh_report["devices"] == 8
+    got = mesh_report[mesh]
+    assert got["params"] == 0  # sharded loading places the same values
+    assert got["logits"] <= 1e-5 * got["logit_scale"]
+    assert got["mu"] <= 1e-5
+    assert got["theta"] <= 1e-4 and got["losses"] <= 1e-5
+    assert got["tokens"] == 0  # greedy generation with the fitted vector
+
+
+def test_params_are_sharded_by_the_table(mesh_report):
+    assert mesh_report["data=2,fsdp=2,tensor=2"]["shardings"] == {
+        "q": str(P(None, "fsdp", "tensor", None)), "k": str(P(None, "fsdp", "tensor", None)),
+        "down": str(P(None, "tensor", "fsdp")), "embed": str(P("tensor", "fsdp"))}
+    # tensor=8: the 8 query heads split, the 4 kv heads stay replicated
+    assert mesh_report["tensor=8"]["shardings"]["q"] == str(P(None, None, "tensor", None))
+    assert mesh_report["tensor=8"]["shardings"]["k"] == str(P(None, None, None, None))
+
+
+def test_two_processes_fit_like_one(tiny8_dir, tmp_path):
+    """`tvjax fit` as 2 processes x 4 CPU devices (gloo collectives) on one 8-device mesh."""
+    task = tmp_path / "caps.jsonl"
+    task.write_text("\n".join(json.dumps({"input": w, "output": w.upper()}) for w in
+                              ["apple", "river", "stone", "cloud", "green", "house", "light", "music", "ocean",
+                               "paper", "quiet", "sharp", "table", "water", "young", "zebra"]))
+    args = ["fit", "--model", str(tiny8_dir), "--task", str(task), "--shots", "2", "--n-prompts", "8",
+            "--steps", "4", "--batch-size", "8", "--eval-every", "2"]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {**CPU_ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2"}
+    command = [sys.executable, "-m", "tvjax.cli", *args, "--mesh", "data=2,fsdp=2,tensor=2",
+               "--out", str(tmp_path / "two")]
+    outputs = _run_all([command, command], [{**env, "JAX_PROCESS_ID": str(i)} for i in range(2)])
+    assert "saved" in outputs[0] and "saved" not in outputs[1]  # only process 0 writes
+    one, two = (tvjax.load_task_vector(tmp_path / d / "caps.safetensors") for d in ("one", "two"))
+    np.testing.assert_allclose(two.theta, one.theta, atol=1e-4)
+    np.testing.assert_allclose(two.mu, one.mu, atol=1e-5)
+    results = [json.loads((tmp_path / d / "caps.json").read_text()) for d in ("one", "two")]
+    assert results[0]["scores"] == results[1]["scores"]
+
+
+def _run(command, env) -> str:
+    return _run_all([command], [env])[0]
+
+
+def _run_all(commands, envs, timeout: int = 600) -> list[str]:
+    """Run commands side by side; their stdout, or a failure with their stderr."""
+    procs = [subprocess.Popen(c, env={**os.environ, **e}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c, e in zip(commands, envs)]
+    try:
+        results = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()  # a no-op for those that ended; frees the others when one fails
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err[-3000:]
+    return [out for out, _ in results]
