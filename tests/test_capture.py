@@ -49,9 +49,8 @@ def test_every_site_matches_pytorch_at_every_position(tiny_models):
     np.testing.assert_allclose(out.captured["heads"][np.arange(2), :, [3, 8]], heads, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
-def test_resid_is_the_sum_of_its_parts_and_matches_hidden_states(tiny_models, family):
-    hf, (config, params, _), _ = tiny_models(family)
+def test_parallel_residual_is_the_sum_of_its_parts_and_matches_hidden_states(tiny_models):
+    hf, (config, params, _), _ = tiny_models("gpt_neox")
     tokens = _tokens(config)
     at = jnp.array([8, 5])
     c = tvjax.forward(params, tokens, config=config, capture=("attn", "mlp", "resid"), capture_at=at).captured
@@ -118,9 +117,6 @@ def test_edit_data_is_differentiable_under_jit(tiny_models):
     vectors = jnp.zeros((config.n_layers, config.d_model))
     grad = jax.grad(loss)(vectors)
     assert grad.shape == vectors.shape and np.abs(grad).max() > 0
-    same = ResidualEdit(vectors + 0.1, jnp.zeros_like(vectors), jnp.zeros(config.n_layers))
-    np.testing.assert_allclose(loss(vectors + 0.1), jax.jit(lambda: jax.nn.logsumexp(tvjax.forward(
-        params, tokens, config=config, blend=same, logits_at=jnp.full((2,), 8)).logits, axis=-1).mean())(), rtol=1e-6)
 
 
 def test_bad_sites_and_interventions_are_clear_errors(tiny_models):

@@ -28,7 +28,11 @@ def stacked_row_losses(params, stacked, rows: Rows, *, config: ModelConfig, batc
       rows: `R` cached-prefix rows (`tvjax.fit.prepare_rows`).
       batch_size: interventions per vmapped forward.
     """
-    return jax.lax.map(lambda one: row_losses(params, config, one, rows), stacked, batch_size=batch_size)
+    C = jax.tree.leaves(stacked)[0].shape[0]
+    pad = -C % batch_size  # padded with copies of the first, so the model is traced once
+    stacked = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]), stacked)
+    losses = jax.lax.map(lambda one: row_losses(params, config, one, rows), stacked, batch_size=batch_size)
+    return losses[:C]
 
 
 def stack(interventions: Sequence[Intervention]) -> Intervention:

@@ -1,0 +1,146 @@
+"""Function vectors (Todd et al. 2023): heads ranked by causal indirect effect, their means summed.
+
+On ICL prompts whose demonstrations carry shuffled labels, replacing head `(l, h)`'s
+output at the last token by its task mean `mu[l, h]` raises the probability of the
+correct answer's first token by the head's indirect effect. The function vector is
+the sum, over the `k` heads of largest effect, of each mean pushed through that head's
+slice of the output projection; it is added to the residual stream at the last token,
+at the output of one layer (`ResidualEdit`).
+
+The effects of all `L * N` heads are computed batched: every prompt's prefix is run
+once into a KV cache, and `batch_size` one-hot hard head replacements
+(`HeadBlend.hard`) share each vmapped forward of the edited token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tvjax.batching import pad_left
+from tvjax.data import Prompt, Task, Template, build_texts, prompts_for, tokenize
+from tvjax.fit import prepare_rows, row_losses
+from tvjax.interventions import HeadBlend, ResidualEdit, check_layer
+from tvjax.model import forward
+from tvjax.scoring import best_layer, stacked_row_losses
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionVectorConfig:
+    """Settings of `function_vector_for`."""
+
+    k: int = 10  # heads summed
+    n_prompts: int = 20  # shuffled-label ICL prompts the indirect effects are averaged over
+    shots: int = 10
+    layer: int | None = None  # where the vector is added; None: L // 3, or the sweep's choice
+    sweep: bool = False  # choose the layer with the lowest validation loss instead
+    batch_size: int = 27  # heads (or layers) per vmapped forward
+    seed: int = 0
+
+
+class FunctionVector(NamedTuple):
+    edit: ResidualEdit  # the vector added at `layer`
+    vector: np.ndarray  # [D]
+    heads: np.ndarray  # [k, 2] (layer, head), largest effect first
+    effects: np.ndarray  # [L, N] indirect effects
+    layer: int
+    layer_losses: np.ndarray | None  # [L] validation loss per layer when swept
+
+
+def shuffled_label_prompts(tokenizer, task: Task, *, n_prompts: int = 20, shots: int = 10, seed: int = 0,
+                           template: Template = Template()) -> list[Prompt]:
+    """`shots`-shot prompts for distinct train queries whose demonstrations' labels are shuffled."""
+    task.require(shots)
+    rng = random.Random(seed)
+    queries = rng.sample(task.train, min(n_prompts, len(task.train)))
+    labels = [y for _, y in task.train]
+    rng.shuffle(labels)
+    pool = [(x, y) for (x, _), y in zip(task.train, labels)]
+    prompts, _ = tokenize(tokenizer, build_texts(template, queries, shots, pool, seed))
+    return prompts
+
+
+def one_hot_heads(L: int, N: int) -> jax.Array:
+    """`[L * N, L, N]` bool: mask `i` selects head `(i // N, i % N)` alone."""
+    return jnp.eye(L * N, dtype=bool).reshape(L * N, L, N)
+
+
+def indirect_effects(model, prompts: list[Prompt], mu, batch_size: int = 27) -> np.ndarray:
+    """`[L, N]` mean gain in the answer's first-token probability from replacing one head by its mean.
+
+    Batched over heads (`batch_size` per forward) on cached prompt prefixes.
+    """
+    config, params, _ = model
+    L, N = config.n_layers, config.n_heads
+    rows = prepare_rows(model, prompts)
+    base = jnp.exp(-row_losses(params, config, None, rows))  # [R]
+    heads = one_hot_heads(L, N)
+    mu = jnp.broadcast_to(jnp.asarray(mu, jnp.float32), (L * N, *np.shape(mu)))
+    losses = stacked_row_losses(params, HeadBlend.hard(heads, mu), rows, config=config, batch_size=batch_size)
+    return np.asarray((jnp.exp(-losses) - base).mean(axis=1)).reshape(L, N)
+
+
+def indirect_effects_reference(model, prompts: list[Prompt], mu) -> np.ndarray:
+    """The same `[L, N]` effects, one full forward of every prompt per head (tests, timing)."""
+    config, params, tokenizer = model
+    tokens, mask = pad_left([p.ids for p in prompts], tokenizer.pad_token_id or 0)
+    tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
+    last = jnp.full((len(prompts),), tokens.shape[1] - 1)
+    answers = jnp.asarray([p.answer[0] for p in prompts])
+
+    def probability(blend):  # [R]
+        logits = forward(params, tokens, config=config, mask=mask, blend=blend, logits_at=last).logits
+        return jax.nn.softmax(logits)[jnp.arange(len(prompts)), answers]
+
+    base = probability(None)
+    effects = np.zeros((config.n_layers, config.n_heads), np.float32)
+    for layer in range(config.n_layers):
+        for head in range(config.n_heads):
+            selected = np.zeros(effects.shape, bool)
+            selected[layer, head] = True
+            effects[layer, head] = float((probability(HeadBlend.hard(selected, mu)) - base).mean())
+    return effects
+
+
+def top_heads(effects, k: int) -> np.ndarray:
+    """`[k, 2]` (layer, head) of the `k` largest values of `effects` `[L, N]`, largest first."""
+    effects = np.asarray(effects)
+    if not 1 <= k <= effects.size:
+        raise ValueError(f"k = {k} heads requested; the model has {effects.size} heads "
+                         f"({effects.shape[0]} layers x {effects.shape[1]}), so 1 <= k <= {effects.size}")
+    order = np.argsort(-effects, axis=None, kind="stable")[:k]
+    return np.stack(np.unravel_index(order, effects.shape), axis=1)
+
+
+def function_vector(params, heads, mu) -> jax.Array:
+    """`[D]`: the sum over `heads` (`[k, 2]` (layer, head)) of `mu[l, h]` `[H]` through `o[l, h]` `[H, D]`."""
+    heads = np.asarray(heads)
+    o = params["layers"]["attn"]["o"]["kernel"]  # [L, N, H, D]
+    layer, head = heads[:, 0], heads[:, 1]
+    return jnp.einsum("kH,kHD->D", jnp.asarray(mu, jnp.float32)[layer, head], o[layer, head].astype(jnp.float32))
+
+
+def function_vector_for(model, task: Task, mu, config: FunctionVectorConfig = FunctionVectorConfig(), *,
+                        template: Template = Template()) -> FunctionVector:
+    """Indirect effects on shuffled-label prompts, the top-`k` heads' vector, and where to add it."""
+    model_config, params, tokenizer = model
+    L = model_config.n_layers
+    if config.layer is not None:
+        check_layer(model_config, config.layer)
+    prompts = shuffled_label_prompts(tokenizer, task, n_prompts=config.n_prompts, shots=config.shots,
+                                     seed=config.seed, template=template)
+    effects = indirect_effects(model, prompts, mu, config.batch_size)
+    heads = top_heads(effects, config.k)
+    vector = function_vector(params, heads, mu)
+    layer, losses = (L // 3 if config.layer is None else config.layer), None
+    if config.sweep:
+        valid, _ = prompts_for(tokenizer, task, "valid", 0, template=template, seed=config.seed)
+        layer, losses = best_layer(model, prepare_rows(model, valid),
+                                   lambda l: ResidualEdit.adding(model_config, l, vector), range(L), config.batch_size)
+    return FunctionVector(ResidualEdit.adding(model_config, layer, vector), np.asarray(vector), heads, effects,
+                          layer, losses)
