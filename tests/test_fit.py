@@ -86,12 +86,12 @@ def test_batched_rows_equal_one_at_a_time(tiny_lm, tiny_task):
 
 
 def test_training_loop_compiles_once(tiny_lm, tiny_task, fitted):
-    from tvjax.fit import train_step
+    from tvjax.fit import _train_step
 
     mu, _ = fitted
-    before = train_step._cache_size()
+    before = _train_step._cache_size()
     tvjax.fit(tiny_lm, tiny_task, mu, FitConfig(steps=7, eval_every=3, batch_size=4, seed=3))
-    assert train_step._cache_size() - before <= 1
+    assert _train_step._cache_size() - before <= 1
 
 
 def test_batch_indices_cover_each_epoch_once():

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from tvjax.config import REMAT_POLICIES
 from tvjax.data.tasks import TaskError
 
 
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--checkpoint-dir", default=None,
                      help="save Orbax checkpoints of the fit here (with --resume, default <out>/checkpoints/<task>)")
     fit.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (start one if there is none)")
+    _add_scale_flags(fit)
     fit.set_defaults(run=cmd_fit)
 
     ev = sub.add_parser("eval", help="zero-shot, ICL and (with --tv) task-vector accuracy")
@@ -60,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=("train", "valid", "test"))
     ev.add_argument("--seed", type=int, default=None, help="split seed (default: the task vector's, else 0)")
     ev.add_argument("--template", default=None, help="default: the task vector's, else the standard one")
+    _add_scale_flags(ev)
     ev.set_defaults(run=cmd_eval)
 
     gen = sub.add_parser("generate", help="greedy generation, with or without a task vector")
@@ -72,6 +75,30 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--template", default=None, help="for --query (default: the task vector's)")
     gen.set_defaults(run=cmd_generate)
     return parser
+
+
+def _add_scale_flags(parser) -> None:
+    """Flags for running on a mesh of devices, possibly across processes (TPU pods)."""
+    parser.add_argument("--mesh", default=None,
+                        help="device mesh, e.g. data=2,fsdp=2,tensor=2 (default: every device on data)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="join a multi-process run detected by JAX (Cloud TPU pods, SLURM, Open MPI); "
+                             "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID describe one explicitly")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="params and activations")
+    parser.add_argument("--remat", default=None, choices=REMAT_POLICIES, help="per-layer rematerialisation")
+
+
+def _load_model(args):
+    """The model of `args`, on the mesh of `--mesh` (after joining a multi-process run)."""
+    import jax
+
+    from tvjax.convert import load
+    from tvjax.sharding import initialize_distributed, make_mesh
+
+    initialize_distributed(args.distributed)
+    mesh = None if args.mesh is None and jax.device_count() == 1 else make_mesh(args.mesh)
+    model = load(args.model, dtype=args.dtype, mesh=mesh)
+    return model._replace(config=model.config.replace(remat=args.remat))
 
 
 def _template(args, info: dict | None = None):
@@ -101,6 +128,9 @@ def cmd_tasks(args) -> None:
 
 
 def cmd_fit(args) -> None:
+    import jax
+
+    from tvjax.convert import DEFAULT_MODEL
     from tvjax.data import load_task
     from tvjax.extractor import TaskVectorExtractor
     from tvjax.fit import FitConfig
@@ -109,13 +139,15 @@ def cmd_fit(args) -> None:
     task = load_task(args.task, args.seed)  # fail on a bad task before loading a model
     config = FitConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FitConfig)})
     start = time.perf_counter()
-    tv = TaskVectorExtractor(args.model, task, shots=args.shots, n_prompts=args.n_prompts, fit_config=config,
-                             template=_template(args), seed=args.seed)
+    tv = TaskVectorExtractor(_load_model(args), task, shots=args.shots, n_prompts=args.n_prompts, fit_config=config,
+                             template=_template(args), seed=args.seed, model_name=args.model or DEFAULT_MODEL)
     tv.timings["load"] = time.perf_counter() - start
     out = Path(args.out)
     checkpoints = args.checkpoint_dir or (out / "checkpoints" / task.name if args.resume else None)
     tv.fit(checkpoints, resume=args.resume)
     scores = tv.evaluate()
+    if jax.process_index() != 0:  # every process of a multi-process run has the results; one writes them
+        return
     path = tv.save(out / f"{task.name}.safetensors", scores={m: s.as_dict() for m, s in scores.items()})
     results = {"model": tv.model_name, "task": task.name, "task_vector": str(path),
                "scores": {m: s.as_dict() for m, s in scores.items()}, "fit": dataclasses.asdict(config),
@@ -129,12 +161,13 @@ def cmd_fit(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from tvjax.convert import load
+    import jax
+
     from tvjax.data import load_task
     from tvjax.extractor import TaskVectorExtractor
     from tvjax.report import markdown_table
 
-    model = load(args.model)
+    model = _load_model(args)
     info = _task_vector(args.tv, model.config).info if args.tv else {}
     seed = info.get("seed", 0) if args.seed is None else args.seed
     task = load_task(args.task, seed)
@@ -147,6 +180,8 @@ def cmd_eval(args) -> None:
         tv.load(args.tv)
         methods.append("task_vector")
     scores = tv.evaluate(methods, split=args.split)
+    if jax.process_index() != 0:
+        return
     print(markdown_table({task.name: {m: s.as_dict() for m, s in scores.items()}}, methods, mean=False))
     print(f"first-token / exact-match accuracy (%) on the {args.split} split (seed {seed}), "
           f"{scores['zero_shot'].n} prompts{_skipped(scores['zero_shot'])}")

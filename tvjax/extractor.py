@@ -33,12 +33,13 @@ class TaskVectorExtractor:
 
     def __init__(self, model: Model | str | None = None, task: Task | str = "antonym", *, shots: int = 10,
                  n_prompts: int = 50, fit_config: FitConfig = FitConfig(), template: Template = Template(),
-                 seed: int = 0):
+                 seed: int = 0, model_name: str | None = None):
+        """`model_name` names a `Model` passed in (in saved files); by default its name or 'custom'."""
         self.model = model if isinstance(model, Model) else load(model)
         if self.model.tokenizer is None:
             raise CheckpointError("this checkpoint has no tokenizer; copy its tokenizer files (tokenizer.json, "
                                   "tokenizer_config.json) into the checkpoint directory")
-        self.model_name = "custom" if isinstance(model, Model) else str(model or DEFAULT_MODEL)
+        self.model_name = model_name or ("custom" if isinstance(model, Model) else str(model or DEFAULT_MODEL))
         self.task = task if isinstance(task, Task) else load_task(task, seed)
         self.task.require(shots)
         self.shots, self.n_prompts, self.fit_config = shots, n_prompts, fit_config

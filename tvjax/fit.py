@@ -174,9 +174,8 @@ def _train_step(theta, opt_state, mu, params, rows: Rows, index, sparsity, *, co
 def mean_loss(params, blend: HeadBlend, rows: Rows, *, config: ModelConfig) -> jax.Array:
     """Mean of `row_losses` (a float32 scalar), on the params' mesh if any."""
     place = Placement.of(params)
-    return place.run(_mean_loss, (params, blend, rows),
-                     (place.params(params), place.blend(blend), rows_shardings(place, rows)), place.replicated,
-                     config=config)
+    shardings = (place.params(params), place.interventions(blend), rows_shardings(place, rows))
+    return place.run(_mean_loss, (params, blend, rows), shardings, place.replicated, config=config)
 
 
 @functools.partial(jax.jit, static_argnames="config")

@@ -12,6 +12,7 @@ from tvjax.batching import encode, pad_left
 from tvjax.config import ModelConfig
 from tvjax.interventions import HeadBlend
 from tvjax.model import KVCache, Params, forward
+from tvjax.sharding import Placement
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))
@@ -61,7 +62,11 @@ def generate(
     mask = jnp.ones(tokens.shape, bool) if mask is None else jnp.asarray(mask, bool)
     eos = config.eos_ids if eos_token_id is None else config.replace(eos_token_id=eos_token_id).eos_ids
     eos = jnp.asarray(eos or (-1,), jnp.int32)
-    return np.asarray(_greedy(params, tokens, mask, blend, eos, config=config, max_new_tokens=max_new_tokens))
+    place = Placement.of(params)
+    shardings = (place.params(params), place.batch(tokens), place.batch(mask), place.interventions(blend),
+                 place.replicated)
+    return np.asarray(place.run(_greedy, (params, tokens, mask, blend, eos), shardings, place.replicated,
+                                config=config, max_new_tokens=max_new_tokens))
 
 
 def generate_text(model, prompts: list[str] | list[list[int]], max_new_tokens: int = 16,

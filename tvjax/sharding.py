@@ -26,6 +26,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from tvjax.interventions import HeadBlend
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical axis -> mesh axes, in priority order. One mesh axis serves one dimension of an
@@ -185,11 +187,16 @@ class Placement:
         return jax.tree_util.tree_map_with_path(
             lambda path, x: self.sharding(x.shape, *param_axes(tuple(k.key for k in path))), params)
 
-    def blend(self, blend):
-        """A `HeadBlend`'s shardings: theta replicated, mu split over heads; None for no blend."""
-        if blend is None:
-            return None
-        return blend._replace(theta=self.replicated, mu=self.sharding(np.shape(blend.mu), *MU_AXES))
+    def interventions(self, tree):
+        """Shardings of interventions (None, a `HeadBlend` or a pytree of them): a `HeadBlend`'s
+        mu split over heads, every other leaf (theta included) replicated."""
+
+        def one(x):
+            if isinstance(x, HeadBlend):
+                return HeadBlend(self.replicated, self.sharding(np.shape(x.mu), *MU_AXES))
+            return jax.tree.map(lambda _: self.replicated, x)
+
+        return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, HeadBlend))
 
     def cache(self, cache):
         """A `KVCache`'s shardings: k, v by `CACHE_AXES`, the mask over the batch, `end` replicated."""

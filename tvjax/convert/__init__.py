@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from jax.sharding import Mesh
+
 from tvjax.config import ModelConfig
 from tvjax.convert.architectures import SUPPORTED, UnsupportedArchitecture, config_from_hf
 from tvjax.convert.default import DEFAULT_MODEL, default_model_dir, gguf_tokenizer
@@ -24,33 +26,36 @@ class Model(NamedTuple):
     tokenizer: Any  # a transformers tokenizer, or None when the checkpoint has none
 
 
-def load(name: str | os.PathLike | None = None, *, dtype: str = "float32") -> Model:
+def load(name: str | os.PathLike | None = None, *, dtype: str = "float32", mesh: Mesh | None = None) -> Model:
     """Load a model by name.
 
     Args:
       name: None or 'smollm2-135m' (the embedded default model), a local Hugging Face
         checkpoint directory, a `.gguf` file, or a hub id such as 'meta-llama/Llama-3.2-1B'.
       dtype: 'float32' (default) or 'bfloat16' for params and activations.
+      mesh: a `tvjax.sharding.make_mesh` mesh: each param goes straight into its sharding
+        (each process reads only its devices' slices); fitting, means and evaluation then
+        run on that mesh. None: one device.
     """
     if name is None or name == DEFAULT_MODEL:
-        return _load_directory(default_model_dir(), dtype)
+        return _load_directory(default_model_dir(), dtype, mesh)
     path = Path(name)
     if path.suffix == ".gguf":
         hf_config, tensors = read_gguf(path)
         config = config_from_hf(hf_config).replace(dtype=dtype)
-        return Model(config, convert(config, lambda k: _get(tensors, k, path)), gguf_tokenizer(path))
+        return Model(config, convert(config, lambda k: _get(tensors, k, path), mesh), gguf_tokenizer(path))
     if path.is_dir():
-        return _load_directory(path, dtype)
+        return _load_directory(path, dtype, mesh)
     if path.exists() or str(name).count("/") != 1 or str(name).startswith((".", "/")):
         raise CheckpointError(
             f"{name!r} is not a checkpoint directory, a .gguf file or a hub id (owner/name); "
             f"use None or {DEFAULT_MODEL!r} for the default model"
         )
-    return _load_directory(download(str(name)), dtype)
+    return _load_directory(download(str(name)), dtype, mesh)
 
 
-def _load_directory(directory: Path, dtype: str) -> Model:
-    config, params = load_directory(directory, dtype)
+def _load_directory(directory: Path, dtype: str, mesh: Mesh | None) -> Model:
+    config, params = load_directory(directory, dtype, mesh)
     return Model(config, params, _tokenizer(directory))
 
 

@@ -10,13 +10,16 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import safetensors
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from tvjax.config import ModelConfig
 from tvjax.convert.architectures import config_from_hf, weight_table
 from tvjax.model import Params, init_params
+from tvjax.sharding import Placement, param_axes
 
 HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
                 "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt"]
@@ -37,7 +40,11 @@ def read_config(directory: Path) -> dict:
 
 
 class SafetensorsReader:
-    """Name -> numpy array over one or many `*.safetensors` files (index file honoured)."""
+    """Name -> memory-mapped numpy array over one or many `*.safetensors` files (index file honoured).
+
+    Nothing is read until an array's values are used, and then only the pages touched:
+    slicing a tensor reads the slice.
+    """
 
     def __init__(self, directory: Path):
         self.directory = directory = Path(directory)
@@ -49,17 +56,16 @@ class SafetensorsReader:
             files = sorted(p.name for p in directory.glob("*.safetensors"))
         if not files:
             raise CheckpointError(f"{directory} holds no *.safetensors weights (tvjax reads safetensors, not .bin)")
-        self.handles, self.where = {}, {}
+        self.tensors = {}
         for name in files:
             path = directory / name
             if not path.is_file():
                 raise CheckpointError(f"{path} is listed in {index.name} but missing")
             try:
-                handle = safetensors.safe_open(str(path), framework="numpy")
+                safetensors.safe_open(str(path), framework="numpy")  # validates the header
             except Exception as e:  # safetensors raises its own error types for truncated headers
                 raise CheckpointError(f"{path} is unreadable or truncated: {e}") from e
-            self.handles[name] = handle
-            self.where.update({k: name for k in handle.keys()})
+            self.tensors.update(_memory_mapped(path))
 
     def __contains__(self, name: str) -> bool:
         return self._resolve(name) is not None
@@ -67,7 +73,7 @@ class SafetensorsReader:
     def _resolve(self, name: str) -> str | None:
         # Some checkpoints (e.g. the original `gpt2`) omit the `transformer.` / `model.` prefix.
         for candidate in (name, name.split(".", 1)[-1]):
-            if candidate in self.where:
+            if candidate in self.tensors:
                 return candidate
         return None
 
@@ -75,24 +81,41 @@ class SafetensorsReader:
         key = self._resolve(name)
         if key is None:
             raise CheckpointError(f"tensor {name!r} is missing from the checkpoint")
-        file = self.where[key]
-        try:
-            if self.handles[file].get_slice(key).get_dtype() == "BF16":  # numpy has no bfloat16
-                with safetensors.safe_open(str(self.directory / file), framework="flax") as f:
-                    return np.asarray(f.get_tensor(key))
-            return self.handles[file].get_tensor(key)
-        except Exception as e:
-            raise CheckpointError(f"could not read tensor {key!r} from {file} (truncated file?): {e}") from e
+        return self.tensors[key]
 
 
-def convert(config: ModelConfig, get: Callable[[str], np.ndarray]) -> Params:
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "I64": np.int64,
+           "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def _memory_mapped(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file as a read-only memory-mapped array."""
+    data = np.memmap(path, np.uint8, mode="r")
+    start = 8 + int.from_bytes(data[:8].tobytes(), "little")  # the header is JSON after its u64 length
+    header = json.loads(data[8:start].tobytes())
+    header.pop("__metadata__", None)
+    tensors = {}
+    for name, info in header.items():
+        begin, end = (start + offset for offset in info["data_offsets"])
+        if end > len(data) or info["dtype"] not in _DTYPES:
+            raise CheckpointError(f"could not read tensor {name!r} from {path} (truncated file, or dtype "
+                                  f"{info['dtype']} not in {sorted(_DTYPES)})")
+        tensors[name] = data[begin:end].view(_DTYPES[info["dtype"]]).reshape(info["shape"])
+    return tensors
+
+
+def convert(config: ModelConfig, get: Callable[[str], np.ndarray], mesh: Mesh | None = None) -> Params:
     """Build params for `config` from a tensor getter.
 
-    `get(name)` returns the checkpoint tensor `name` (Hugging Face naming) as numpy.
-    Layer weights are stacked along a leading `L` axis; leaves get `config.dtype`.
+    `get(name)` returns the checkpoint tensor `name` (Hugging Face naming) as a numpy
+    array (memory-mapped ones are read lazily). Layer weights are stacked along a leading
+    `L` axis; leaves get `config.dtype`. With a `mesh`, each param goes straight into its
+    sharding (`tvjax.sharding.PARAM_AXES`): every device gets only its shard, sliced from
+    the checkpoint tensors, so neither a device nor a host holds the whole model.
     """
     glob, layer = weight_table(config)
     expected = jax.eval_shape(functools.partial(init_params, config), jax.random.PRNGKey(0))
+    place = Placement(mesh)
     params: dict = {}
     entries = [(path, name, fn, None) for path, (name, fn) in glob.items()]
     entries += [(("layers",) + path, name, fn, config.n_layers) for path, (name, fn) in layer.items()]
@@ -101,12 +124,40 @@ def convert(config: ModelConfig, get: Callable[[str], np.ndarray]) -> Params:
         if n_layers is None:
             value = _transform(fn, get, name, path)
         else:
-            value = np.stack([_transform(fn, get, name.format(i=i), path) for i in range(n_layers)])
+            value = _Stacked([_transform(fn, get, name.format(i=i), path) for i in range(n_layers)])
         if value.shape != want:
             raise CheckpointError(f"{name}: converted to shape {value.shape}, which does not fit the config "
                                   f"({'/'.join(path)} needs {want})")
-        _insert(params, path, jnp.asarray(value, dtype=config.dtype))
+        _insert(params, path, _place(value, config.jnp_dtype, place.sharding(want, *param_axes(path))))
     return params
+
+
+class _Stacked:
+    """Per-layer arrays seen as one `[L, ...]` array; indexing reads only the indexed layers and slices."""
+
+    def __init__(self, layers: list[np.ndarray]):
+        self.layers = layers
+        self.shape = (len(layers),) + layers[0].shape
+
+    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        return np.stack([np.asarray(layer[index[1:]]) for layer in self.layers[index[0]]])
+
+
+def _place(value, dtype, sharding) -> jax.Array:
+    """`value` (an array or `_Stacked`) as a `dtype` jax array: on the default device, or each device's
+    shard of `sharding` read separately (once per distinct shard)."""
+    whole = (slice(None),) * len(value.shape)
+    if sharding is None:
+        return jnp.asarray(value[whole], dtype=dtype)
+    shards = {}
+
+    def shard(index):
+        key = tuple((s.start, s.stop, s.step) for s in index)
+        if key not in shards:
+            shards[key] = np.asarray(value[index], dtype)
+        return shards[key]
+
+    return jax.make_array_from_callback(value.shape, sharding, shard)
 
 
 def _transform(fn, get, name: str, path: tuple[str, ...]) -> np.ndarray:
@@ -130,10 +181,11 @@ def _insert(tree: dict, path: tuple[str, ...], value) -> None:
     tree[path[-1]] = value
 
 
-def load_directory(directory: str | os.PathLike, dtype: str = "float32") -> tuple[ModelConfig, Params]:
-    """Convert a local Hugging Face checkpoint directory (config.json + safetensors)."""
+def load_directory(directory: str | os.PathLike, dtype: str = "float32",
+                   mesh: Mesh | None = None) -> tuple[ModelConfig, Params]:
+    """Convert a local Hugging Face checkpoint directory (config.json + safetensors), onto `mesh` if given."""
     config = config_from_hf(read_config(Path(directory))).replace(dtype=dtype)
-    return config, convert(config, SafetensorsReader(Path(directory)))
+    return config, convert(config, SafetensorsReader(Path(directory)), mesh)
 
 
 def download(repo_id: str) -> Path:
