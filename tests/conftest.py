@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import tvjax  # noqa: E402
+from tvjax.torch_port import Intervention, TaskVectorHook, attention_outputs  # noqa: E402
 
 V = 97
 _LLAMA = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
@@ -66,56 +67,16 @@ def tiny_models(tmp_path_factory):
     return get
 
 
-def out_projections(hf_model) -> list:
-    """Each layer's attention output projection (its input is the per-head site)."""
-    family = hf_model.config.model_type
-    if family == "gpt2":
-        return [layer.attn.c_proj for layer in hf_model.transformer.h]
-    if family == "gpt_neox":
-        return [layer.attention.dense for layer in hf_model.gpt_neox.layers]
-    return [layer.self_attn.o_proj for layer in hf_model.model.layers]
+def torch_blend(hf_model, weight, mu, at=None) -> Intervention:
+    """The PyTorch reference for `HeadBlend`: `tvjax.torch_port`'s hook on every attention output projection.
 
-
-class TorchHeadBlend:
-    """Reference blend in PyTorch: forward pre-hooks on the output projections.
-
-    At `positions` (`[B]` indices) every head output `o` becomes `o + weight * (mu - o)`,
-    on forward calls whose sequence covers them (so in `generate` only the prompt's
-    prefill is edited). `weight=None` edits nothing. `captured[l]` keeps the first
-    `[B, T, N * H]` input layer `l`'s projection saw, before the edit.
+    weight `[L, N]` (after the sigmoid), mu `[L, N, H]`, at `[B]` (default: the last token); in
+    `generate` only the prompt is edited.
     """
+    return Intervention(attention_outputs(hf_model), TaskVectorHook(hf_model, weight, mu, at))
 
-    def __init__(self, hf_model, weight=None, mu=None, positions=None):
-        self.weight, self.mu, self.positions = weight, mu, positions
-        self.n_heads = hf_model.config.num_attention_heads
-        self.modules = out_projections(hf_model)
-        self.captured: list = [None] * len(self.modules)
-        self.handles = []
 
-    def __enter__(self):
-        self.handles = [m.register_forward_pre_hook(self._hook(l)) for l, m in enumerate(self.modules)]
-        return self
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-
-    def _hook(self, layer):
-        def hook(module, args):
-            (x,) = args
-            if self.captured[layer] is None:
-                self.captured[layer] = x.detach().clone()
-            B, T, _ = x.shape
-            if self.weight is None or T <= int(self.positions.max()):
-                return None
-            heads = x.reshape(B, T, self.n_heads, -1).clone()
-            rows = torch.arange(B)
-            o = heads[rows, self.positions]  # [B, N, H]
-            w = torch.as_tensor(np.asarray(self.weight[layer], np.float32))[None, :, None]
-            heads[rows, self.positions] = o + w * (torch.as_tensor(np.asarray(self.mu[layer])) - o)
-            return (heads.reshape(B, T, -1),)
-
-        return hook
+TorchHeadBlend = torch_blend  # the name tests/test_generate.py imports
 
 
 def hf_logits(hf_model, tokens: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

