@@ -76,9 +76,6 @@ def torch_blend(hf_model, weight, mu, at=None) -> Intervention:
     return Intervention(attention_outputs(hf_model), TaskVectorHook(hf_model, weight, mu, at))
 
 
-TorchHeadBlend = torch_blend  # the name tests/test_generate.py imports
-
-
 def hf_logits(hf_model, tokens: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
     kwargs = {}
