@@ -1,6 +1,14 @@
 """Benchmarks: tvjax against a PyTorch (transformers) baseline, measured side by side in one run.
 
-    python scripts/benchmark.py forward [--batch 8] [--length 128] [--repeats 10]
+    python scripts/benchmark.py forward   [--batch 8] [--length 128]   # extraction-style logits
+    python scripts/benchmark.py fit-step  [--batches 1 16]              # one soft-TV training step
+    python scripts/benchmark.py fit       [--task antonym]              # means + fit + evaluation
+    python scripts/benchmark.py generate  [--prompts 32 --new 16]       # greedy decoding with a TV
+    python scripts/benchmark.py compile                                 # fit-step compile, L and 2L layers
+    python scripts/benchmark.py all
+
+The PyTorch baseline is transformers' model with hooks (`scripts/torch_reference.py`,
+built on `tvjax.torch_port`), on the same token ids, batches and data order.
 
 Timings are medians after warm-up; the ratio (PyTorch time / tvjax time) is what to
 compare across machines, not the absolute numbers.
@@ -23,6 +31,176 @@ def median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def report(title: str, ours: float, theirs: float, unit: str = "ms", per: int = 1) -> float:
+    """Print both medians (per `per` examples) and the ratio; returns torch / tvjax."""
+    scale = 1e3 if unit == "ms" else 1.0
+    print(title)
+    print(f"  tvjax                median {ours / per * scale:9.1f} {unit}")
+    print(f"  PyTorch              median {theirs / per * scale:9.1f} {unit}")
+    print(f"  ratio torch / tvjax  {theirs / ours:9.2f}x", flush=True)
+    return theirs / ours
+
+
+class Setup:
+    """The default model in tvjax and in transformers, and one task's prompts."""
+
+    def __init__(self, task: str = "antonym"):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        import tvjax
+        from tvjax.convert.default import default_model_dir
+
+        directory = default_model_dir()
+        self.model = tvjax.load()
+        self.hf = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+        self.task = tvjax.load_task(task)
+        self.pad = self.model.tokenizer.pad_token_id or 0
+        print(f"default model, task {task}, float32, {_platform()}, torch threads {torch.get_num_threads()}")
+
+    def prompts(self, split: str, shots: int = 0):
+        from tvjax.data import prompts_for
+
+        return prompts_for(self.model.tokenizer, self.task, split, shots)[0]
+
+    def torch_pipeline(self):
+        from torch_reference import TorchPipeline
+
+        return TorchPipeline(self.hf, self.pad)
+
+
+def _platform() -> str:
+    import jax
+
+    return f"{jax.devices()[0].platform} x{jax.device_count()}"
+
+
+def bench_fit_step(args) -> None:
+    """One soft-TV training step, forward + backward w.r.t. theta, first-answer-token loss."""
+    import jax.numpy as jnp
+    import torch
+
+    from tvjax.extract import extract_means
+    from tvjax.fit import FitConfig, batch_indices, optimizer, prepare_rows, train_step
+
+    s = Setup(args.task)
+    config, params, _ = s.model
+    mu = extract_means(s.model, s.task, n_prompts=8)
+    train = s.prompts("train")
+    rows = prepare_rows(s.model, train)
+    pipeline = s.torch_pipeline()
+    for B in args.batches:
+        fc = FitConfig(batch_size=B)
+        theta = jnp.zeros((config.n_layers, config.n_heads))
+        state = [theta, optimizer(fc.optimizer, fc.learning_rate).init(theta)]
+        steps = iter(range(10 ** 6))
+
+        def ours():
+            index = jnp.asarray(batch_indices(len(train), B, next(steps), 0))
+            state[0], state[1], loss = train_step(state[0], state[1], jnp.asarray(mu), params, rows, index, 0.0,
+                                                  config=config, learning_rate=fc.learning_rate)
+            loss.block_until_ready()
+
+        step, _, _ = pipeline.step_fn(torch.as_tensor(mu), fc)
+        torch_steps = iter(range(10 ** 6))
+
+        def theirs():
+            batch = [train[j] for j in batch_indices(len(train), B, next(torch_steps), 0)]
+            step(pipeline.batch(batch), torch.tensor([p.answer[0] for p in batch]))
+
+        ours(), theirs()
+        report(f"fit-step, batch {B}, per example", median_seconds(ours, args.repeats),
+               median_seconds(theirs, args.repeats), per=B)
+
+
+def bench_generate(args) -> None:
+    """Greedy generation of `--new` tokens for `--prompts` prompts with a task vector."""
+    import jax.numpy as jnp
+    import torch
+
+    import tvjax
+    from tvjax.batching import pad_left, bucket_length
+    from tvjax.extract import extract_means
+
+    s = Setup(args.task)
+    config, params, _ = s.model
+    mu = extract_means(s.model, s.task, n_prompts=8)
+    theta = np.zeros((config.n_layers, config.n_heads), np.float32)
+    blend = tvjax.HeadBlend(jnp.asarray(theta), jnp.asarray(mu))
+    prompts = (s.prompts("test") * args.prompts)[:args.prompts]
+    tokens, mask = pad_left([p.ids for p in prompts], s.pad, bucket_length(max(len(p.ids) for p in prompts)))
+    ours = lambda: tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=args.new, blend=blend)
+    pipeline = s.torch_pipeline()
+    theirs = lambda: pipeline.generate(prompts, torch.as_tensor(theta), torch.as_tensor(mu), args.new)
+    same = np.mean(np.asarray(ours()) == theirs())
+    report(f"generate, {args.prompts} prompts x {args.new} new tokens, with a task vector "
+           f"({same:.0%} of tokens equal)", median_seconds(ours, args.repeats), median_seconds(theirs, args.repeats))
+
+
+def bench_fit(args) -> None:
+    """The whole default fit for one task: means, 100 steps, test-split evaluation."""
+    import torch
+
+    import tvjax
+    from tvjax.extract import mean_prompts
+    from tvjax.evaluate import evaluate
+
+    s = Setup(args.task)
+    fc = tvjax.FitConfig(steps=args.steps)
+    start = time.perf_counter()
+    mu = tvjax.extract_means(s.model, s.task)
+    blend = tvjax.fit(s.model, s.task, mu, fc).blend
+    scores = evaluate(s.model, s.task, blend=blend)
+    ours = time.perf_counter() - start
+
+    pipeline = s.torch_pipeline()
+    test = s.prompts("test")
+    max_new = -(-(max(len(p.answer) for p in test) + 1) // 4) * 4  # as tvjax.evaluate
+    start = time.perf_counter()
+    torch_mu = pipeline.means(mean_prompts(s.model.tokenizer, s.task))
+    theta = pipeline.fit(s.prompts("train"), s.prompts("valid"), torch_mu, fc)
+    accuracy = pipeline.first_token_accuracy(test, theta, torch_mu, max_new)
+    theirs = time.perf_counter() - start
+    report(f"fit end to end ({args.task}: 50 ICL prompts for the means, {fc.steps} steps of batch "
+           f"{fc.batch_size}, test evaluation); first-token accuracy tvjax {scores.first_token:.0%}, "
+           f"PyTorch {accuracy:.0%}", ours, theirs, unit="s")
+
+
+def bench_compile(args) -> None:
+    """Trace + lower + compile of the fit step on abstract shapes, for L and 2L layers."""
+    import jax
+    import jax.numpy as jnp
+
+    import tvjax
+    from tvjax.fit import FitConfig, _train_step, optimizer, prepare_rows
+
+    base = tvjax.load()
+    train = tvjax.data.prompts_for(base.tokenizer, tvjax.load_task(args.task), "train", 0)[0]
+    rows = jax.eval_shape(lambda: prepare_rows(base, train))  # [L, R, S, K, H] caches
+    fc, lowerings = FitConfig(), {}
+    for L in (base.config.n_layers, 2 * base.config.n_layers):
+        config = base.config.replace(n_layers=L)
+        shape = lambda x: jax.ShapeDtypeStruct((L, *x.shape[1:]), x.dtype)
+        layered = rows._replace(cache=rows.cache._replace(k=shape(rows.cache.k), v=shape(rows.cache.v)))
+        theta = jax.ShapeDtypeStruct((L, config.n_heads), jnp.float32)
+        mu = jax.ShapeDtypeStruct((L, config.n_heads, config.head_dim), jnp.float32)
+        params = jax.eval_shape(lambda: tvjax.init_params(config, jax.random.key(0)))
+        opt_state = jax.eval_shape(optimizer(fc.optimizer, fc.learning_rate).init, theta)
+        index = jax.ShapeDtypeStruct((fc.batch_size,), jnp.int32)
+        lowerings[L] = lambda: _train_step.lower(theta, opt_state, mu, params, layered, index, 0.0, config=config,
+                                                 learning_rate=fc.learning_rate).compile()
+    times = {L: [] for L in lowerings}
+    for _ in range(args.rounds):  # alternate, so machine noise hits both alike
+        for L, compile_step in lowerings.items():
+            jax.clear_caches()
+            start = time.perf_counter()
+            compile_step()
+            times[L].append(time.perf_counter() - start)
+    (l1, t1), (l2, t2) = ((L, statistics.median(t)) for L, t in times.items())
+    print(f"compile of the fit step (trace + lower + compile, median of {args.rounds}): {l1} layers {t1:.2f} s, "
+          f"{l2} layers {t2:.2f} s, ratio {t2 / t1:.2f}x", flush=True)
 
 
 def bench_forward(args) -> None:
@@ -69,11 +247,20 @@ def bench_forward(args) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="workload", required=True)
-    forward = sub.add_parser("forward", help="logits for a batch of long prompts")
-    forward.add_argument("--batch", type=int, default=8)
-    forward.add_argument("--length", type=int, default=128)
-    forward.add_argument("--repeats", type=int, default=10)
-    forward.set_defaults(run=bench_forward)
+    workloads = {"forward": bench_forward, "fit-step": bench_fit_step, "fit": bench_fit,
+                 "generate": bench_generate, "compile": bench_compile}
+    for name, run in [*workloads.items(), ("all", lambda args: [w(args) for w in workloads.values()])]:
+        p = sub.add_parser(name, help=(run.__doc__ or "every workload in turn").splitlines()[0])
+        p.add_argument("--task", default="antonym")
+        p.add_argument("--repeats", type=int, default=10)
+        p.add_argument("--batch", type=int, default=8, help="forward: prompts")
+        p.add_argument("--length", type=int, default=128, help="forward: tokens per prompt")
+        p.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="fit-step: batch sizes")
+        p.add_argument("--prompts", type=int, default=32, help="generate: prompts")
+        p.add_argument("--new", type=int, default=16, help="generate: new tokens")
+        p.add_argument("--steps", type=int, default=100, help="fit: training steps")
+        p.add_argument("--rounds", type=int, default=3, help="compile: compilations per depth")
+        p.set_defaults(run=run)
     args = parser.parse_args(argv)
     args.run(args)
 

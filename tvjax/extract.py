@@ -1,4 +1,4 @@
-"""Mean head activations: average every head's output at the last token of ICL prompts."""
+"""Mean activations: average every head's output (or any site's value) at the last token of ICL prompts."""
 
 from __future__ import annotations
 
@@ -19,29 +19,44 @@ from tvjax.sharding import Placement
 
 def head_means(model, prompts: list[Prompt], batch_size: int = 8, desc: str = "means") -> np.ndarray:
     """Mean of every head's output at each prompt's last token: float32 `[L, N, H]`."""
+    return site_means(model, prompts, ("heads",), batch_size, desc)["heads"]
+
+
+def site_means(model, prompts: list[Prompt], sites: tuple[str, ...] = ("heads",), batch_size: int = 8,
+               desc: str = "means") -> dict[str, np.ndarray]:
+    """Mean of each site's value at each prompt's last token, in one pass: float32 `{site: [L, ...]}`
+    (heads `[L, N, H]`; attn, mlp, resid `[L, D]`; see `tvjax.interventions.SITES`)."""
     config, params, tokenizer = model
     length = bucket_length(max(len(p.ids) for p in prompts))  # one shape for every batch
-    total = np.zeros((config.n_layers, config.n_heads, config.head_dim), np.float64)
+    totals = dict.fromkeys(sites, 0.0)
     place = Placement.of(params)
     param_shardings = place.params(params)
     for chunk, real in tqdm(list(chunks(prompts, batch_size)), desc=desc, leave=False, disable=None):
         tokens, mask = pad_left([p.ids for p in chunk], tokenizer.pad_token_id or 0, length)
-        heads = place.run(_last_token_heads, (params, tokens, mask),
-                          (param_shardings, place.batch(tokens), place.batch(mask)), place.replicated, config=config)
-        total += np.asarray(heads[:real], np.float64).sum(0)
-    return (total / len(prompts)).astype(np.float32)
+        values = place.run(_last_token_sites, (params, tokens, mask),
+                           (param_shardings, place.batch(tokens), place.batch(mask)), place.replicated,
+                           config=config, sites=tuple(sites))
+        totals = {s: totals[s] + np.asarray(values[s][:real], np.float64).sum(0) for s in sites}
+    return {s: (total / len(prompts)).astype(np.float32) for s, total in totals.items()}
 
 
-@functools.partial(jax.jit, static_argnames="config")
-def _last_token_heads(params, tokens, mask, *, config: ModelConfig) -> jax.Array:
-    """`[B, L, N, H]`: every head's output at the last position of `tokens` `[B, T]`."""
+@functools.partial(jax.jit, static_argnames=("config", "sites"))
+def _last_token_sites(params, tokens, mask, *, config: ModelConfig, sites: tuple[str, ...]) -> dict[str, jax.Array]:
+    """`{site: [B, L, ...]}`: each site's value in every layer at the last position of `tokens` `[B, T]`."""
     last = jnp.full((tokens.shape[0],), tokens.shape[1] - 1)
-    return forward(params, tokens, config=config, mask=mask, capture_at=last, logits_at=last).heads
+    return forward(params, tokens, config=config, mask=mask, capture=sites, capture_at=last, logits_at=last).captured
 
 
 def extract_means(model, task: Task, *, n_prompts: int = 50, shots: int = 10, batch_size: int = 8,
                   seed: int = 0, template: Template = Template()) -> np.ndarray:
-    """Task means `mu` `[L, N, H]` from `n_prompts` `shots`-shot ICL prompts of the train split.
+    """Task means `mu` `[L, N, H]` from `n_prompts` `shots`-shot ICL prompts of the train split."""
+    return head_means(model, mean_prompts(model.tokenizer, task, n_prompts=n_prompts, shots=shots, seed=seed,
+                                          template=template), batch_size)
+
+
+def mean_prompts(tokenizer, task: Task, *, n_prompts: int = 50, shots: int = 10, seed: int = 0,
+                 template: Template = Template()) -> list[Prompt]:
+    """The ICL prompts whose last-token head outputs `extract_means` averages.
 
     Each prompt's query is a train pair (distinct, unless the split is smaller than
     `n_prompts`); its demonstrations are other train pairs.
@@ -52,6 +67,5 @@ def extract_means(model, task: Task, *, n_prompts: int = 50, shots: int = 10, ba
         queries = rng.sample(task.train, n_prompts)
     else:
         queries = [rng.choice(task.train) for _ in range(n_prompts)]
-    prompts, _ = prompts_for(model.tokenizer, task, "train", shots, template=template, seed=seed, queries=queries)
-    return head_means(model, prompts, batch_size)
-
+    prompts, _ = prompts_for(tokenizer, task, "train", shots, template=template, seed=seed, queries=queries)
+    return prompts
