@@ -1,4 +1,4 @@
-"""The `tvjax` command: fit, eval, generate, tasks."""
+"""The `tvjax` command: fit, eval, generate, tasks, compare, plot."""
 
 from __future__ import annotations
 
@@ -74,6 +74,30 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-new-tokens", type=int, default=16)
     gen.add_argument("--template", default=None, help="for --query (default: the task vector's)")
     gen.set_defaults(run=cmd_generate)
+
+    cmp = sub.add_parser("compare", help="zero-shot, ICL, layer patching, function vector, REINFORCE and soft TV "
+                                         "on a set of tasks: Markdown table, JSON, bar chart")
+    cmp.add_argument("--tasks", default=None, help="comma-separated names / task files, or a directory of task "
+                                                   "files (default: the built-in suite)")
+    cmp.add_argument("--model", default=None, help=model_help)
+    cmp.add_argument("--out", default="results/compare", help="writes compare.{md,json,png} and tasks/<task>.json")
+    cmp.add_argument("--shots", type=int, default=10, help="ICL prompts (means and the ICL baseline)")
+    cmp.add_argument("--n-prompts", type=int, default=50, help="ICL prompts averaged for the means")
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--steps", type=int, default=FitConfig.steps, help="soft task vector: training steps")
+    cmp.add_argument("--k", type=int, default=10, help="function vector: heads summed")
+    cmp.add_argument("--fv-prompts", type=int, default=20, help="function vector: shuffled-label prompts")
+    cmp.add_argument("--fv-layer", type=int, default=None, help="function vector: this layer (default: valid sweep)")
+    cmp.add_argument("--reinforce-steps", type=int, default=100)
+    cmp.add_argument("--reinforce-samples", type=int, default=16, help="head masks per REINFORCE step")
+    cmp.add_argument("--redo", action="store_true", help="recompute tasks that already have results in --out")
+    cmp.set_defaults(run=cmd_compare)
+
+    plot = sub.add_parser("plot", help="PNG heatmaps (layers x heads) of head rankings, and the comparison chart")
+    plot.add_argument("files", nargs="+", help="compare.json from `tvjax compare` (every task's rankings and the "
+                                               "bar chart) or task-vector .safetensors files (soft weights)")
+    plot.add_argument("--out", default="results/plots")
+    plot.set_defaults(run=cmd_plot)
     return parser
 
 
@@ -206,6 +230,54 @@ def cmd_generate(args) -> None:
     blend = tv.blend() if tv else None
     for prompt, text in zip(prompts, generate_text(model, prompts, args.max_new_tokens, blend)):
         print(f"{prompt!r} -> {text!r}")
+
+
+def cmd_compare(args) -> None:
+    from tvjax.compare import METHODS, CompareConfig, compare, task_paths, write_report
+    from tvjax.convert import DEFAULT_MODEL, load
+    from tvjax.data import builtin_names
+    from tvjax.fit import FitConfig
+    from tvjax.function_vectors import FunctionVectorConfig
+    from tvjax.reinforce import ReinforceConfig
+    from tvjax.report import markdown_table
+
+    tasks = task_paths(args.tasks) if args.tasks else builtin_names()
+    config = CompareConfig(
+        shots=args.shots, n_prompts=args.n_prompts, seed=args.seed, fit=FitConfig(steps=args.steps, seed=args.seed),
+        function_vector=FunctionVectorConfig(k=args.k, n_prompts=args.fv_prompts, shots=args.shots,
+                                             layer=args.fv_layer, sweep=args.fv_layer is None, seed=args.seed),
+        reinforce=ReinforceConfig(steps=args.reinforce_steps, samples=args.reinforce_samples, seed=args.seed))
+    model = load(args.model)
+    results = compare(model, tasks, args.out, config, redo=args.redo)
+    paths = write_report(results, args.out, model=args.model or DEFAULT_MODEL, config=dataclasses.asdict(config))
+    print(markdown_table({n: r["scores"] for n, r in results.items()}, METHODS))
+    print("first-token / exact-match accuracy (%) on the test split; wrote " + ", ".join(map(str, paths.values())))
+
+
+def cmd_plot(args) -> None:
+    import numpy as np
+
+    from tvjax.compare import METHODS
+    from tvjax.plot import RANKINGS, comparison_chart, head_heatmap
+    from tvjax.report import LABELS
+    from tvjax.taskvector import load_task_vector
+
+    out, written = Path(args.out), []
+    for file in map(Path, args.files):
+        if file.suffix == ".json":
+            results = json.loads(file.read_text())["results"]
+            for name, result in results.items():
+                for ranking, values in result["rankings"].items():
+                    written.append(head_heatmap(values, out / f"{name}_{ranking}.png", f"{name}: {ranking}",
+                                                RANKINGS[ranking]))
+            written.append(comparison_chart({n: r["scores"] for n, r in results.items()}, METHODS, LABELS,
+                                            out / f"{file.stem}.png"))
+        else:
+            tv = load_task_vector(file)
+            weights = 1 / (1 + np.exp(-tv.theta.astype(np.float64)))
+            written.append(head_heatmap(weights, out / f"{file.stem}_soft_weights.png",
+                                        f"{tv.info.get('task', file.stem)}: soft_weights", RANKINGS["soft_weights"]))
+    print("\n".join(map(str, written)))
 
 
 if __name__ == "__main__":

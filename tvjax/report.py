@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-LABELS = {"zero_shot": "zero-shot", "icl": "ICL", "task_vector": "soft TV"}
+LABELS = {"zero_shot": "zero-shot", "icl": "ICL", "task_vector": "soft TV", "layer_patching": "layer patching",
+          "function_vector": "function vector", "reinforce": "REINFORCE"}
 
 
 def markdown_table(rows: dict[str, dict], methods, mean: bool = True) -> str:

@@ -1,0 +1,165 @@
+"""Every task-vector method on equal footing: same model, same splits, same harness.
+
+For each task: means of the heads and of the residual stream at the last token of the
+same ICL prompts (one pass), then each method is fitted on the train split (choices on
+the valid split) and scored on the test split by `tvjax.evaluate`:
+
+  zero_shot        the plain model
+  icl              `shots`-shot prompts
+  layer_patching   mean ICL residual state patched in at the best valid layer (Hendel et al. 2023)
+  function_vector  top-k heads by indirect effect, summed, added at one layer (Todd et al. 2023)
+  reinforce        hard head set searched by REINFORCE (Hojel et al. 2024; Huang et al. 2024)
+  task_vector      the soft task vector (`tvjax.fit`)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tvjax.data import Task, Template, load_task
+from tvjax.evaluate import evaluate
+from tvjax.extract import mean_prompts, site_means
+from tvjax.fit import FitConfig, fit
+from tvjax.function_vectors import FunctionVectorConfig, function_vector_for
+from tvjax.patching import layer_patch
+from tvjax.reinforce import ReinforceConfig, select_heads
+
+METHODS = ("zero_shot", "icl", "layer_patching", "function_vector", "reinforce", "task_vector")
+TASK_FORMATS = (".json", ".jsonl", ".csv", ".tsv")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """Settings shared by every method (means, splits, template) and each method's own."""
+
+    shots: int = 10  # ICL prompts: the means and the ICL baseline
+    n_prompts: int = 50  # ICL prompts averaged for the means
+    seed: int = 0
+    template: Template = Template()
+    fit: FitConfig = FitConfig()
+    function_vector: FunctionVectorConfig = FunctionVectorConfig(sweep=True)
+    reinforce: ReinforceConfig = ReinforceConfig()
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict, name: str):
+    start = time.perf_counter()
+    yield
+    seconds[name] = round(time.perf_counter() - start, 2)
+
+
+def compare_task(model, task: Task, config: CompareConfig = CompareConfig()) -> dict:
+    """Fit and score every method on `task`.
+
+    Returns a JSON-ready dict: `scores[method]` (`Scores.as_dict()`, test split),
+    `seconds` per phase (`means`, `fit_<method>`, `eval_<method>`), head `rankings`
+    (`[L, N]` lists: soft weights, indirect effects, REINFORCE probabilities) and what
+    each method `chose` (layers, heads, best steps).
+    """
+    seconds, template = {}, config.template
+    with _timed(seconds, "means"):
+        prompts = mean_prompts(model.tokenizer, task, n_prompts=config.n_prompts, shots=config.shots,
+                               seed=config.seed, template=template)
+        means = site_means(model, prompts, ("heads", "resid"))
+    mu = means["heads"]
+    with _timed(seconds, "fit_layer_patching"):
+        patch = layer_patch(model, task, means["resid"], seed=config.seed, template=template)
+    with _timed(seconds, "fit_function_vector"):
+        fv = function_vector_for(model, task, mu, config.function_vector, template=template)
+    with _timed(seconds, "fit_reinforce"):
+        heads = select_heads(model, task, mu, config.reinforce, template=template)
+    with _timed(seconds, "fit_task_vector"):
+        soft = fit(model, task, mu, config.fit, template=template)
+    interventions = {"zero_shot": None, "icl": None, "layer_patching": patch.edit, "function_vector": fv.edit,
+                     "reinforce": heads.blend, "task_vector": soft.blend}
+    scores = {}
+    for method, intervention in interventions.items():
+        with _timed(seconds, f"eval_{method}"):
+            scores[method] = evaluate(model, task, blend=intervention, shots=config.shots if method == "icl" else 0,
+                                      seed=config.seed, template=template, desc=f"{method} {task.name}").as_dict()
+    sigmoid = 1 / (1 + np.exp(-np.asarray(soft.blend.theta, np.float64)))
+    return {
+        "task": task.name, "scores": scores, "seconds": seconds,
+        "rankings": {"soft_weights": sigmoid.tolist(), "indirect_effects": fv.effects.tolist(),
+                     "reinforce_probabilities": heads.probabilities.tolist()},
+        "chose": {
+            "layer_patching": {"layer": patch.layer, "valid_losses": patch.layer_losses.tolist()},
+            "function_vector": {"layer": fv.layer, "heads": fv.heads.tolist(),
+                                "valid_losses": None if fv.layer_losses is None else fv.layer_losses.tolist()},
+            "reinforce": {"heads": np.argwhere(heads.heads).tolist(), "best_step": heads.best_step,
+                          "history": heads.history},
+            "task_vector": {"best_step": soft.best_step, "best_valid_loss": soft.best_valid_loss},
+        },
+    }
+
+
+def task_paths(spec: str) -> list[str]:
+    """Tasks named by `spec`: a comma-separated list of built-in names / paths, or a directory of task
+    files (each `.json`, `.jsonl`, `.csv`, `.tsv` file, and each subdirectory with train/valid/test.json)."""
+    path = Path(spec)
+    if path.is_dir() and not (path / "train.json").is_file():
+        found = sorted(str(p) for p in path.iterdir()
+                       if p.suffix.lower() in TASK_FORMATS or (p / "train.json").is_file())
+        if not found:
+            raise ValueError(f"no task files ({', '.join(TASK_FORMATS)} or train/valid/test directories) in {path}")
+        return found
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise ValueError("no tasks given")
+    return names
+
+
+def compare(model, tasks: list[str], out, config: CompareConfig = CompareConfig(), *, redo: bool = False,
+            log=print) -> dict[str, dict]:
+    """`compare_task` for each task, each result kept in `<out>/tasks/<task>.json` (reused unless `redo`)."""
+    results = {}
+    for spec in tasks:
+        task = load_task(spec, config.seed)
+        path = Path(out) / "tasks" / f"{task.name}.json"
+        if path.is_file() and not redo:
+            results[task.name] = json.loads(path.read_text())
+            log(f"{task.name}: reusing {path}")
+            continue
+        result = compare_task(model, task, config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1))
+        results[task.name] = result
+        log(f"{task.name}: " + ", ".join(f"{m} {100 * s['first_token']:.0f}/{100 * s['exact_match']:.0f}"
+                                         for m, s in result["scores"].items()))
+    return results
+
+
+def write_report(results: dict[str, dict], out, **info) -> dict[str, Path]:
+    """`<out>/compare.json` (results and `info`), `compare.md` (scores and seconds tables), `compare.png`."""
+    from tvjax.plot import comparison_chart
+    from tvjax.report import LABELS, markdown_table
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    scores = {name: r["scores"] for name, r in results.items()}
+    paths = {"json": out / "compare.json", "md": out / "compare.md", "png": out / "compare.png"}
+    paths["json"].write_text(json.dumps({**info, "methods": METHODS, "results": results}, indent=1))
+    paths["md"].write_text(markdown_table(scores, METHODS) + "\n\n" + seconds_table(results) + "\n")
+    comparison_chart(scores, METHODS, LABELS, paths["png"])
+    return paths
+
+
+def seconds_table(results: dict[str, dict]) -> str:
+    """Markdown: per task, the shared means and each method's fit + evaluation seconds, and their mean."""
+    from tvjax.report import LABELS
+
+    def cell(seconds: dict, method: str) -> str:
+        fit_s = seconds.get(f"fit_{method}")
+        return f"{seconds[f'eval_{method}']:.0f}" if fit_s is None else f"{fit_s:.0f} + {seconds[f'eval_{method}']:.0f}"
+
+    mean = {k: float(np.mean([r["seconds"][k] for r in results.values()])) for k in next(iter(results.values()))["seconds"]}
+    lines = ["| task | means | " + " | ".join(LABELS.get(m, m) for m in METHODS) + " |", "|---" * (len(METHODS) + 2) + "|"]
+    for name, seconds in [*((n, r["seconds"]) for n, r in results.items()), ("**mean**", mean)]:
+        lines.append(f"| {name} | {seconds['means']:.0f} | " + " | ".join(cell(seconds, m) for m in METHODS) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""PNG figures with matplotlib (its object API, Agg canvas, no pyplot state): head heatmaps over
+layers x heads and the method-comparison bar chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+RANKINGS = {  # head rankings -> colour bar label
+    "soft_weights": "soft TV weight sigmoid(theta)",
+    "indirect_effects": "indirect effect (probability gain)",
+    "reinforce_probabilities": "REINFORCE replacement probability",
+}
+
+
+def head_heatmap(scores, path, title: str = "", label: str = "") -> Path:
+    """A `[L, N]` array as a layers (rows, 0 at the top) x heads heatmap; signed values get a diverging map."""
+    from matplotlib.figure import Figure
+
+    scores = np.asarray(scores, np.float32)
+    if scores.ndim != 2:
+        raise ValueError(f"a head heatmap needs a [L, N] array, got shape {scores.shape}")
+    L, N = scores.shape
+    fig = Figure(figsize=(1.6 + 0.35 * N, 1.2 + 0.22 * L))
+    ax = fig.add_subplot()
+    if scores.min() < 0:
+        limit = float(np.abs(scores).max()) or 1.0
+        image = ax.imshow(scores, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    else:
+        image = ax.imshow(scores, cmap="viridis", aspect="auto")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(N))
+    ax.set_yticks(range(0, L, max(1, L // 15)))
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label=label)
+    return _save(fig, path)
+
+
+def comparison_chart(rows: dict[str, dict], methods, labels: dict[str, str], path) -> Path:
+    """Grouped bars: per task (and the mean), each method's first-token and exact-match accuracy (%).
+
+    `rows[task][method] = {"first_token": .., "exact_match": ..}`.
+    """
+    from matplotlib.figure import Figure
+
+    names = [*rows, "mean"]
+    fig = Figure(figsize=(2 + 0.9 * len(names) * max(1, len(methods) / 5), 6.5))
+    width = 0.8 / len(methods)
+    for i, metric in enumerate(("first_token", "exact_match")):
+        ax = fig.add_subplot(2, 1, i + 1)
+        for j, method in enumerate(methods):
+            values = [100 * rows[t][method][metric] for t in rows]
+            values.append(float(np.mean(values)))
+            ax.bar(np.arange(len(names)) + (j - (len(methods) - 1) / 2) * width, values, width,
+                   label=labels.get(method, method))
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(f"{metric.replace('_', '-')} accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+    fig.axes[0].legend(fontsize=7, ncol=min(len(methods), 6), loc="upper center", bbox_to_anchor=(0.5, 1.25))
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
