@@ -85,8 +85,9 @@ def indirect_effects(model, prompts: list[Prompt], mu, batch_size: int = 27) -> 
     return np.asarray((jnp.exp(-losses) - base).mean(axis=1)).reshape(L, N)
 
 
-def indirect_effects_reference(model, prompts: list[Prompt], mu) -> np.ndarray:
-    """The same `[L, N]` effects, one full forward of every prompt per head (tests, timing)."""
+def indirect_effects_reference(model, prompts: list[Prompt], mu, heads=None) -> np.ndarray:
+    """The same effects, one full forward of every prompt per head (tests, timing): `[L, N]`, or
+    `[K]` for `heads` `[K, 2]` (layer, head) alone."""
     config, params, tokenizer = model
     tokens, mask = pad_left([p.ids for p in prompts], tokenizer.pad_token_id or 0)
     tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
@@ -98,13 +99,14 @@ def indirect_effects_reference(model, prompts: list[Prompt], mu) -> np.ndarray:
         return jax.nn.softmax(logits)[jnp.arange(len(prompts)), answers]
 
     base = probability(None)
-    effects = np.zeros((config.n_layers, config.n_heads), np.float32)
-    for layer in range(config.n_layers):
-        for head in range(config.n_heads):
-            selected = np.zeros(effects.shape, bool)
-            selected[layer, head] = True
-            effects[layer, head] = float((probability(HeadBlend.hard(selected, mu)) - base).mean())
-    return effects
+    shape = (config.n_layers, config.n_heads)
+    chosen = np.argwhere(np.ones(shape, bool)) if heads is None else np.asarray(heads)
+    effects = np.zeros(len(chosen), np.float32)
+    for i, (layer, head) in enumerate(chosen):
+        selected = np.zeros(shape, bool)
+        selected[layer, head] = True
+        effects[i] = float((probability(HeadBlend.hard(selected, mu)) - base).mean())
+    return effects.reshape(shape) if heads is None else effects
 
 
 def top_heads(effects, k: int) -> np.ndarray:
