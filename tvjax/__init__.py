@@ -14,17 +14,21 @@ else:
     from tvjax.config import ModelConfig
     from tvjax.convert import CheckpointError, Model, UnsupportedArchitecture, load
     from tvjax.generate import generate
-    from tvjax.interventions import HeadBlend
+    from tvjax.interventions import SITES, Edit, HeadBlend, ResidualEdit
     from tvjax.model import KVCache, Output, forward, init_params
     from tvjax.data import Task, TaskError, Template, builtin_names, load_task
-    from tvjax.extract import extract_means
+    from tvjax.extract import extract_means, site_means
     from tvjax.fit import FitConfig, FitResult, fit
     from tvjax.evaluate import Scores, evaluate
     from tvjax.taskvector import TaskVector, TaskVectorError, load_task_vector, save_task_vector
     from tvjax.extractor import TaskVectorExtractor
+    from tvjax.function_vectors import FunctionVectorConfig, function_vector_for
+    from tvjax.patching import layer_patch
+    from tvjax.reinforce import ReinforceConfig, select_heads
 
     __all__ = ["ModelConfig", "HeadBlend", "KVCache", "Output", "forward", "init_params", "generate", "load",
                "Model", "CheckpointError", "UnsupportedArchitecture", "Task", "TaskError", "Template",
                "builtin_names", "load_task", "extract_means", "FitConfig", "FitResult", "fit", "Scores",
                "evaluate", "TaskVector", "TaskVectorError", "load_task_vector", "save_task_vector",
-               "TaskVectorExtractor"]
+               "TaskVectorExtractor", "SITES", "Edit", "ResidualEdit", "site_means", "FunctionVectorConfig",
+               "function_vector_for", "layer_patch", "ReinforceConfig", "select_heads"]
