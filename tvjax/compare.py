@@ -151,15 +151,17 @@ def write_report(results: dict[str, dict], out, **info) -> dict[str, Path]:
 
 
 def seconds_table(results: dict[str, dict]) -> str:
-    """Markdown: per task, the shared means and each method's fit + evaluation seconds, and their mean."""
+    """Markdown: per task (and on average), the shared means' seconds and each method's fit + evaluation seconds."""
     from tvjax.report import LABELS
 
     def cell(seconds: dict, method: str) -> str:
-        fit_s = seconds.get(f"fit_{method}")
-        return f"{seconds[f'eval_{method}']:.0f}" if fit_s is None else f"{fit_s:.0f} + {seconds[f'eval_{method}']:.0f}"
+        evaluation = f"{seconds[f'eval_{method}']:.0f}"
+        return evaluation if f"fit_{method}" not in seconds else f"{seconds[f'fit_{method}']:.0f} + {evaluation}"
 
-    mean = {k: float(np.mean([r["seconds"][k] for r in results.values()])) for k in next(iter(results.values()))["seconds"]}
-    lines = ["| task | means | " + " | ".join(LABELS.get(m, m) for m in METHODS) + " |", "|---" * (len(METHODS) + 2) + "|"]
+    phases = next(iter(results.values()))["seconds"]
+    mean = {k: float(np.mean([r["seconds"][k] for r in results.values()])) for k in phases}
+    lines = ["| task | means | " + " | ".join(LABELS.get(m, m) for m in METHODS) + " |",
+             "|---" * (len(METHODS) + 2) + "|"]
     for name, seconds in [*((n, r["seconds"]) for n, r in results.items()), ("**mean**", mean)]:
         lines.append(f"| {name} | {seconds['means']:.0f} | " + " | ".join(cell(seconds, m) for m in METHODS) + " |")
     return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""`tvjax compare` end to end on a tiny model, its report, task lists, and `tvjax plot`."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tvjax.cli import main
+from tvjax.compare import METHODS, task_paths
+from tvjax.taskvector import save_task_vector
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_writes_table_json_chart_and_reuses_results(tmp_path, capsys, tiny_lm_dir):
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    words = ["apple", "river", "stone", "cloud", "green", "house", "light", "music", "ocean", "paper", "quiet",
+             "sharp", "table", "water", "young", "zebra", "bread", "chair", "dream", "earth"]
+    (tasks / "caps.jsonl").write_text("\n".join(json.dumps({"input": w, "output": w.upper()}) for w in words))
+    out = tmp_path / "out"
+    args = ["compare", "--model", str(tiny_lm_dir), "--tasks", str(tasks), "--out", str(out), "--shots", "2",
+            "--n-prompts", "3", "--steps", "2", "--k", "2", "--fv-prompts", "3", "--reinforce-steps", "2",
+            "--reinforce-samples", "2"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| caps |" in printed and "layer patching" in printed and "REINFORCE" in printed
+    report = json.loads((out / "compare.json").read_text())
+    result = report["results"]["caps"]
+    assert set(result["scores"]) == set(METHODS) == set(report["methods"])
+    assert {k for k in result["seconds"] if k.startswith("fit_")} == {
+        "fit_layer_patching", "fit_function_vector", "fit_reinforce", "fit_task_vector"}
+    assert np.shape(result["rankings"]["indirect_effects"]) == (2, 4)
+    assert len(result["chose"]["function_vector"]["heads"]) == 2
+    assert "| caps | " in (out / "compare.md").read_text() and (out / "compare.png").read_bytes()[:8] == PNG
+    assert main(args) == 0  # the second run reuses tasks/caps.json
+    assert "caps: reusing" in capsys.readouterr().out
+
+    assert main(["plot", str(out / "compare.json"), "--out", str(tmp_path / "plots")]) == 0
+    written = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert written == ["caps_indirect_effects.png", "caps_reinforce_probabilities.png", "caps_soft_weights.png",
+                       "compare.png"]
+
+
+def test_plot_a_task_vector_file(tmp_path, capsys, tiny_lm):
+    c = tiny_lm.config
+    path = save_task_vector(tmp_path / "tv.safetensors", np.zeros((c.n_layers, c.n_heads)),
+                            np.zeros((c.n_layers, c.n_heads, c.head_dim)), c, task="caps")
+    assert main(["plot", str(path), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "tv_soft_weights.png").read_bytes()[:8] == PNG
+
+
+def test_task_lists(tmp_path):
+    assert task_paths("antonym, present_past") == ["antonym", "present_past"]
+    (tmp_path / "a.json").write_text("[]")
+    (tmp_path / "notes.txt").write_text("")
+    split = tmp_path / "b"
+    split.mkdir()
+    (split / "train.json").write_text("[]")
+    assert task_paths(str(tmp_path)) == [str(tmp_path / "a.json"), str(split)]
+    assert task_paths(str(split)) == [str(split)]  # a split directory is one task
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no task files"):
+        task_paths(str(empty))
+    with pytest.raises(ValueError, match="no tasks given"):
+        task_paths(" , ")
+
