@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tvjax.batching import bucket_length, chunks, pad_left
+from tvjax.batching import chunks, pad_left
 from tvjax.fit import FitConfig, batch_indices
 from tvjax.torch_port import Intervention, SaveInputsHook, TaskVectorHook, attention_outputs
 
@@ -29,8 +29,8 @@ class TorchPipeline:
         self.targets = attention_outputs(hf_model)
 
     def batch(self, prompts) -> dict:
-        """Left-padded `input_ids`, `attention_mask` and `position_ids` `[B, T]` (T bucketed)."""
-        tokens, mask = pad_left([p.ids for p in prompts], self.pad_id, bucket_length(max(len(p.ids) for p in prompts)))
+        """Left-padded `input_ids`, `attention_mask` and `position_ids` `[B, T]` (T: the longest prompt)."""
+        tokens, mask = pad_left([p.ids for p in prompts], self.pad_id, max(len(p.ids) for p in prompts))
         mask = torch.as_tensor(mask, dtype=torch.long)
         return {"input_ids": torch.as_tensor(tokens, dtype=torch.long), "attention_mask": mask,
                 "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
