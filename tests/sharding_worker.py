@@ -1,8 +1,8 @@
 """Run on 8 simulated CPU devices by tests/test_sharding.py (the flag must precede importing JAX).
 
-    python tests/sharding_worker.py MODEL_DIR OUT.json
+    python tests/sharding_worker.py MODEL_DIR OUT.json MESH [MESH ...]    (e.g. data=2,fsdp=2,tensor=2)
 
-For each mesh of `MESHES`: load the model onto the mesh and compare with one device:
+For each mesh: load the model onto the mesh and compare with one device:
 params, logits, extracted means, a short fit and greedy generation with the fitted vector.
 Writes the largest differences (and a few param shardings) as JSON.
 """
@@ -24,7 +24,6 @@ import tvjax  # noqa: E402
 from tvjax.batching import encode  # noqa: E402
 from tvjax.sharding import Placement, make_mesh  # noqa: E402
 
-MESHES = ["data=8", "fsdp=8", "tensor=8", "data=2,fsdp=2,tensor=2"]
 WORDS = ["apple", "river", "stone", "cloud", "green", "house", "light", "music", "ocean", "paper", "quiet", "sharp",
          "table", "water", "young", "zebra", "bread", "chair", "dream", "earth", "flame", "grape", "heart", "ivory"]
 FIT = tvjax.FitConfig(steps=4, eval_every=2, batch_size=8, learning_rate=0.2)
@@ -57,11 +56,11 @@ def run(model, task) -> dict:
             "tokens": new_tokens}
 
 
-def main(model_dir: str, out: str) -> None:
+def main(model_dir: str, out: str, *meshes: str) -> None:
     task = tvjax.Task.from_pairs("upper", [(w, w.upper()) for w in WORDS], seed=0)
     reference = run(tvjax.load(model_dir), task)
     report = {"devices": jax.device_count()}
-    for spec in MESHES:
+    for spec in meshes:
         mesh = make_mesh(spec)
         model = tvjax.load(model_dir, mesh=mesh)
         shardings = {name: str(functools.reduce(lambda t, k: t[k], path, model.params).sharding.spec)

@@ -19,13 +19,14 @@ from conftest import TINY_CONFIGS
 from jax.sharding import PartitionSpec as P
 
 import tvjax
-from tvjax.cli import main
 from tvjax.convert.architectures import config_from_hf
 from tvjax.sharding import logical_spec, make_mesh, param_axes, parse_mesh
 
 HERE = Path(__file__).parent
 MESHES = ["data=8", "fsdp=8", "tensor=8", "data=2,fsdp=2,tensor=2"]
-CPU_ENV = {"JAX_PLATFORMS": "cpu", "PYTHONPATH": str(HERE.parent)}
+# Subprocesses compile with most XLA optimisations off (half the CPU time); each compares
+# against a one-device run under the same setting.
+CPU_ENV = {"JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "PYTHONPATH": str(HERE.parent)}
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +96,12 @@ def test_activation_constraints_only_with_a_mesh(tiny_models):
 
 @pytest.fixture(scope="module")
 def mesh_report(tiny8_dir, tmp_path_factory):
-    """tests/sharding_worker.py's differences from the one-device run, on 8 simulated devices."""
-    out = tmp_path_factory.mktemp("meshes") / "report.json"
-    _run([sys.executable, str(HERE / "sharding_worker.py"), str(tiny8_dir), str(out)], CPU_ENV)
-    return json.loads(out.read_text())
+    """tests/sharding_worker.py's differences from the one-device run, on 8 simulated devices
+    (two workers side by side, half the meshes each)."""
+    outs = [tmp_path_factory.mktemp("meshes") / f"report{i}.json" for i in range(2)]
+    _run_all([[sys.executable, str(HERE / "sharding_worker.py"), str(tiny8_dir), str(out), *MESHES[i::2]]
+              for i, out in enumerate(outs)], [CPU_ENV] * 2)
+    return {k: v for out in outs for k, v in json.loads(out.read_text()).items()}
 
 
 @pytest.mark.parametrize("mesh", MESHES)
@@ -127,23 +130,30 @@ def test_two_processes_fit_like_one(tiny8_dir, tmp_path):
     task.write_text("\n".join(json.dumps({"input": w, "output": w.upper()}) for w in
                               ["apple", "river", "stone", "cloud", "green", "house", "light", "music", "ocean",
                                "paper", "quiet", "sharp", "table", "water", "young", "zebra"]))
-    args = ["fit", "--model", str(tiny8_dir), "--task", str(task), "--shots", "2", "--n-prompts", "8",
-            "--steps", "4", "--batch-size", "8", "--eval-every", "2"]
-    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    fit = [sys.executable, "-m", "tvjax.cli", "fit", "--model", str(tiny8_dir), "--task", str(task), "--shots", "2",
+           "--n-prompts", "8", "--steps", "4", "--batch-size", "8", "--eval-every", "2"]
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    env = {**CPU_ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    multi = {**CPU_ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
            "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2"}
-    command = [sys.executable, "-m", "tvjax.cli", *args, "--mesh", "data=2,fsdp=2,tensor=2",
-               "--out", str(tmp_path / "two")]
-    outputs = _run_all([command, command], [{**env, "JAX_PROCESS_ID": str(i)} for i in range(2)])
-    assert "saved" in outputs[0] and "saved" not in outputs[1]  # only process 0 writes
+    on_mesh = fit + ["--mesh", "data=2,fsdp=2,tensor=2", "--out", str(tmp_path / "two")]
+    outputs = _run_all([fit + ["--out", str(tmp_path / "one")], on_mesh, on_mesh],
+                       [CPU_ENV] + [{**multi, "JAX_PROCESS_ID": str(i)} for i in range(2)])
+    assert "saved" in outputs[1] and "saved" not in outputs[2]  # only process 0 writes
     one, two = (tvjax.load_task_vector(tmp_path / d / "caps.safetensors") for d in ("one", "two"))
     np.testing.assert_allclose(two.theta, one.theta, atol=1e-4)
     np.testing.assert_allclose(two.mu, one.mu, atol=1e-5)
     results = [json.loads((tmp_path / d / "caps.json").read_text()) for d in ("one", "two")]
     assert results[0]["scores"] == results[1]["scores"]
+
+
+def test_memory_plan_compiles_the_sharded_step_on_abstract_shapes(tiny8_dir):
+    out = _run([sys.executable, str(HERE.parent / "scripts" / "plan_memory.py"), str(tiny8_dir / "config.json"),
+                "--mesh", "data=2,fsdp=2,tensor=2", "--rows", "16"], CPU_ENV)
+    (plan,) = json.loads(out)
+    assert plan["task_vector"] == 2 * 8 and plan["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert 0 < plan["arguments"] < plan["total"]
 
 
 def _run(command, env) -> str:

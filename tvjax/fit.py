@@ -142,19 +142,26 @@ def train_step(theta, opt_state, mu, params, rows: Rows, index, sparsity, *, con
                learning_rate: float, optimizer_name: str = "adam"):
     """One optimizer step on `theta` `[L, N]` over the rows at `index` `[B]`; returns (theta, opt_state, loss).
 
-    On a mesh (params from `tvjax.load(..., mesh=...)`) it runs with `step_shardings`.
+    On a mesh (params from `tvjax.load(..., mesh=...)`) theta, its optimizer state, index
+    and loss are replicated, mu, params and rows sharded by `tvjax.sharding`'s table.
     """
     place = Placement.of(params)
-    ins, outs = step_shardings(place, mu, params, rows)
-    return place.run(_train_step, (theta, opt_state, mu, params, rows, index, sparsity), ins, outs, donate=(0, 1),
-                     config=config, learning_rate=learning_rate, optimizer_name=optimizer_name)
+    return _on_mesh(place, place.run, (theta, opt_state, mu, params, rows, index, sparsity), config=config,
+                    learning_rate=learning_rate, optimizer_name=optimizer_name)
 
 
-def step_shardings(place: Placement, mu, params, rows: Rows) -> tuple[tuple, tuple]:
-    """`train_step`'s (in, out) shardings: theta, optimizer state, index and loss replicated."""
-    rep = place.replicated
-    mu = place.sharding(np.shape(mu), *MU_AXES)
-    return (rep, rep, mu, place.params(params), rows_shardings(place, rows), rep, rep), (rep, rep, rep)
+def lower_train_step(mesh, theta, opt_state, mu, params, rows: Rows, index, sparsity, **static):
+    """`train_step` on `mesh`, lowered for these arrays or `jax.ShapeDtypeStruct`s (memory planning)."""
+    place = Placement(mesh)
+    return _on_mesh(place, place.lower, (theta, opt_state, mu, params, rows, index, sparsity), **static)
+
+
+def _on_mesh(place: Placement, how, args: tuple, **static):
+    """`how` (`place.run` or `place.lower`) applied to `_train_step` with its shardings."""
+    theta, opt_state, mu, params, rows, index, sparsity = args
+    rep, mu = place.replicated, place.sharding(np.shape(mu), *MU_AXES)
+    ins = (rep, rep, mu, place.params(params), rows_shardings(place, rows), rep, rep)
+    return how(_train_step, args, ins, (rep, rep, rep), donate=(0, 1), **static)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "learning_rate", "optimizer_name"),
