@@ -85,6 +85,17 @@ def test_every_param_of_every_family_has_logical_axes(family):
         assert len(param_axes(tuple(k.key for k in path))) == leaf.ndim
 
 
+def test_loading_slices_the_memory_mapped_checkpoint(tiny8_dir):
+    """Every Llama param is a view of the memory-mapped tensors: a device's shard reads only its slice."""
+    from tvjax.convert.architectures import weight_table
+    from tvjax.convert.hf import SafetensorsReader, read_config
+
+    get = SafetensorsReader(tiny8_dir)
+    glob, layer = weight_table(config_from_hf(read_config(tiny8_dir)))
+    for name, transform in [*glob.values(), *((n.format(i=1), t) for n, t in layer.values())]:
+        assert isinstance(get(name), np.memmap) and np.shares_memory(transform(get(name)), get(name)), name
+
+
 def test_activation_constraints_only_with_a_mesh(tiny_models):
     _, (config, params, _), _ = tiny_models("llama")
     tokens = jnp.ones((2, 8), jnp.int32)

@@ -144,11 +144,6 @@ def param_axes(path: tuple[str, ...]) -> tuple[str | None, ...]:
     return ("layers",) * layered + PARAM_AXES[key]
 
 
-def tree_paths(tree) -> list[tuple[str, ...]]:
-    """Every leaf's path in a nested dict of params, as tuples of keys."""
-    return [tuple(k.key for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
-
-
 def mesh_of(tree) -> Mesh | None:
     """The mesh `tree`'s arrays were placed on (`tvjax.load(..., mesh=...)`); None on one device."""
     sharding = getattr(jax.tree.leaves(tree)[0], "sharding", None)
@@ -225,6 +220,7 @@ class Placement:
 
     @staticmethod
     def jit(fn, in_shardings, out_shardings, donate: tuple[int, ...] = (), **static):
+        """The jitted `fn`, cached per (function, statics, shardings) so that each compiles once."""
         ins, outs = jax.tree.flatten(in_shardings), jax.tree.flatten(out_shardings)
         return _jit(fn, tuple(sorted(static.items())), tuple(ins[0]), ins[1], tuple(outs[0]), outs[1], donate)
 

@@ -47,7 +47,7 @@ class SafetensorsReader:
     """
 
     def __init__(self, directory: Path):
-        self.directory = directory = Path(directory)
+        directory = Path(directory)
         index = directory / "model.safetensors.index.json"
         if index.is_file():
             weight_map = json.loads(index.read_text())["weight_map"]
