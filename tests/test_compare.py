@@ -12,16 +12,16 @@ from tvjax.taskvector import save_task_vector
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_compare_writes_table_json_chart_and_reuses_results(tmp_path, capsys, tiny_lm_dir):
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    words = ["apple", "river", "stone", "cloud", "green", "house", "light", "music", "ocean", "paper", "quiet",
-             "sharp", "table", "water", "young", "zebra", "bread", "chair", "dream", "earth"]
-    (tasks / "caps.jsonl").write_text("\n".join(json.dumps({"input": w, "output": w.upper()}) for w in words))
+def test_compare_writes_table_json_chart_and_reuses_results(tmp_path, capsys, tiny_lm_dir, tiny_task):
+    caps = tmp_path / "tasks" / "caps"  # a directory of task files holding one split directory
+    caps.mkdir(parents=True)
+    for split in ("train", "valid", "test"):  # tiny_task's splits: the shapes of the other tests, compiled once
+        pairs = [{"input": x, "output": y} for x, y in tiny_task.split(split)]
+        (caps / f"{split}.json").write_text(json.dumps(pairs))
     out = tmp_path / "out"
-    args = ["compare", "--model", str(tiny_lm_dir), "--tasks", str(tasks), "--out", str(out), "--shots", "2",
-            "--n-prompts", "3", "--steps", "2", "--k", "2", "--fv-prompts", "3", "--reinforce-steps", "2",
-            "--reinforce-samples", "2"]
+    args = ["compare", "--model", str(tiny_lm_dir), "--tasks", str(caps.parent), "--out", str(out), "--shots", "3",
+            "--n-prompts", "4", "--steps", "2", "--k", "2", "--fv-prompts", "4", "--reinforce-steps", "2",
+            "--reinforce-samples", "4"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "| caps |" in printed and "layer patching" in printed and "REINFORCE" in printed

@@ -72,7 +72,7 @@ def test_top_heads_and_bad_k():
 
 def test_batched_indirect_effects_equal_one_head_at_a_time_and_pick_the_heads(tiny_lm, tiny_task):
     mu = tvjax.extract_means(tiny_lm, tiny_task, n_prompts=4, shots=3)
-    config = FunctionVectorConfig(k=3, n_prompts=4, shots=3, sweep=True, batch_size=3)  # 8 heads: 3 + 3 + 2
+    config = FunctionVectorConfig(k=3, n_prompts=4, shots=3, sweep=True, batch_size=3)  # 8 heads: 3 + 3 + 2 (+ 1 pad)
     fv = function_vector_for(tiny_lm, tiny_task, mu, config)
     prompts = shuffled_label_prompts(tiny_lm.tokenizer, tiny_task, n_prompts=4, shots=3)
     reference = indirect_effects_reference(tiny_lm, prompts, mu)

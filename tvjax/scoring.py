@@ -19,15 +19,20 @@ from tvjax.fit import Rows, row_losses
 from tvjax.interventions import Intervention
 
 
-@functools.partial(jax.jit, static_argnames=("config", "batch_size"))
 def stacked_row_losses(params, stacked, rows: Rows, *, config: ModelConfig, batch_size: int) -> jax.Array:
     """`[C, R]`: `row_losses` (answer cross-entropy per row) under each of the `C` stacked interventions.
 
     Args:
       stacked: an intervention (or tuple of them) whose every leaf has a leading `C` axis.
       rows: `R` cached-prefix rows (`tvjax.fit.prepare_rows`).
-      batch_size: interventions per vmapped forward.
+      batch_size: interventions per vmapped forward (at most `C`).
     """
+    C = jax.tree.leaves(stacked)[0].shape[0]
+    return _stacked_row_losses(params, stacked, rows, config=config, batch_size=min(batch_size, C))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "batch_size"))
+def _stacked_row_losses(params, stacked, rows: Rows, *, config: ModelConfig, batch_size: int) -> jax.Array:
     C = jax.tree.leaves(stacked)[0].shape[0]
     pad = -C % batch_size  # padded with copies of the first, so the model is traced once
     stacked = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]), stacked)
