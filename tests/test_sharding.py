@@ -105,6 +105,20 @@ def test_activation_constraints_only_with_a_mesh(tiny_models):
         assert "sharding_constraint" in jaxpr()
 
 
+def test_bfloat16_model_with_float32_blend_and_loss(tiny8_dir):
+    from tvjax.data import prompts_for
+    from tvjax.fit import mean_loss, prepare_rows
+
+    model = tvjax.load(str(tiny8_dir), dtype="bfloat16")
+    config, params, tokenizer = model
+    task = tvjax.Task.from_pairs("upper", [(w, w.upper()) for w in ["apple", "river", "stone", "cloud", "green"]])
+    rows = prepare_rows(model, prompts_for(tokenizer, task, "train", 0)[0][:2])
+    blend = tvjax.HeadBlend.zeros(config)
+    loss, grad = jax.value_and_grad(lambda theta: mean_loss(params, blend._replace(theta=theta), rows,
+                                                            config=config))(blend.theta)
+    assert rows.cache.k.dtype == jnp.bfloat16 and loss.dtype == grad.dtype == jnp.float32
+
+
 @pytest.fixture(scope="module")
 def mesh_report(tiny8_dir, tmp_path_factory):
     """tests/sharding_worker.py's differences from the one-device run, on 8 simulated devices
