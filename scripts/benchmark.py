@@ -24,13 +24,15 @@ import time
 import numpy as np
 
 
-def median_seconds(fn, repeats: int) -> float:
-    times = []
+def medians(ours, theirs, repeats: int) -> tuple[float, float]:
+    """Median seconds of two workloads, timed alternately so machine noise hits both alike."""
+    times = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, out in zip((ours, theirs), times):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def report(title: str, ours: float, theirs: float, unit: str = "ms", per: int = 1) -> float:
@@ -111,8 +113,7 @@ def bench_fit_step(args) -> None:
             step(pipeline.batch(batch), torch.tensor([p.answer[0] for p in batch]))
 
         ours(), theirs()
-        report(f"fit-step, batch {B}, per example", median_seconds(ours, args.repeats),
-               median_seconds(theirs, args.repeats), per=B)
+        report(f"fit-step, batch {B}, per example", *medians(ours, theirs, args.repeats), per=B)
 
 
 def bench_generate(args) -> None:
@@ -136,7 +137,7 @@ def bench_generate(args) -> None:
     theirs = lambda: pipeline.generate(prompts, torch.as_tensor(theta), torch.as_tensor(mu), args.new)
     same = np.mean(np.asarray(ours()) == theirs())
     report(f"generate, {args.prompts} prompts x {args.new} new tokens, with a task vector "
-           f"({same:.0%} of tokens equal)", median_seconds(ours, args.repeats), median_seconds(theirs, args.repeats))
+           f"({same:.0%} of tokens equal)", *medians(ours, theirs, args.repeats))
 
 
 def bench_fit(args) -> None:
@@ -204,44 +205,28 @@ def bench_compile(args) -> None:
 
 
 def bench_forward(args) -> None:
-    """Logits of the default model for a batch of prompts (extraction-style forward)."""
-    import jax
+    """Logits of a batch of long prompts (extraction-style forward), plain model."""
     import jax.numpy as jnp
     import torch
-    from transformers import AutoModelForCausalLM
 
     import tvjax
-    from tvjax.convert.default import default_model_dir
 
-    directory = default_model_dir()  # converts on first use, so the load below is the cached one
-    start = time.perf_counter()
-    config, params, _ = tvjax.load()
-    load_s = time.perf_counter() - start
-
+    s = Setup(args.task)
+    config, params, _ = s.model
     tokens = np.random.default_rng(0).integers(100, config.vocab_size, size=(args.batch, args.length))
-    jax_tokens = jnp.asarray(tokens)
-    run_jax = lambda: tvjax.forward(params, jax_tokens, config=config).logits.block_until_ready()
-    start = time.perf_counter()
-    run_jax()
-    compile_s = time.perf_counter() - start
-    run_jax()
+    jax_tokens, torch_tokens = jnp.asarray(tokens), torch.as_tensor(tokens)
+    ours = lambda: tvjax.forward(params, jax_tokens, config=config).logits.block_until_ready()
 
-    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
-    torch_tokens = torch.as_tensor(tokens)
-
-    def run_torch():
+    def theirs():
         with torch.inference_mode():
-            model(torch_tokens).logits
+            s.hf(torch_tokens).logits
 
-    run_torch()
-    ours = median_seconds(run_jax, args.repeats)
-    theirs = median_seconds(run_torch, args.repeats)
-    print(f"forward, default model, batch {args.batch} x {args.length} tokens, float32, "
-          f"{jax.devices()[0].platform}, torch threads {torch.get_num_threads()}")
-    print(f"  tvjax (jit)          median {ours * 1e3:9.1f} ms")
-    print(f"  transformers (torch) median {theirs * 1e3:9.1f} ms")
-    print(f"  ratio torch / tvjax  {theirs / ours:9.2f}x")
-    print(f"  tvjax first call (trace + compile + run) {compile_s:.1f} s; cached load of the default model {load_s:.1f} s")
+    start = time.perf_counter()
+    ours()
+    first = time.perf_counter() - start
+    theirs()
+    report(f"forward, batch {args.batch} x {args.length} tokens, logits at every position "
+           f"(tvjax first call: trace + compile + run {first:.1f} s)", *medians(ours, theirs, args.repeats))
 
 
 def main(argv=None) -> None:
