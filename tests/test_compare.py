@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tvjax.cli import main
-from tvjax.compare import METHODS, task_paths
+from tvjax.compare import METHODS, check_methods, task_paths
 from tvjax.taskvector import save_task_vector
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -27,7 +27,7 @@ def test_compare_writes_table_json_chart_and_reuses_results(tmp_path, capsys, ti
     assert "| caps |" in printed and "layer patching" in printed and "REINFORCE" in printed
     report = json.loads((out / "compare.json").read_text())
     result = report["results"]["caps"]
-    assert set(result["scores"]) == set(METHODS) == set(report["methods"])
+    assert set(result["scores"]) == set(METHODS) == set(report["methods"]) == set(result["methods"])
     assert {k for k in result["seconds"] if k.startswith("fit_")} == {
         "fit_layer_patching", "fit_function_vector", "fit_reinforce", "fit_task_vector"}
     assert np.shape(result["rankings"]["indirect_effects"]) == (2, 4)
@@ -65,4 +65,12 @@ def test_task_lists(tmp_path):
         task_paths(str(empty))
     with pytest.raises(ValueError, match="no tasks given"):
         task_paths(" , ")
+
+
+def test_method_subsets(capsys):
+    assert check_methods(["task_vector", "zero_shot"]) == ("zero_shot", "task_vector")
+    with pytest.raises(ValueError, match=r"unknown or no methods \['fv'\]; methods: zero_shot, icl"):
+        check_methods(["fv", "icl"])
+    assert main(["compare", "--tasks", "antonym", "--methods", "icl,patching"]) == 2
+    assert "unknown or no methods ['patching']" in capsys.readouterr().err
 

@@ -43,3 +43,5 @@ def test_search_is_seeded_and_returns_a_hard_head_set(tiny_lm, tiny_task):
     assert first.best_valid_loss == min(h["valid_loss"] for h in first.history)
     other = select_heads(tiny_lm, tiny_task, mu, ReinforceConfig(**{**FAST.__dict__, "seed": 1}))
     assert not np.array_equal(other.probabilities, first.probabilities)
+    sparse = select_heads(tiny_lm, tiny_task, mu, ReinforceConfig(**{**FAST.__dict__, "sparsity": 100.0}))
+    assert not sparse.heads.any()  # every head costs more than it could gain

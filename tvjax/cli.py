@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--tasks", default=None, help="comma-separated names / task files, or a directory of task "
                                                    "files (default: the built-in suite)")
     cmp.add_argument("--model", default=None, help=model_help)
+    cmp.add_argument("--methods", default=None, help="comma-separated subset of zero_shot, icl, layer_patching, "
+                                                     "function_vector, reinforce, task_vector (default: all)")
     cmp.add_argument("--out", default="results/compare", help="writes compare.{md,json,png} and tasks/<task>.json")
     cmp.add_argument("--shots", type=int, default=10, help="ICL prompts (means and the ICL baseline)")
     cmp.add_argument("--n-prompts", type=int, default=50, help="ICL prompts averaged for the means")
@@ -90,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--fv-layer", type=int, default=None, help="function vector: this layer (default: valid sweep)")
     cmp.add_argument("--reinforce-steps", type=int, default=100)
     cmp.add_argument("--reinforce-samples", type=int, default=16, help="head masks per REINFORCE step")
+    cmp.add_argument("--reinforce-sparsity", type=float, default=0.0, help="REINFORCE penalty per replaced head")
     cmp.add_argument("--redo", action="store_true", help="recompute tasks that already have results in --out")
     cmp.set_defaults(run=cmd_compare)
 
@@ -233,7 +236,7 @@ def cmd_generate(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from tvjax.compare import METHODS, CompareConfig, compare, task_paths, write_report
+    from tvjax.compare import METHODS, CompareConfig, check_methods, compare, shared_methods, task_paths, write_report
     from tvjax.convert import DEFAULT_MODEL, load
     from tvjax.data import builtin_names
     from tvjax.fit import FitConfig
@@ -242,22 +245,24 @@ def cmd_compare(args) -> None:
     from tvjax.report import markdown_table
 
     tasks = task_paths(args.tasks) if args.tasks else builtin_names()
+    methods = check_methods(METHODS if args.methods is None else [m.strip() for m in args.methods.split(",")])
     config = CompareConfig(
         shots=args.shots, n_prompts=args.n_prompts, seed=args.seed, fit=FitConfig(steps=args.steps, seed=args.seed),
         function_vector=FunctionVectorConfig(k=args.k, n_prompts=args.fv_prompts, shots=args.shots,
                                              layer=args.fv_layer, sweep=args.fv_layer is None, seed=args.seed),
-        reinforce=ReinforceConfig(steps=args.reinforce_steps, samples=args.reinforce_samples, seed=args.seed))
+        reinforce=ReinforceConfig(steps=args.reinforce_steps, samples=args.reinforce_samples,
+                                  sparsity=args.reinforce_sparsity, seed=args.seed))
     model = load(args.model)
-    results = compare(model, tasks, args.out, config, redo=args.redo)
+    results = compare(model, tasks, args.out, config, methods, redo=args.redo)
     paths = write_report(results, args.out, model=args.model or DEFAULT_MODEL, config=dataclasses.asdict(config))
-    print(markdown_table({n: r["scores"] for n, r in results.items()}, METHODS))
+    print(markdown_table({n: r["scores"] for n, r in results.items()}, shared_methods(results)))
     print("first-token / exact-match accuracy (%) on the test split; wrote " + ", ".join(map(str, paths.values())))
 
 
 def cmd_plot(args) -> None:
     import numpy as np
 
-    from tvjax.compare import METHODS
+    from tvjax.compare import shared_methods
     from tvjax.plot import RANKINGS, comparison_chart, head_heatmap
     from tvjax.report import LABELS
     from tvjax.taskvector import load_task_vector
@@ -270,8 +275,8 @@ def cmd_plot(args) -> None:
                 for ranking, values in result["rankings"].items():
                     written.append(head_heatmap(values, out / f"{name}_{ranking}.png", f"{name}: {ranking}",
                                                 RANKINGS[ranking]))
-            written.append(comparison_chart({n: r["scores"] for n, r in results.items()}, METHODS, LABELS,
-                                            out / f"{file.stem}.png"))
+            written.append(comparison_chart({n: r["scores"] for n, r in results.items()}, shared_methods(results),
+                                            LABELS, out / f"{file.stem}.png"))
         else:
             tv = load_task_vector(file)
             weights = 1 / (1 + np.exp(-tv.theta.astype(np.float64)))

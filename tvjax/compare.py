@@ -54,49 +54,70 @@ def _timed(seconds: dict, name: str):
     seconds[name] = round(time.perf_counter() - start, 2)
 
 
-def compare_task(model, task: Task, config: CompareConfig = CompareConfig()) -> dict:
-    """Fit and score every method on `task`.
+def compare_task(model, task: Task, config: CompareConfig = CompareConfig(), methods=METHODS) -> dict:
+    """Fit and score each of `methods` (default: all) on `task`.
 
-    Returns a JSON-ready dict: `scores[method]` (`Scores.as_dict()`, test split),
-    `seconds` per phase (`means`, `fit_<method>`, `eval_<method>`), head `rankings`
-    (`[L, N]` lists: soft weights, indirect effects, REINFORCE probabilities) and what
-    each method `chose` (layers, heads, best steps).
+    Returns a JSON-ready dict: `methods`, `scores[method]` (`Scores.as_dict()`, test split),
+    `seconds` per phase (`means`, `fit_<method>`, `eval_<method>`), head `rankings` (`[L, N]`
+    lists: soft weights, indirect effects, REINFORCE probabilities) and what each fitted
+    method `chose` (layers, heads, best steps).
     """
-    seconds, template = {}, config.template
-    with _timed(seconds, "means"):
-        prompts = mean_prompts(model.tokenizer, task, n_prompts=config.n_prompts, shots=config.shots,
-                               seed=config.seed, template=template)
-        means = site_means(model, prompts, ("heads", "resid"))
-    mu = means["heads"]
-    with _timed(seconds, "fit_layer_patching"):
-        patch = layer_patch(model, task, means["resid"], seed=config.seed, template=template)
-    with _timed(seconds, "fit_function_vector"):
-        fv = function_vector_for(model, task, mu, config.function_vector, template=template)
-    with _timed(seconds, "fit_reinforce"):
-        heads = select_heads(model, task, mu, config.reinforce, template=template)
-    with _timed(seconds, "fit_task_vector"):
-        soft = fit(model, task, mu, config.fit, template=template)
-    interventions = {"zero_shot": None, "icl": None, "layer_patching": patch.edit, "function_vector": fv.edit,
-                     "reinforce": heads.blend, "task_vector": soft.blend}
+    methods = check_methods(methods)
+    seconds, rankings, chose, interventions = {}, {}, {}, {"zero_shot": None, "icl": None}
+    if any(m in _FITS for m in methods):
+        with _timed(seconds, "means"):
+            prompts = mean_prompts(model.tokenizer, task, n_prompts=config.n_prompts, shots=config.shots,
+                                   seed=config.seed, template=config.template)
+            means = site_means(model, prompts, ("heads", "resid"))
+    for method in (m for m in methods if m in _FITS):
+        with _timed(seconds, f"fit_{method}"):
+            interventions[method], ranking, chose[method] = _FITS[method](model, task, means, config)
+        rankings.update(ranking)
     scores = {}
-    for method, intervention in interventions.items():
+    for method in methods:
         with _timed(seconds, f"eval_{method}"):
-            scores[method] = evaluate(model, task, blend=intervention, shots=config.shots if method == "icl" else 0,
-                                      seed=config.seed, template=template, desc=f"{method} {task.name}").as_dict()
-    sigmoid = 1 / (1 + np.exp(-np.asarray(soft.blend.theta, np.float64)))
-    return {
-        "task": task.name, "scores": scores, "seconds": seconds,
-        "rankings": {"soft_weights": sigmoid.tolist(), "indirect_effects": fv.effects.tolist(),
-                     "reinforce_probabilities": heads.probabilities.tolist()},
-        "chose": {
-            "layer_patching": {"layer": patch.layer, "valid_losses": patch.layer_losses.tolist()},
-            "function_vector": {"layer": fv.layer, "heads": fv.heads.tolist(),
-                                "valid_losses": None if fv.layer_losses is None else fv.layer_losses.tolist()},
-            "reinforce": {"heads": np.argwhere(heads.heads).tolist(), "best_step": heads.best_step,
-                          "history": heads.history},
-            "task_vector": {"best_step": soft.best_step, "best_valid_loss": soft.best_valid_loss},
-        },
-    }
+            scores[method] = evaluate(model, task, blend=interventions[method], seed=config.seed,
+                                      shots=config.shots if method == "icl" else 0, template=config.template,
+                                      desc=f"{method} {task.name}").as_dict()
+    return {"task": task.name, "methods": list(methods), "scores": scores, "seconds": seconds, "rankings": rankings,
+            "chose": chose}
+
+
+def check_methods(methods) -> tuple[str, ...]:
+    """`methods` in the order of `METHODS`; unknown names are a ValueError."""
+    unknown = set(methods) - set(METHODS)
+    if unknown or not methods:
+        raise ValueError(f"unknown or no methods {sorted(unknown)}; methods: {', '.join(METHODS)}")
+    return tuple(m for m in METHODS if m in methods)
+
+
+def _fit_layer_patching(model, task, means, config: CompareConfig):
+    patch = layer_patch(model, task, means["resid"], seed=config.seed, template=config.template)
+    return patch.edit, {}, {"layer": patch.layer, "valid_losses": patch.layer_losses.tolist()}
+
+
+def _fit_function_vector(model, task, means, config: CompareConfig):
+    fv = function_vector_for(model, task, means["heads"], config.function_vector, template=config.template)
+    losses = None if fv.layer_losses is None else fv.layer_losses.tolist()
+    return fv.edit, {"indirect_effects": fv.effects.tolist()}, {"layer": fv.layer, "heads": fv.heads.tolist(),
+                                                                 "valid_losses": losses}
+
+
+def _fit_reinforce(model, task, means, config: CompareConfig):
+    found = select_heads(model, task, means["heads"], config.reinforce, template=config.template)
+    return found.blend, {"reinforce_probabilities": found.probabilities.tolist()}, {
+        "heads": np.argwhere(found.heads).tolist(), "best_step": found.best_step, "history": found.history}
+
+
+def _fit_task_vector(model, task, means, config: CompareConfig):
+    soft = fit(model, task, means["heads"], config.fit, template=config.template)
+    weights = 1 / (1 + np.exp(-np.asarray(soft.blend.theta, np.float64)))
+    return soft.blend, {"soft_weights": weights.tolist()}, {"best_step": soft.best_step,
+                                                            "best_valid_loss": soft.best_valid_loss}
+
+
+_FITS = {"layer_patching": _fit_layer_patching, "function_vector": _fit_function_vector,
+         "reinforce": _fit_reinforce, "task_vector": _fit_task_vector}
 
 
 def task_paths(spec: str) -> list[str]:
@@ -115,10 +136,10 @@ def task_paths(spec: str) -> list[str]:
     return names
 
 
-def compare(model, tasks: list[str], out, config: CompareConfig = CompareConfig(), *, redo: bool = False,
-            log=print) -> dict[str, dict]:
+def compare(model, tasks: list[str], out, config: CompareConfig = CompareConfig(), methods=METHODS, *,
+            redo: bool = False, log=print) -> dict[str, dict]:
     """`compare_task` for each task, each result kept in `<out>/tasks/<task>.json` (reused unless `redo`)."""
-    results = {}
+    results, methods = {}, check_methods(methods)
     for spec in tasks:
         task = load_task(spec, config.seed)
         path = Path(out) / "tasks" / f"{task.name}.json"
@@ -126,7 +147,7 @@ def compare(model, tasks: list[str], out, config: CompareConfig = CompareConfig(
             results[task.name] = json.loads(path.read_text())
             log(f"{task.name}: reusing {path}")
             continue
-        result = compare_task(model, task, config)
+        result = compare_task(model, task, config, methods)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1))
         results[task.name] = result
@@ -142,12 +163,18 @@ def write_report(results: dict[str, dict], out, **info) -> dict[str, Path]:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    methods = shared_methods(results)
     scores = {name: r["scores"] for name, r in results.items()}
     paths = {"json": out / "compare.json", "md": out / "compare.md", "png": out / "compare.png"}
-    paths["json"].write_text(json.dumps({**info, "methods": METHODS, "results": results}, indent=1))
-    paths["md"].write_text(markdown_table(scores, METHODS) + "\n\n" + seconds_table(results) + "\n")
-    comparison_chart(scores, METHODS, LABELS, paths["png"])
+    paths["json"].write_text(json.dumps({**info, "methods": methods, "results": results}, indent=1))
+    paths["md"].write_text(markdown_table(scores, methods) + "\n\n" + seconds_table(results) + "\n")
+    comparison_chart(scores, methods, LABELS, paths["png"])
     return paths
+
+
+def shared_methods(results: dict[str, dict]) -> tuple[str, ...]:
+    """The methods every task's result has, in the order of `METHODS`."""
+    return tuple(m for m in METHODS if all(m in r["scores"] for r in results.values()))
 
 
 def seconds_table(results: dict[str, dict]) -> str:
@@ -158,10 +185,12 @@ def seconds_table(results: dict[str, dict]) -> str:
         evaluation = f"{seconds[f'eval_{method}']:.0f}"
         return evaluation if f"fit_{method}" not in seconds else f"{seconds[f'fit_{method}']:.0f} + {evaluation}"
 
-    phases = next(iter(results.values()))["seconds"]
+    methods = shared_methods(results)
+    phases = set.intersection(*(set(r["seconds"]) for r in results.values()))
     mean = {k: float(np.mean([r["seconds"][k] for r in results.values()])) for k in phases}
-    lines = ["| task | means | " + " | ".join(LABELS.get(m, m) for m in METHODS) + " |",
-             "|---" * (len(METHODS) + 2) + "|"]
+    lines = ["| task | means | " + " | ".join(LABELS.get(m, m) for m in methods) + " |",
+             "|---" * (len(methods) + 2) + "|"]
     for name, seconds in [*((n, r["seconds"]) for n, r in results.items()), ("**mean**", mean)]:
-        lines.append(f"| {name} | {seconds['means']:.0f} | " + " | ".join(cell(seconds, m) for m in METHODS) + " |")
+        lines.append(f"| {name} | {seconds.get('means', 0):.0f} | " + " | ".join(cell(seconds, m) for m in methods)
+                     + " |")
     return "\n".join(lines)

@@ -3,10 +3,11 @@
 Every head `(l, h)` is replaced by its task mean with probability `sigmoid(logits[l, h])`.
 A step samples `samples` head masks, scores each on the same train rows (first answer
 token cross-entropy with the masked heads replaced at the last prompt token, all masks
-batched on cached prompt prefixes), standardises the rewards (negative losses) across the
-samples and moves the logits with Adam along the score-function gradient estimate.
-The result is the hard head set `sigmoid(logits) > 0.5` with the best validation loss,
-as a `HeadBlend` with `theta = +inf` on the set and `-inf` elsewhere.
+batched on cached prompt prefixes), standardises the rewards (negative losses, less
+`sparsity` per replaced head) across the samples and moves the logits with Adam along the
+score-function gradient estimate. The result is the hard head set `sigmoid(logits) > 0.5`
+with the best validation objective (loss + `sparsity` x heads), as a `HeadBlend` with
+`theta = +inf` on the set and `-inf` elsewhere.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class ReinforceConfig:
     batch_size: int = 8  # train rows per step, shared by the samples
     eval_every: int = 10
     seed: int = 0
+    sparsity: float = 0.0  # penalty per replaced head (nats of first-token cross-entropy)
 
 
 class HeadSelection(NamedTuple):
@@ -64,8 +66,8 @@ def score_function_gradient(logits: jax.Array, masks: jax.Array, rewards: jax.Ar
 
 
 @functools.partial(jax.jit, static_argnames=("config", "samples", "learning_rate"))
-def reinforce_step(logits, opt_state, key, mu, params, rows: Rows, index, *, config: ModelConfig, samples: int,
-                   learning_rate: float):
+def reinforce_step(logits, opt_state, key, mu, params, rows: Rows, index, sparsity, *, config: ModelConfig,
+                   samples: int, learning_rate: float):
     """One Adam step on `logits` `[L, N]` from `samples` masks scored on the rows at `index` `[B]`.
 
     Returns `(logits, opt_state, mean sampled loss)`.
@@ -73,7 +75,8 @@ def reinforce_step(logits, opt_state, key, mu, params, rows: Rows, index, *, con
     masks = jax.random.bernoulli(key, jax.nn.sigmoid(logits), (samples, *logits.shape))  # [S, L, N]
     blends = HeadBlend.hard(masks, jnp.broadcast_to(mu, (samples, *mu.shape)))
     losses = stacked_row_losses(params, blends, take(rows, index), config=config, batch_size=samples).mean(1)
-    grad = -score_function_gradient(logits, masks, -losses)  # descend the negative expected reward
+    rewards = -losses - sparsity * masks.sum((1, 2))
+    grad = -score_function_gradient(logits, masks, rewards)  # descend the negative expected reward
     updates, opt_state = optimizer("adam", learning_rate).update(grad, opt_state, logits)
     return optax.apply_updates(logits, updates), opt_state, losses.mean()
 
@@ -95,14 +98,14 @@ def select_heads(model, task: Task, mu, config: ReinforceConfig = ReinforceConfi
         return float(mean_loss(params, HeadBlend.hard(heads, mu), valid, config=model_config)), heads
 
     best_loss, best_heads = validate(logits)
-    best_logits, best_step = logits, 0
+    best_logits, best_step, best_objective = logits, 0, best_loss
     history, running = [{"step": 0, "train_loss": None, "valid_loss": best_loss, "heads": 0}], []
     bar = tqdm(range(1, config.steps + 1), desc=f"reinforce {task.name}", leave=False, disable=None)
     for step in bar:
         index = jnp.asarray(batch_indices(len(train_prompts), config.batch_size, step - 1, config.seed))
         logits, opt_state, loss = reinforce_step(logits, opt_state, jax.random.fold_in(key, step), mu, params,
-                                                 train, index, config=model_config, samples=config.samples,
-                                                 learning_rate=config.learning_rate)
+                                                 train, index, config.sparsity, config=model_config,
+                                                 samples=config.samples, learning_rate=config.learning_rate)
         running.append(loss)
         if step % config.eval_every == 0 or step == config.steps:
             valid_loss, heads = validate(logits)
@@ -110,7 +113,9 @@ def select_heads(model, task: Task, mu, config: ReinforceConfig = ReinforceConfi
                             "heads": int(heads.sum())})
             running = []
             bar.set_postfix(valid=f"{valid_loss:.3f}", heads=int(heads.sum()))
-            if valid_loss < best_loss:
+            objective = valid_loss + config.sparsity * heads.sum()
+            if objective < best_objective:
                 best_loss, best_heads, best_logits, best_step = valid_loss, heads, logits, step
+                best_objective = objective
     return HeadSelection(HeadBlend.hard(best_heads, mu), best_heads, np.asarray(jax.nn.sigmoid(best_logits)),
                          best_step, best_loss, history)
