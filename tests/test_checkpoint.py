@@ -20,7 +20,7 @@ import pytest
 import tvjax
 from tvjax.checkpoint import FitCheckpoints, ResumeError
 
-SETTINGS = dict(steps=60, eval_every=4, batch_size=4, learning_rate=0.1)
+SETTINGS = dict(steps=40, eval_every=4, batch_size=4, learning_rate=0.1)
 
 CHILD_FIT = """
 import sys, numpy as np, tvjax
@@ -58,7 +58,7 @@ def test_resume_after_sigkill_is_exact(tmp_path, tiny_lm, tiny_lm_dir, run_files
     reference = tvjax.fit(tiny_lm, task, mu, config)
 
     ckpt = tmp_path / "ckpt"
-    kill_after = int(np.random.default_rng().integers(8, 48))  # a random step
+    kill_after = int(np.random.default_rng().integers(8, 28))  # a random step
     child = subprocess.Popen([sys.executable, "-c", CHILD_FIT.format(settings=SETTINGS), str(tiny_lm_dir),
                               str(task_file), str(mu_file), str(ckpt)], stderr=subprocess.PIPE)
     while child.poll() is None and (_steps(ckpt) or [0])[-1] < kill_after:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from tvjax.batching import bucket_length, chunks, pad_left
 from tvjax.data import Task, Template, prompts_for
 from tvjax.generate import generate, until_eos
-from tvjax.interventions import HeadBlend
+from tvjax.interventions import Intervention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Scores:
         return dataclasses.asdict(self)
 
 
-def evaluate(model, task: Task, *, blend: HeadBlend | None = None, shots: int = 0, split: str = "test",
+def evaluate(model, task: Task, *, blend: Intervention | tuple | None = None, shots: int = 0, split: str = "test",
              seed: int = 0, batch_size: int = 16, max_new_tokens: int | None = None,
              template: Template = Template(), desc: str | None = None) -> Scores:
     """Score `task`'s `split` with `shots` demonstrations per prompt and an optional blend.

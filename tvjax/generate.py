@@ -10,7 +10,7 @@ import numpy as np
 
 from tvjax.batching import encode, pad_left
 from tvjax.config import ModelConfig
-from tvjax.interventions import HeadBlend
+from tvjax.interventions import Intervention
 from tvjax.model import KVCache, Params, forward
 from tvjax.sharding import Placement
 
@@ -43,7 +43,7 @@ def generate(
     config: ModelConfig,
     mask=None,
     max_new_tokens: int = 16,
-    blend: HeadBlend | None = None,
+    blend: Intervention | tuple | None = None,
     eos_token_id: int | tuple[int, ...] | None = None,
 ) -> np.ndarray:
     """Greedy decoding.
@@ -52,7 +52,8 @@ def generate(
       params, config: the model.
       tokens: `[B, T]` left-padded prompts; mask: `[B, T]` bool (default: all real).
       max_new_tokens: tokens to generate per prompt.
-      blend: optional `HeadBlend`, applied at the last prompt token only.
+      blend: optional intervention (`HeadBlend`, `ResidualEdit`, `Edit` or a tuple of them),
+        applied at the last prompt token only.
       eos_token_id: id(s) ending a row; after one, the row repeats the first id
         (default: `config.eos_token_id`; -1 never stops).
     Returns:
@@ -70,7 +71,7 @@ def generate(
 
 
 def generate_text(model, prompts: list[str] | list[list[int]], max_new_tokens: int = 16,
-                  blend: HeadBlend | None = None) -> list[str]:
+                  blend: Intervention | tuple | None = None) -> list[str]:
     """Greedy completions of `prompts` (texts, or token id lists) as strings, cut at end-of-sequence."""
     config, params, tokenizer = model
     if all(isinstance(p, str) for p in prompts):
