@@ -93,18 +93,16 @@ def assert_logits_close(actual, expected, rel: float = 1e-4):
     assert err <= rel * scale, f"max abs diff {err:.3g} > {rel} x logit scale {scale:.3g}"
 
 
-@pytest.fixture(scope="session")
-def tiny_lm_dir(tmp_path_factory):
-    """A tiny random Llama checkpoint with the default model's tokenizer (vocab 49152)."""
+def save_tiny_lm(directory, n_heads: int = 4, n_kv_heads: int = 2):
+    """A tiny random Llama (D=64, F=128, L=2) with the default model's tokenizer (vocab 49152), saved to `directory`."""
     import shutil
 
     from tvjax.convert.default import default_model_dir
 
-    directory = tmp_path_factory.mktemp("tiny_lm")
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
+                                      num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
+                                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
     model = transformers.AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         for p in model.parameters():
@@ -113,6 +111,12 @@ def tiny_lm_dir(tmp_path_factory):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(default_model_dir() / name, directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory):
+    """A tiny random Llama checkpoint with the default model's tokenizer (vocab 49152)."""
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
 
 
 @pytest.fixture(scope="session")

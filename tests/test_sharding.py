@@ -4,7 +4,6 @@ one-device run on 8 simulated CPU devices and a 2-process run, each in subproces
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -14,8 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import transformers
-from conftest import TINY_CONFIGS
+from conftest import TINY_CONFIGS, save_tiny_lm
 from jax.sharding import PartitionSpec as P
 
 import tvjax
@@ -33,23 +31,7 @@ CPU_ENV = {"JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "PYTHO
 def tiny8_dir(tmp_path_factory):
     """A tiny random Llama with N=8 heads (they divide tensor=8) and K=4 kv heads (they don't),
     D=64, F=128, L=2 and the default model's tokenizer."""
-    import torch
-
-    from tvjax.convert.default import default_model_dir
-
-    directory = tmp_path_factory.mktemp("tiny8")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=True,
-                                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    model = transformers.AutoModelForCausalLM.from_config(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    model.save_pretrained(directory)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(default_model_dir() / name, directory)
-    return directory
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny8"), n_heads=8, n_kv_heads=4)
 
 
 def test_mesh_specs_parse_and_default_to_data():
