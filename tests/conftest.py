@@ -6,8 +6,12 @@ tvjax's torch-free path, so tests compare tvjax against the PyTorch model as ora
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+
+os.environ.setdefault("TVJAX_COMPILE_CACHE", "off")  # CLI runs in tests leave the user's compile cache alone
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

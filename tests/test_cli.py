@@ -72,3 +72,4 @@ def test_fit_resume_continues_from_checkpoints(tmp_path, capsys, tiny_lm_dir):
     capsys.readouterr()
     assert main(fit[:-1] + ["--steps", "6", "--checkpoint-dir", str(out / "checkpoints" / "caps")]) == 2
     assert "already holds checkpoints (latest step 6)" in capsys.readouterr().err
+

@@ -6,18 +6,21 @@ from typing import Sequence
 
 import numpy as np
 
-MIN_BUCKET = 16
+MIN_BUCKET = 8
 
 
 def bucket_length(n: int, minimum: int = MIN_BUCKET) -> int:
-    """Smallest length in {16, 24, 32, 48, 64, 96, ...} (powers of two and their 1.5x) >= n."""
-    size = minimum
-    while True:
-        if n <= size:
-            return size
-        if n <= size * 3 // 2:
-            return size * 3 // 2
-        size *= 2
+    """Smallest length >= n in {8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, ...}.
+
+    Four sizes per doubling (steps of a quarter of the power of two below n, at least 8):
+    above 32 tokens padding adds under a quarter of n, and a few shapes (compiles) cover
+    every length.
+    """
+    if n <= minimum:
+        return minimum
+    power = 1 << (n - 1).bit_length() - 1  # the largest power of two below n
+    step = max(8, power // 4)
+    return -(-n // step) * step
 
 
 def pad_left(sequences: Sequence[Sequence[int]], pad_id: int = 0, length: int | None = None):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,10 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "compile_cache", "off") != "off":
+            from tvjax.compile_cache import enable_compilation_cache
+
+            enable_compilation_cache(None if args.compile_cache == "default" else args.compile_cache)
         args.run(args)
     except (TaskError, ValueError, OSError) as e:  # our errors are ValueErrors with the fix in them
         print(f"tvjax {args.command}: error: {e}", file=sys.stderr)
@@ -52,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="save Orbax checkpoints of the fit here (with --resume, default <out>/checkpoints/<task>)")
     fit.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (start one if there is none)")
     _add_scale_flags(fit)
+    _add_compile_cache_flag(fit)
     fit.set_defaults(run=cmd_fit)
 
     ev = sub.add_parser("eval", help="zero-shot, ICL and (with --tv) task-vector accuracy")
@@ -63,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=None, help="split seed (default: the task vector's, else 0)")
     ev.add_argument("--template", default=None, help="default: the task vector's, else the standard one")
     _add_scale_flags(ev)
+    _add_compile_cache_flag(ev)
     ev.set_defaults(run=cmd_eval)
 
     gen = sub.add_parser("generate", help="greedy generation, with or without a task vector")
@@ -73,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--tv", default=None, help="a task-vector file (applied at the last prompt token)")
     gen.add_argument("--max-new-tokens", type=int, default=16)
     gen.add_argument("--template", default=None, help="for --query (default: the task vector's)")
+    _add_compile_cache_flag(gen)
     gen.set_defaults(run=cmd_generate)
 
     cmp = sub.add_parser("compare", help="zero-shot, ICL, layer patching, function vector, REINFORCE and soft TV "
@@ -94,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--reinforce-samples", type=int, default=16, help="head masks per REINFORCE step")
     cmp.add_argument("--reinforce-sparsity", type=float, default=0.0, help="REINFORCE penalty per replaced head")
     cmp.add_argument("--redo", action="store_true", help="recompute tasks that already have results in --out")
+    _add_compile_cache_flag(cmp)
     cmp.set_defaults(run=cmd_compare)
 
     plot = sub.add_parser("plot", help="PNG heatmaps (layers x heads) of head rankings, and the comparison chart")
@@ -113,6 +122,12 @@ def _add_scale_flags(parser) -> None:
                              "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID describe one explicitly")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="params and activations")
     parser.add_argument("--remat", default=None, choices=REMAT_POLICIES, help="per-layer rematerialisation")
+
+
+def _add_compile_cache_flag(parser) -> None:
+    parser.add_argument("--compile-cache", default=os.environ.get("TVJAX_COMPILE_CACHE", "default"), metavar="DIR",
+                        help="keep compiled XLA programs in DIR so later runs skip compiling (default: "
+                             "$TVJAX_COMPILE_CACHE, else <tvjax cache>/xla; 'off' disables)")
 
 
 def _load_model(args):
