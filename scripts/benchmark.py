@@ -7,6 +7,7 @@
     python scripts/benchmark.py compile                                 # fit-step compile, L and 2L layers
     python scripts/benchmark.py all
     ... [--compile-cache DIR]    # reuse compiled programs from earlier runs (tvjax's CLI default)
+    ... [--profile DIR]          # forward, fit-step, generate: tvjax's top XLA ops (jax.profiler)
 
 The PyTorch baseline is transformers' model with hooks (`scripts/torch_reference.py`,
 built on `tvjax.torch_port`), on the same token ids, batches and data order.
@@ -18,6 +19,7 @@ compare across machines, not the absolute numbers.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -34,6 +36,48 @@ def medians(ours, theirs, repeats: int) -> tuple[float, float]:
             fn()
             out.append(time.perf_counter() - start)
     return statistics.median(times[0]), statistics.median(times[1])
+
+
+def timed(ours, theirs, args, label: str) -> tuple[float, float]:
+    """`medians` of both sides; with `--profile DIR`, then a trace of tvjax's side and its top XLA ops."""
+    seconds = medians(ours, theirs, args.repeats)
+    if args.profile:
+        profile(ours, f"{args.profile}/{label}")
+    return seconds
+
+
+def profile(fn, directory: str, calls: int = 3, top: int = 15) -> None:
+    """Trace `calls` calls of `fn` with `jax.profiler` (Perfetto trace in `directory`); print the
+    XLA ops taking the most time per call (summed over threads)."""
+    import collections
+    import glob
+    import gzip
+    import json
+
+    import jax
+
+    with jax.profiler.trace(directory, create_perfetto_trace=True):
+        for _ in range(calls):
+            fn()
+    trace = sorted(glob.glob(f"{directory}/**/perfetto_trace.json.gz", recursive=True))[-1]
+    events = json.load(gzip.open(trace))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    containers = ("$", "Thunk", "Slinky", "while", "conditional", "call")  # spans that enclose other ops
+    spans = [e for e in events if e.get("ph") == "X" and not e["name"].startswith(containers)]
+    total, count = collections.Counter(), collections.Counter()
+    for e in spans:
+        total[e["name"]] += e["dur"]
+        count[e["name"]] += 1
+    kinds = collections.Counter()
+    for name, micros in total.items():
+        kinds["matmuls" if name.startswith(("ynn", "xnn", "dot", "onednn")) else
+              "slices and copies" if "slice" in name or "copy" in name or "transpose" in name else "other"] += micros
+    summed = sum(total.values())
+    print(f"  profile of tvjax (trace in {directory}): " +
+          ", ".join(f"{kind} {micros / summed:.0%}" for kind, micros in kinds.most_common()) +
+          "; top ops, ms per call:")
+    for name, micros in total.most_common(top):
+        print(f"    {micros / calls / 1e3:9.2f}  {count[name] // calls:4d}x  {name}")
 
 
 def report(title: str, ours: float, theirs: float, unit: str = "ms", per: int = 1) -> float:
@@ -114,7 +158,7 @@ def bench_fit_step(args) -> None:
             step(pipeline.batch(batch), torch.tensor([p.answer[0] for p in batch]))
 
         ours(), theirs()
-        report(f"fit-step, batch {B}, per example", *medians(ours, theirs, args.repeats), per=B)
+        report(f"fit-step, batch {B}, per example", *timed(ours, theirs, args, f"fit-step-{B}"), per=B)
 
 
 def bench_generate(args) -> None:
@@ -138,7 +182,7 @@ def bench_generate(args) -> None:
     theirs = lambda: pipeline.generate(prompts, torch.as_tensor(theta), torch.as_tensor(mu), args.new)
     same = np.mean(np.asarray(ours()) == theirs())
     report(f"generate, {args.prompts} prompts x {args.new} new tokens, with a task vector "
-           f"({same:.0%} of tokens equal)", *medians(ours, theirs, args.repeats))
+           f"({same:.0%} of tokens equal)", *timed(ours, theirs, args, "generate"))
 
 
 def bench_fit(args) -> None:
@@ -245,7 +289,7 @@ def bench_forward(args) -> None:
     first = time.perf_counter() - start
     theirs()
     report(f"forward, batch {args.batch} x {args.length} tokens, logits at every position "
-           f"(tvjax first call: trace + compile + run {first:.1f} s)", *medians(ours, theirs, args.repeats))
+           f"(tvjax first call: trace + compile + run {first:.1f} s)", *timed(ours, theirs, args, "forward"))
 
 
 def main(argv=None) -> None:
@@ -264,10 +308,14 @@ def main(argv=None) -> None:
         p.add_argument("--new", type=int, default=16, help="generate: new tokens")
         p.add_argument("--steps", type=int, default=100, help="fit: training steps")
         p.add_argument("--rounds", type=int, default=3, help="compile: compilations per depth")
+        p.add_argument("--profile", default=None, metavar="DIR",
+                       help="forward, fit-step, generate: also trace tvjax's side and print its top XLA ops")
         p.add_argument("--compile-cache", default=None, metavar="DIR",
                        help="persistent XLA compilation cache (default: none, every run compiles)")
         p.set_defaults(run=run)
     args = parser.parse_args(argv)
+    if args.profile:  # XLA:CPU names its ops in traces only with this flag, read when the backend starts
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_enable_xprof_traceme=true"
     if args.compile_cache is not None:
         from tvjax.compile_cache import enable_compilation_cache
 
