@@ -25,10 +25,12 @@ else:
     from tvjax.function_vectors import FunctionVectorConfig, function_vector_for
     from tvjax.patching import layer_patch
     from tvjax.reinforce import ReinforceConfig, select_heads
+    from tvjax.compile_cache import enable_compilation_cache
 
     __all__ = ["ModelConfig", "HeadBlend", "KVCache", "Output", "forward", "init_params", "generate", "load",
                "Model", "CheckpointError", "UnsupportedArchitecture", "Task", "TaskError", "Template",
                "builtin_names", "load_task", "extract_means", "FitConfig", "FitResult", "fit", "Scores",
                "evaluate", "TaskVector", "TaskVectorError", "load_task_vector", "save_task_vector",
                "TaskVectorExtractor", "SITES", "Edit", "ResidualEdit", "site_means", "FunctionVectorConfig",
-               "function_vector_for", "layer_patch", "ReinforceConfig", "select_heads"]
+               "function_vector_for", "layer_patch", "ReinforceConfig", "select_heads",
+               "enable_compilation_cache"]
