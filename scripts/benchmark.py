@@ -191,7 +191,7 @@ def bench_fit(args) -> None:
 
     import tvjax
     from tvjax.extract import mean_prompts
-    from tvjax.evaluate import evaluate
+    from tvjax.evaluate import answer_budget, evaluate
 
     s = Setup(args.task)
     fc = tvjax.FitConfig(steps=args.steps)
@@ -202,7 +202,7 @@ def bench_fit(args) -> None:
 
     pipeline = s.torch_pipeline()
     test = s.prompts("test")
-    max_new = -(-(max(len(p.answer) for p in test) + 1) // 4) * 4  # as tvjax.evaluate
+    max_new = answer_budget(test)
     theirs = Phases()
     torch_mu = theirs.time("means", lambda: pipeline.means(mean_prompts(s.model.tokenizer, s.task)))
     theta = theirs.time("fit", lambda: pipeline.fit(s.prompts("train"), s.prompts("valid"), torch_mu, fc))

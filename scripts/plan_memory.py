@@ -31,14 +31,16 @@ GIB = 2**30
 
 def hf_config(name: str) -> dict:
     """config.json of a file, a checkpoint directory or a hub id (only config.json is fetched)."""
+    from tvjax.convert.hf import read_config
+
     path = Path(name)
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
+    if path.is_file():
+        return json.loads(path.read_text())
+    if not path.is_dir():
         from huggingface_hub import hf_hub_download
 
-        path = Path(hf_hub_download(name, "config.json"))
-    return json.loads(path.read_text())
+        path = Path(hf_hub_download(name, "config.json")).parent
+    return read_config(path)
 
 
 def plan(name: str, mesh, *, dtype: str, remat: str | None, rows: int, prompt_length: int, batch_size: int) -> dict:

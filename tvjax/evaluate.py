@@ -35,14 +35,13 @@ def evaluate(model, task: Task, *, blend: Intervention | tuple | None = None, sh
     """Score `task`'s `split` with `shots` demonstrations per prompt and an optional blend.
 
     The blend edits the last prompt token of each prompt (then generation continues).
-    `max_new_tokens` defaults to the longest answer plus one (for the line break),
-    rounded up to a multiple of 4 so that tasks share compiled shapes.
+    `max_new_tokens` defaults to `answer_budget(prompts)`.
     """
     config, params, tokenizer = model
     prompts, skipped = prompts_for(tokenizer, task, split, shots, template=template, seed=seed)
     length = bucket_length(max(len(p.ids) for p in prompts))
     if max_new_tokens is None:
-        max_new_tokens = -(-(max(len(p.answer) for p in prompts) + 1) // 4) * 4
+        max_new_tokens = answer_budget(prompts)
     first = exact = 0
     pad = tokenizer.pad_token_id or 0
     for chunk, real in tqdm(list(chunks(prompts, batch_size)), desc=desc or f"eval {task.name}",
@@ -53,6 +52,12 @@ def evaluate(model, task: Task, *, blend: Intervention | tuple | None = None, sh
             first += int(row[0] == prompt.answer[0])
             exact += int(answer_text(tokenizer, row, config.eos_ids) == prompt.pair[1].strip())
     return Scores(first / len(prompts), exact / len(prompts), len(prompts), len(skipped))
+
+
+def answer_budget(prompts) -> int:
+    """Tokens to generate for `prompts`: the longest answer plus one (the line break), rounded
+    up to a multiple of 4 so that tasks share compiled shapes."""
+    return -(-(max(len(p.answer) for p in prompts) + 1) // 4) * 4
 
 
 def answer_text(tokenizer, row: np.ndarray, eos_ids: tuple[int, ...]) -> str:
