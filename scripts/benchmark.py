@@ -98,13 +98,14 @@ class Setup:
         from transformers import AutoModelForCausalLM
 
         import tvjax
+        from tvjax.batching import pad_id
         from tvjax.convert.default import default_model_dir
 
         directory = default_model_dir()
         self.model = tvjax.load()
         self.hf = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
         self.task = tvjax.load_task(task)
-        self.pad = self.model.tokenizer.pad_token_id or 0
+        self.pad = pad_id(self.model.tokenizer)
         print(f"default model, task {task}, float32, {_platform()}, torch threads {torch.get_num_threads()}")
 
     def prompts(self, split: str, shots: int = 0):
@@ -130,7 +131,9 @@ def bench_fit_step(args) -> None:
     import torch
 
     from tvjax.extract import extract_means
-    from tvjax.fit import FitConfig, batch_indices, optimizer, prepare_rows, train_step
+    from tvjax.fit import FitConfig, train_step
+    from tvjax.rows import prepare_rows
+    from tvjax.train import batch_indices, optimizer
 
     s = Setup(args.task)
     config, params, _ = s.model
@@ -177,7 +180,8 @@ def bench_generate(args) -> None:
     blend = tvjax.HeadBlend(jnp.asarray(theta), jnp.asarray(mu))
     prompts = (s.prompts("test") * args.prompts)[:args.prompts]
     tokens, mask = pad_left([p.ids for p in prompts], s.pad, bucket_length(max(len(p.ids) for p in prompts)))
-    ours = lambda: tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=args.new, blend=blend)
+    ours = lambda: tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=args.new,
+                                  intervention=blend)
     pipeline = s.torch_pipeline()
     theirs = lambda: pipeline.generate(prompts, torch.as_tensor(theta), torch.as_tensor(mu), args.new)
     same = np.mean(np.asarray(ours()) == theirs())
@@ -198,7 +202,7 @@ def bench_fit(args) -> None:
     ours = Phases()
     mu = ours.time("means", lambda: tvjax.extract_means(s.model, s.task))
     blend = ours.time("fit", lambda: tvjax.fit(s.model, s.task, mu, fc).blend)
-    scores = ours.time("evaluation", lambda: evaluate(s.model, s.task, blend=blend))
+    scores = ours.time("evaluation", lambda: evaluate(s.model, s.task, intervention=blend))
 
     pipeline = s.torch_pipeline()
     test = s.prompts("test")
@@ -238,7 +242,9 @@ def bench_compile(args) -> None:
     import jax.numpy as jnp
 
     import tvjax
-    from tvjax.fit import FitConfig, _train_step, optimizer, prepare_rows
+    from tvjax.fit import FitConfig, _train_step
+    from tvjax.rows import prepare_rows
+    from tvjax.train import optimizer
 
     base = tvjax.load()
     train = tvjax.data.prompts_for(base.tokenizer, tvjax.load_task(args.task), "train", 0)[0]

@@ -26,11 +26,10 @@ import numpy as np
 
 def main(argv=None) -> None:
     import tvjax
-    from tvjax.fit import prepare_rows
     from tvjax.function_vectors import indirect_effects, indirect_effects_reference, one_hot_heads, \
         shuffled_label_prompts
     from tvjax.interventions import HeadBlend
-    from tvjax.scoring import stacked_row_losses
+    from tvjax.rows import prepare_rows, stacked_row_losses
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)

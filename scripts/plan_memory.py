@@ -49,7 +49,9 @@ def plan(name: str, mesh, *, dtype: str, remat: str | None, rows: int, prompt_le
     import jax.numpy as jnp
 
     from tvjax.convert.architectures import config_from_hf
-    from tvjax.fit import Rows, lower_train_step, optimizer
+    from tvjax.fit import lower_train_step
+    from tvjax.rows import Rows
+    from tvjax.train import optimizer
     from tvjax.model import KVCache
 
     config = config_from_hf(hf_config(name)).replace(dtype=dtype, remat=remat)

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from tvjax.batching import chunks, pad_left
-from tvjax.fit import FitConfig, batch_indices
+from tvjax.fit import FitConfig
+from tvjax.train import batch_indices
 from tvjax.torch_port import Intervention, SaveInputsHook, TaskVectorHook, attention_outputs
 
 

@@ -3,7 +3,9 @@
     python tests/sharding_worker.py MODEL_DIR OUT.json MESH [MESH ...]    (e.g. data=2,fsdp=2,tensor=2)
 
 For each mesh: load the model onto the mesh and compare with one device:
-params, logits, extracted means, a short fit and greedy generation with the fitted vector.
+params, logits (with a blend, and with an intervention class of the user's own), extracted
+means, a short fit, greedy generation with the fitted vector, a short REINFORCE search,
+a function vector (indirect effects and the layer sweep) and layer patching.
 Writes the largest differences (and a few param shardings) as JSON.
 """
 
@@ -15,6 +17,7 @@ os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_p
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import functools  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -22,18 +25,34 @@ import numpy as np  # noqa: E402
 
 import tvjax  # noqa: E402
 from tvjax.batching import encode  # noqa: E402
-from tvjax.sharding import Placement, make_mesh  # noqa: E402
+from tvjax.interventions import axes_of  # noqa: E402
+from tvjax.sharding import make_mesh, on_mesh, put  # noqa: E402
 
 WORDS = ["apple", "river", "stone", "cloud", "green", "house", "light", "music", "ocean", "paper", "quiet", "sharp",
          "table", "water", "young", "zebra", "bread", "chair", "dream", "earth", "flame", "grape", "heart", "ivory"]
 FIT = tvjax.FitConfig(steps=4, eval_every=2, batch_size=8, learning_rate=0.2)
+REINFORCE = tvjax.ReinforceConfig(steps=2, eval_every=1, samples=4, batch_size=4, learning_rate=0.5)
+FUNCTION_VECTOR = tvjax.FunctionVectorConfig(k=3, n_prompts=4, shots=2, sweep=True, batch_size=4)
+
+
+class ScaleAttention(NamedTuple):
+    """A user's own intervention: the attention output scaled per layer, `factor` `[L]`."""
+
+    factor: jax.Array
+    site = "attn"
+
+    def check(self, config):
+        assert self.factor.shape == (config.n_layers,)
+
+    def apply(self, x, layer, edit_mask):
+        return jnp.where(edit_mask[..., None], x * self.factor, x)
 SHOWN = {"q": ("layers", "attn", "q", "kernel"), "k": ("layers", "attn", "k", "kernel"),
          "down": ("layers", "mlp", "down", "kernel"), "embed": ("embed", "embedding")}
 
 
 @functools.partial(jax.jit, static_argnames="config")
 def _logits(params, tokens, mask, blend, *, config):
-    return tvjax.forward(params, tokens, config=config, mask=mask, blend=blend).logits
+    return tvjax.forward(params, tokens, config=config, mask=mask, intervention=blend).logits
 
 
 def run(model, task) -> dict:
@@ -44,16 +63,22 @@ def run(model, task) -> dict:
     blend = tvjax.HeadBlend(jnp.asarray(rng.normal(size=(config.n_layers, config.n_heads)), jnp.float32),
                             jnp.asarray(rng.normal(size=(config.n_layers, config.n_heads, config.head_dim)),
                                         jnp.float32))
-    place = Placement.of(params)
-    logits = place.run(_logits, (params, tokens, mask, blend),
-                       (place.params(params), place.batch(tokens), place.batch(mask), place.interventions(blend)),
-                       place.replicated, config=config)
+    own = ScaleAttention(jnp.linspace(0.5, 1.5, config.n_layers))
+    with on_mesh(params):
+        logits, own_logits = (_logits(params, *put((tokens, mask), "BT"), put(i, axes_of(i)), config=config)
+                              for i in (blend, own))
     mu = tvjax.extract_means(model, task, n_prompts=8, shots=3)
     result = tvjax.fit(model, task, mu, FIT)
-    new_tokens = tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=4, blend=result.blend)
+    new_tokens = tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=4, intervention=result.blend)
+    heads = tvjax.select_heads(model, task, mu, REINFORCE)
+    fv = tvjax.function_vector_for(model, task, mu, FUNCTION_VECTOR)
+    states = tvjax.site_means(model, tvjax.extract.mean_prompts(tokenizer, task, n_prompts=4, shots=2), ("resid",))
+    patch = tvjax.layer_patch(model, task, states["resid"])
     return {"params": jax.tree.map(np.asarray, params), "logits": np.asarray(logits), "mu": mu,
-            "theta": np.asarray(result.blend.theta), "losses": [h["valid_loss"] for h in result.history],
-            "tokens": new_tokens}
+            "own_logits": np.asarray(own_logits), "theta": np.asarray(result.blend.theta),
+            "losses": [h["valid_loss"] for h in result.history], "tokens": new_tokens,
+            "reinforce": np.asarray(heads.probabilities), "reinforce_losses": [h["valid_loss"] for h in heads.history],
+            "effects": fv.effects, "fv_losses": fv.layer_losses, "patch_losses": patch.layer_losses}
 
 
 def main(model_dir: str, out: str, *meshes: str) -> None:
@@ -77,6 +102,8 @@ def main(model_dir: str, out: str, *meshes: str) -> None:
             "theta": float(np.abs(got["theta"] - reference["theta"]).max()),
             "losses": float(np.abs(np.subtract(got["losses"], reference["losses"])).max()),
             "tokens": int((got["tokens"] != reference["tokens"]).sum()),
+            **{k: float(np.abs(np.subtract(got[k], reference[k])).max())
+               for k in ("own_logits", "reinforce", "reinforce_losses", "effects", "fv_losses", "patch_losses")},
         }
     with open(out, "w") as f:
         json.dump(report, f, indent=2)

@@ -1,7 +1,9 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
-from tvjax.batching import bucket_length, pad_left
+from tvjax.batching import bucket_length, pad_id, pad_left
 
 
 def test_buckets_are_few_and_large_enough():
@@ -24,3 +26,8 @@ def test_pad_left_rejects_bad_input():
         pad_left([[1] * 20], length=16)
     with pytest.raises(ValueError, match="no empty"):
         pad_left([[1], []])
+
+
+def test_pad_id_is_the_tokenizers_or_zero():
+    assert pad_id(SimpleNamespace(pad_token_id=2)) == 2
+    assert pad_id(SimpleNamespace(pad_token_id=None)) == 0

@@ -68,7 +68,7 @@ def test_no_capture_by_default_and_identity_edit_is_the_plain_model(tiny_models)
     plain = tvjax.forward(params, tokens, config=config)
     assert plain.captured is None and plain.heads is None
     same = Edit("resid", lambda x, layer, data: x)
-    np.testing.assert_array_equal(tvjax.forward(params, tokens, config=config, blend=same).logits, plain.logits)
+    np.testing.assert_array_equal(tvjax.forward(params, tokens, config=config, intervention=same).logits, plain.logits)
 
 
 def _zero_head(x, layer, data):
@@ -84,8 +84,8 @@ def test_edit_on_heads_equals_hard_replacement_by_zero(tiny_models):
     selected = np.zeros((L, N), bool)
     selected[1, 2] = True
     hard = HeadBlend.hard(selected, np.zeros((L, N, config.head_dim), np.float32))
-    ours = tvjax.forward(params, tokens, config=config, blend=edit, capture="heads").captured["heads"]
-    ref = tvjax.forward(params, tokens, config=config, blend=hard, capture="heads").captured["heads"]
+    ours = tvjax.forward(params, tokens, config=config, intervention=edit, capture="heads").captured["heads"]
+    ref = tvjax.forward(params, tokens, config=config, intervention=hard, capture="heads").captured["heads"]
     np.testing.assert_array_equal(ours, ref)
     assert np.all(ours[:, 1, -1, 2] == 0) and np.any(ours[:, 1, :-1, 2] != 0)  # only the last position
 
@@ -96,7 +96,7 @@ def test_edits_compose_in_order_and_are_read_after_editing(tiny_models):
     zero = Edit("mlp", lambda x, layer, data: x * data[..., None, None], jnp.array([1.0, 0.0, 1.0]))
     double = Edit("attn", lambda x, layer, data: 2 * x)
     plain = tvjax.forward(params, tokens, config=config, capture=("attn", "mlp")).captured
-    out = tvjax.forward(params, tokens, config=config, blend=(zero, double), capture=("attn", "mlp")).captured
+    out = tvjax.forward(params, tokens, config=config, intervention=(zero, double), capture=("attn", "mlp")).captured
     np.testing.assert_array_equal(out["mlp"][:, 1, -1], 0)
     np.testing.assert_allclose(out["attn"][:, 0, -1], 2 * plain["attn"][:, 0, -1], rtol=1e-6)
     for site in ("attn", "mlp"):  # only the last position is edited
@@ -110,7 +110,7 @@ def test_edit_data_is_differentiable_under_jit(tiny_models):
 
     @jax.jit
     def loss(vectors):  # [L, D]
-        logits = tvjax.forward(params, tokens, config=config, blend=Edit("resid", add, vectors),
+        logits = tvjax.forward(params, tokens, config=config, intervention=Edit("resid", add, vectors),
                                logits_at=jnp.full((2,), 8)).logits
         return jax.nn.logsumexp(logits, axis=-1).mean()
 
@@ -127,11 +127,11 @@ def test_bad_sites_and_interventions_are_clear_errors(tiny_models):
     with pytest.raises(ValueError, match=r"unknown site 'residual'; sites: heads, attn, mlp, resid"):
         tvjax.forward(params, tokens, config=config, capture=("heads", "residual"))
     with pytest.raises(ValueError, match="unknown site 'out'"):
-        tvjax.forward(params, tokens, config=config, blend=Edit("out", lambda x, l, d: x))
+        tvjax.forward(params, tokens, config=config, intervention=Edit("out", lambda x, l, d: x))
     with pytest.raises(ValueError, match="leading L = 3 axis"):
-        tvjax.forward(params, tokens, config=config, blend=Edit("resid", lambda x, l, d: x, jnp.zeros((2, 4))))
+        tvjax.forward(params, tokens, config=config, intervention=Edit("resid", lambda x, l, d: x, jnp.zeros((2, 4))))
     with pytest.raises(ValueError, match="expected an intervention"):
-        tvjax.forward(params, tokens, config=config, blend={"theta": 0})
+        tvjax.forward(params, tokens, config=config, intervention={"theta": 0})
     with pytest.raises(ValueError, match="ResidualEdit does not fit this model"):
-        tvjax.forward(params, tokens, config=config, blend=ResidualEdit(jnp.zeros((3, 5)), jnp.zeros((3, 5)),
+        tvjax.forward(params, tokens, config=config, intervention=ResidualEdit(jnp.zeros((3, 5)), jnp.zeros((3, 5)),
                                                                          jnp.zeros(3)))

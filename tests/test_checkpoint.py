@@ -1,4 +1,5 @@
-"""Orbax checkpoints of `fit`: exact resume after SIGKILL, refusals, cross-mesh restore."""
+"""Orbax checkpoints of the training loop: exact resume of `fit` and of REINFORCE after SIGKILL,
+refusals, cross-mesh restore."""
 
 from __future__ import annotations
 
@@ -21,12 +22,15 @@ import tvjax
 from tvjax.checkpoint import FitCheckpoints, ResumeError
 
 SETTINGS = dict(steps=40, eval_every=4, batch_size=4, learning_rate=0.1)
+# method -> (function, settings class, settings): both run on the one training loop
+METHODS = {"fit": ("fit", "FitConfig", SETTINGS),
+           "reinforce": ("select_heads", "ReinforceConfig", dict(SETTINGS, samples=4))}
 
-CHILD_FIT = """
+CHILD = """
 import sys, numpy as np, tvjax
 model = tvjax.load(sys.argv[1])
-tvjax.fit(model, tvjax.load_task(sys.argv[2]), np.load(sys.argv[3]), tvjax.FitConfig(**{settings}),
-          checkpoint_dir=sys.argv[4], resume=True)
+tvjax.{function}(model, tvjax.load_task(sys.argv[2]), np.load(sys.argv[3]), tvjax.{settings}(**{values}),
+                 checkpoint_dir=sys.argv[4], resume=True)
 """
 
 
@@ -51,16 +55,19 @@ def _fingerprint(directory: Path) -> dict:
             for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
-def test_resume_after_sigkill_is_exact(tmp_path, tiny_lm, tiny_lm_dir, run_files):
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_resume_after_sigkill_is_exact(tmp_path, tiny_lm, tiny_lm_dir, run_files, method):
     task_file, mu_file, mu = run_files
     task = tvjax.load_task(task_file)
-    config = tvjax.FitConfig(**SETTINGS)
-    reference = tvjax.fit(tiny_lm, task, mu, config)
+    function, settings, values = METHODS[method]
+    run, config = getattr(tvjax, function), getattr(tvjax, settings)(**values)
+    reference = run(tiny_lm, task, mu, config)
 
     ckpt = tmp_path / "ckpt"
     kill_after = int(np.random.default_rng().integers(8, 28))  # a random step
-    child = subprocess.Popen([sys.executable, "-c", CHILD_FIT.format(settings=SETTINGS), str(tiny_lm_dir),
-                              str(task_file), str(mu_file), str(ckpt)], stderr=subprocess.PIPE)
+    child_code = CHILD.format(function=function, settings=settings, values=values)
+    child = subprocess.Popen([sys.executable, "-c", child_code, str(tiny_lm_dir), str(task_file), str(mu_file),
+                              str(ckpt)], stderr=subprocess.PIPE)
     while child.poll() is None and (_steps(ckpt) or [0])[-1] < kill_after:
         time.sleep(0.005)
     child.send_signal(signal.SIGKILL)
@@ -69,9 +76,11 @@ def test_resume_after_sigkill_is_exact(tmp_path, tiny_lm, tiny_lm_dir, run_files
     killed_at = _steps(ckpt)[-1]
     assert killed_at < config.steps
 
-    resumed = tvjax.fit(tiny_lm, task, None, config, checkpoint_dir=ckpt, resume=True)
+    resumed = run(tiny_lm, task, None, config, checkpoint_dir=ckpt, resume=True)
     np.testing.assert_array_equal(resumed.blend.theta, reference.blend.theta)  # bitwise
     np.testing.assert_array_equal(resumed.blend.mu, mu)
+    if method == "reinforce":
+        np.testing.assert_array_equal(resumed.probabilities, reference.probabilities)
     assert (resumed.best_step, resumed.best_valid_loss) == (reference.best_step, reference.best_valid_loss)
     assert resumed.history == reference.history
     assert _steps(ckpt)[-1] == config.steps

@@ -1,10 +1,12 @@
 """The `tvjax` command, run in-process on a tiny model with a real tokenizer."""
 
+import dataclasses
 import json
 
 import numpy as np
 
-from tvjax.cli import main
+from tvjax.cli import build_parser, compare_config, main
+from tvjax.compare import CompareConfig
 from tvjax.taskvector import save_task_vector
 
 
@@ -73,3 +75,35 @@ def test_fit_resume_continues_from_checkpoints(tmp_path, capsys, tiny_lm_dir):
     assert main(fit[:-1] + ["--steps", "6", "--checkpoint-dir", str(out / "checkpoints" / "caps")]) == 2
     assert "already holds checkpoints (latest step 6)" in capsys.readouterr().err
 
+
+
+def _other(value):
+    """A value of a config field that is not its default `value`."""
+    return True if isinstance(value, bool) else "sgd" if isinstance(value, str) else 3 if value is None else value + 1
+
+
+def test_compare_sets_every_method_setting():
+    defaults = CompareConfig()
+    argv, want = ["compare", "--seed", "7", "--shots", "4", "--n-prompts", "9"], {}
+    for name, prefix in {"fit": "", "function_vector": "fv-", "reinforce": "reinforce-"}.items():
+        for field in dataclasses.fields(getattr(defaults, name)):
+            if field.name not in ("seed", "shots", "sweep"):  # shared, or set by --fv-layer
+                want[name, field.name] = value = _other(getattr(getattr(defaults, name), field.name))
+                flag = "--" + (prefix + field.name).replace("_", "-")
+                argv += [flag] if value is True else [flag, str(value)]
+    config = compare_config(build_parser().parse_args(argv))
+    assert {key: getattr(getattr(config, key[0]), key[1]) for key in want} == want
+    assert (config.seed, config.shots, config.n_prompts) == (7, 4, 9)
+    assert config.fit.seed == config.function_vector.seed == config.reinforce.seed == 7
+    assert config.function_vector.shots == 4 and not config.function_vector.sweep  # --fv-layer 3
+    assert compare_config(build_parser().parse_args(["compare"])) == defaults  # a layer sweep by default
+
+    aliases = compare_config(build_parser().parse_args(["compare", "--k", "2", "--fv-prompts", "5", "--steps", "6"]))
+    assert (aliases.function_vector.k, aliases.function_vector.n_prompts, aliases.fit.steps) == (2, 5, 6)
+
+
+def test_generate_and_compare_take_the_scale_flags():
+    scale = ["--mesh", "data=1", "--dtype", "bfloat16", "--remat", "dots", "--distributed"]
+    for argv in (["generate", "--prompt", "hi"], ["compare"]):
+        args = build_parser().parse_args(argv + scale)
+        assert (args.mesh, args.dtype, args.remat, args.distributed) == ("data=1", "bfloat16", "dots", True)

@@ -18,12 +18,13 @@ def test_scores_equal_a_direct_count(tiny_lm, echo_task):
     blend = tvjax.HeadBlend(jnp.full((c.n_layers, c.n_heads), 3.0),
                             jnp.asarray(np.random.default_rng(0).normal(size=(c.n_layers, c.n_heads, c.head_dim)),
                                         jnp.float32))
-    for kwargs in ({"shots": 3}, {"blend": blend}):
+    for kwargs in ({"shots": 3}, {"intervention": blend}):
         scores = tvjax.evaluate(tiny_lm, echo_task, batch_size=4, **kwargs)
         prompts, _ = prompts_for(tokenizer, echo_task, "test", kwargs.get("shots", 0))
         hits = 0
         for p in prompts:
-            logits = tvjax.forward(params, jnp.asarray([p.ids]), config=config, blend=kwargs.get("blend")).logits
+            logits = tvjax.forward(params, jnp.asarray([p.ids]), config=config,
+                                   intervention=kwargs.get("intervention")).logits
             hits += int(np.argmax(logits[0, -1]) == p.answer[0])
         assert scores.first_token == hits / len(prompts)
     assert scores.first_token < 1.0, "this blend should change some answers"

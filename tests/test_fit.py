@@ -10,7 +10,7 @@ import pytest
 import tvjax
 from tvjax import FitConfig, HeadBlend
 from tvjax.data import prompts_for
-from tvjax.fit import batch_indices, prepare_rows, row_losses
+from tvjax.rows import prepare_rows, row_losses
 
 FAST = FitConfig(steps=30, eval_every=5, batch_size=4, learning_rate=0.2)
 
@@ -56,35 +56,6 @@ def test_best_theta_is_the_one_evaluated_at_best_step(tiny_lm, tiny_task, fitted
     np.testing.assert_allclose(loss, result.best_valid_loss, rtol=1e-5)
 
 
-def test_cached_prefix_loss_equals_full_forward(tiny_lm, tiny_task):
-    """The fitting shortcut (prefix KV cache, suffix only) gives the full model's answer likelihood."""
-    prompts, _ = prompts_for(tiny_lm.tokenizer, tiny_task, "train", 0)
-    prompts = prompts[:6]
-    c = tiny_lm.config
-    rng = np.random.default_rng(0)
-    blend = HeadBlend(jnp.asarray(rng.normal(size=(c.n_layers, c.n_heads)), jnp.float32),
-                      jnp.asarray(rng.normal(size=(c.n_layers, c.n_heads, c.head_dim)), jnp.float32))
-    for all_tokens in (False, True):
-        losses = row_losses(tiny_lm.params, c, blend, prepare_rows(tiny_lm, prompts, all_tokens))
-        for p, loss in zip(prompts, losses):
-            tokens = jnp.asarray([p.ids + p.answer[:-1]])
-            edit = jnp.zeros(tokens.shape, bool).at[0, len(p.ids) - 1].set(True)
-            logp = jax.nn.log_softmax(tvjax.forward(tiny_lm.params, tokens, config=c, blend=blend,
-                                                    edit_mask=edit).logits[0])
-            answer = p.answer if all_tokens else p.answer[:1]
-            expected = -np.mean([logp[len(p.ids) - 1 + i, t] for i, t in enumerate(answer)])
-            np.testing.assert_allclose(loss, expected, rtol=1e-4, atol=1e-5)
-
-
-def test_batched_rows_equal_one_at_a_time(tiny_lm, tiny_task):
-    prompts, _ = prompts_for(tiny_lm.tokenizer, tiny_task, "train", 0)
-    c = tiny_lm.config
-    blend = HeadBlend(jnp.ones((c.n_layers, c.n_heads)), jnp.ones((c.n_layers, c.n_heads, c.head_dim)))
-    batched = row_losses(tiny_lm.params, c, blend, prepare_rows(tiny_lm, prompts[:8], batch_size=8))
-    singles = [row_losses(tiny_lm.params, c, blend, prepare_rows(tiny_lm, [p], batch_size=1))[0] for p in prompts[:8]]
-    np.testing.assert_allclose(batched, singles, rtol=1e-5, atol=1e-6)
-
-
 def test_training_loop_compiles_once(tiny_lm, tiny_task, fitted):
     from tvjax.fit import _train_step
 
@@ -92,13 +63,6 @@ def test_training_loop_compiles_once(tiny_lm, tiny_task, fitted):
     before = _train_step._cache_size()
     tvjax.fit(tiny_lm, tiny_task, mu, FitConfig(steps=7, eval_every=3, batch_size=4, seed=3))
     assert _train_step._cache_size() - before <= 1
-
-
-def test_batch_indices_cover_each_epoch_once():
-    steps = [batch_indices(10, 4, s, seed=0) for s in range(5)]  # 20 rows = 2 epochs
-    flat = np.concatenate(steps)
-    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
-    np.testing.assert_array_equal(batch_indices(10, 4, 3, seed=0), steps[3])
 
 
 def test_sparsity_penalty_lowers_the_weights(tiny_lm, tiny_task, fitted):

@@ -40,7 +40,7 @@ def test_function_vector_is_the_sum_of_projected_means_and_adds_like_a_hook(tiny
 
     tokens = RNG.integers(3, config.vocab_size, size=(2, 9))
     ours = tvjax.forward(params, jnp.asarray(tokens), config=config,
-                         blend=ResidualEdit.adding(config, 1, vector)).logits
+                         intervention=ResidualEdit.adding(config, 1, vector)).logits
     assert_logits_close(ours, hooked_logits(hf, tokens, 1, lambda h: h + torch.as_tensor(np.asarray(vector))))
 
 

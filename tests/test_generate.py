@@ -44,7 +44,7 @@ def test_generation_with_blend_edits_last_prompt_token(tiny_models):
     theta = RNG.normal(size=(config.n_layers, config.n_heads)).astype(np.float32) + 2
     mu = RNG.normal(size=(config.n_layers, config.n_heads, config.head_dim)).astype(np.float32)
     ours = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=10,
-                          blend=HeadBlend(jnp.asarray(theta), jnp.asarray(mu)), eos_token_id=-1)
+                          intervention=HeadBlend(jnp.asarray(theta), jnp.asarray(mu)), eos_token_id=-1)
     with torch_blend(hf, 1 / (1 + np.exp(-theta)), mu, torch.as_tensor([6])):
         theirs = _hf_generate(hf, prompt, 10)
     np.testing.assert_array_equal(ours[0], theirs)

@@ -1,4 +1,7 @@
-"""HeadBlend inside the model: limits, a PyTorch hook reference, gradients, capture."""
+"""HeadBlend inside the model: limits, a PyTorch hook reference, gradients, capture; a user's own
+intervention class."""
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +35,7 @@ def test_blend_matches_pytorch_hook_reference(tiny_models, family):
     theta = RNG.normal(size=(config.n_layers, config.n_heads)).astype(np.float32)
     edit = np.zeros(tokens.shape, bool)
     edit[0, 8], edit[1, 5] = True, True  # one edited position per row
-    ours = tvjax.forward(params, jnp.asarray(tokens), config=config, blend=HeadBlend(theta, mu),
+    ours = tvjax.forward(params, jnp.asarray(tokens), config=config, intervention=HeadBlend(theta, mu),
                          edit_mask=jnp.asarray(edit)).logits
     weight = 1 / (1 + np.exp(-theta))
     assert_logits_close(ours, _hf_with_blend(hf, tokens, weight, mu, [8, 5]))
@@ -42,13 +45,14 @@ def test_theta_minus_inf_is_the_plain_model(tiny_models):
     _, config, params, tokens, mu = _setup(tiny_models, "llama")
     plain = tvjax.forward(params, jnp.asarray(tokens), config=config).logits
     off = HeadBlend(jnp.full((config.n_layers, config.n_heads), -jnp.inf), jnp.asarray(mu))
-    np.testing.assert_array_equal(tvjax.forward(params, jnp.asarray(tokens), config=config, blend=off).logits, plain)
+    off_logits = tvjax.forward(params, jnp.asarray(tokens), config=config, intervention=off).logits
+    np.testing.assert_array_equal(off_logits, plain)
 
 
 def test_theta_plus_inf_replaces_heads_with_mu(tiny_models):
     hf, config, params, tokens, mu = _setup(tiny_models, "gpt_neox")
     on = HeadBlend(jnp.full((config.n_layers, config.n_heads), jnp.inf), jnp.asarray(mu))
-    ours = tvjax.forward(params, jnp.asarray(tokens), config=config, blend=on).logits  # default: last position
+    ours = tvjax.forward(params, jnp.asarray(tokens), config=config, intervention=on).logits  # default: last position
     replaced = _hf_with_blend(hf, tokens, np.ones((config.n_layers, config.n_heads)), mu, [8, 8])
     assert_logits_close(ours, replaced)
     # Before the edited position nothing changes.
@@ -62,8 +66,8 @@ def test_gradient_wrt_theta_matches_finite_differences(tiny_models):
 
     @jax.jit
     def loss(theta):
-        logits = tvjax.forward(params, jnp.asarray(tokens), config=config, blend=HeadBlend(theta, jnp.asarray(mu)),
-                               logits_at=jnp.full((2,), 8)).logits
+        logits = tvjax.forward(params, jnp.asarray(tokens), config=config,
+                               intervention=HeadBlend(theta, jnp.asarray(mu)), logits_at=jnp.full((2,), 8)).logits
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), target[:, None], axis=1))
 
     theta = jnp.asarray(RNG.normal(size=(config.n_layers, config.n_heads)).astype(np.float32))
@@ -93,4 +97,45 @@ def test_blend_of_wrong_shape_names_both_shapes(tiny_models):
     _, config, params, tokens, _ = _setup(tiny_models, "llama")
     bad = HeadBlend(jnp.zeros((config.n_layers, config.n_heads + 1)), jnp.zeros((2, 4, 16)))
     with pytest.raises(ValueError, match=r"got theta \(3, 5\), mu \(2, 4, 16\).*needs theta \(3, 4\), mu \(3, 4, 16\)"):
-        tvjax.forward(params, jnp.asarray(tokens), config=config, blend=bad)
+        tvjax.forward(params, jnp.asarray(tokens), config=config, intervention=bad)
+
+
+class MixHeads(NamedTuple):
+    """An intervention class of the user's own: heads mixed with `mu` `[L, N, H]` by weights `w` `[L, N]`
+    directly (no sigmoid): `HeadBlend(logit(w), mu)` by another route."""
+
+    w: jax.Array
+    mu: jax.Array
+    site = "heads"
+
+    def check(self, config):
+        if self.w.shape != (config.n_layers, config.n_heads):
+            raise ValueError(f"MixHeads weights {self.w.shape} do not fit this model")
+
+    def apply(self, heads, layer, edit_mask):
+        w = self.w[None, None, :, None] * edit_mask[:, :, None, None]
+        return heads + w * (self.mu - heads)
+
+    def axes(self):
+        return MixHeads(None, "LNH")
+
+
+def test_a_user_intervention_class_works_in_forward_jit_grad_and_vmap(tiny_models):
+    _, config, params, tokens, mu = _setup(tiny_models, "llama")
+    tokens, mu = jnp.asarray(tokens), jnp.asarray(mu)
+    theta = jnp.asarray(RNG.normal(size=(config.n_layers, config.n_heads)).astype(np.float32))
+
+    @jax.jit
+    def loss(intervention):
+        logits = tvjax.forward(params, tokens, config=config, intervention=intervention, logits_at=jnp.full((2,), 8))
+        return -jnp.mean(jax.nn.log_softmax(logits.logits)[:, 7])
+
+    own, blend = MixHeads(jax.nn.sigmoid(theta), mu), HeadBlend(theta, mu)
+    np.testing.assert_allclose(loss(own), loss(blend), rtol=1e-6)
+    w = own.w  # d loss / d theta = d loss / d w * w (1 - w)
+    np.testing.assert_allclose(jax.grad(loss)(own).w * w * (1 - w), jax.grad(loss)(blend).theta, rtol=1e-4, atol=1e-7)
+    stacked = MixHeads(jnp.stack([w, 1 - w, w / 2]), jnp.stack([mu, -mu, mu]))  # a leading C = 3 axis
+    batched = jax.vmap(loss)(stacked)
+    np.testing.assert_allclose(batched, [loss(MixHeads(stacked.w[c], stacked.mu[c])) for c in range(3)], rtol=1e-6)
+    with pytest.raises(ValueError, match="MixHeads weights"):
+        loss(MixHeads(w[:1], mu))

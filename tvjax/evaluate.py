@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 from tqdm.auto import tqdm
 
-from tvjax.batching import bucket_length, chunks, pad_left
+from tvjax.batching import bucket_length, chunks, pad_id, pad_left
 from tvjax.data import Task, Template, prompts_for
 from tvjax.generate import generate, until_eos
 from tvjax.interventions import Intervention
@@ -29,12 +29,12 @@ class Scores:
         return dataclasses.asdict(self)
 
 
-def evaluate(model, task: Task, *, blend: Intervention | tuple | None = None, shots: int = 0, split: str = "test",
+def evaluate(model, task: Task, *, intervention: Intervention | tuple | None = None, shots: int = 0, split: str = "test",
              seed: int = 0, batch_size: int = 16, max_new_tokens: int | None = None,
              template: Template = Template(), desc: str | None = None) -> Scores:
-    """Score `task`'s `split` with `shots` demonstrations per prompt and an optional blend.
+    """Score `task`'s `split` with `shots` demonstrations per prompt and an optional intervention.
 
-    The blend edits the last prompt token of each prompt (then generation continues).
+    The intervention edits the last prompt token of each prompt (then generation continues).
     `max_new_tokens` defaults to `answer_budget(prompts)`.
     """
     config, params, tokenizer = model
@@ -43,11 +43,12 @@ def evaluate(model, task: Task, *, blend: Intervention | tuple | None = None, sh
     if max_new_tokens is None:
         max_new_tokens = answer_budget(prompts)
     first = exact = 0
-    pad = tokenizer.pad_token_id or 0
+    pad = pad_id(tokenizer)
     for chunk, real in tqdm(list(chunks(prompts, batch_size)), desc=desc or f"eval {task.name}",
                             leave=False, disable=None):
         tokens, mask = pad_left([p.ids for p in chunk], pad, length)
-        new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max_new_tokens, blend=blend)
+        new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max_new_tokens,
+                       intervention=intervention)
         for prompt, row in zip(chunk[:real], new[:real]):
             first += int(row[0] == prompt.answer[0])
             exact += int(answer_text(tokenizer, row, config.eos_ids) == prompt.pair[1].strip())

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from tvjax.batching import bucket_length, chunks, pad_left
+from tvjax.batching import bucket_length, chunks, pad_id, pad_left
 from tvjax.config import ModelConfig
 from tvjax.data import Prompt, Task, Template, prompts_for
 from tvjax.model import forward
-from tvjax.sharding import Placement
+from tvjax.sharding import constrain, on_mesh, put
 
 
 def head_means(model, prompts: list[Prompt], batch_size: int = 8, desc: str = "means") -> np.ndarray:
@@ -29,14 +29,11 @@ def site_means(model, prompts: list[Prompt], sites: tuple[str, ...] = ("heads",)
     config, params, tokenizer = model
     length = bucket_length(max(len(p.ids) for p in prompts))  # one shape for every batch
     totals = dict.fromkeys(sites, 0.0)
-    place = Placement.of(params)
-    param_shardings = place.params(params)
-    for chunk, real in tqdm(list(chunks(prompts, batch_size)), desc=desc, leave=False, disable=None):
-        tokens, mask = pad_left([p.ids for p in chunk], tokenizer.pad_token_id or 0, length)
-        values = place.run(_last_token_sites, (params, tokens, mask),
-                           (param_shardings, place.batch(tokens), place.batch(mask)), place.replicated,
-                           config=config, sites=tuple(sites))
-        totals = {s: totals[s] + np.asarray(values[s][:real], np.float64).sum(0) for s in sites}
+    with on_mesh(params):
+        for chunk, real in tqdm(list(chunks(prompts, batch_size)), desc=desc, leave=False, disable=None):
+            tokens, mask = put(pad_left([p.ids for p in chunk], pad_id(tokenizer), length), "BT")
+            values = _last_token_sites(params, tokens, mask, config=config, sites=tuple(sites))
+            totals = {s: totals[s] + np.asarray(values[s][:real], np.float64).sum(0) for s in sites}
     return {s: (total / len(prompts)).astype(np.float32) for s, total in totals.items()}
 
 
@@ -44,7 +41,8 @@ def site_means(model, prompts: list[Prompt], sites: tuple[str, ...] = ("heads",)
 def _last_token_sites(params, tokens, mask, *, config: ModelConfig, sites: tuple[str, ...]) -> dict[str, jax.Array]:
     """`{site: [B, L, ...]}`: each site's value in every layer at the last position of `tokens` `[B, T]`."""
     last = jnp.full((tokens.shape[0],), tokens.shape[1] - 1)
-    return forward(params, tokens, config=config, mask=mask, capture=sites, capture_at=last, logits_at=last).captured
+    out = forward(params, tokens, config=config, mask=mask, capture=sites, capture_at=last, logits_at=last)
+    return constrain(out.captured, None)  # every process reads them
 
 
 def extract_means(model, task: Task, *, n_prompts: int = 50, shots: int = 10, batch_size: int = 8,

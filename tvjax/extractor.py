@@ -18,6 +18,7 @@ from tvjax.evaluate import Scores, evaluate
 from tvjax.extract import extract_means
 from tvjax.fit import FitConfig, FitResult, fit
 from tvjax.interventions import HeadBlend
+from tvjax.report import BASELINES
 from tvjax.taskvector import load_task_vector, save_task_vector
 
 
@@ -78,7 +79,7 @@ class TaskVectorExtractor:
     def evaluate(self, methods=None, split: str = "test") -> dict[str, Scores]:
         """Scores of each method on `split`: plain zero-shot, `shots`-shot ICL, zero-shot + task vector."""
         methods = METHODS if methods is None else methods
-        settings = {"zero_shot": {}, "icl": {"shots": self.shots}, "task_vector": {"blend": self.blend}}
+        settings = {"zero_shot": {}, "icl": {"shots": self.shots}, "task_vector": {"intervention": self.blend}}
         if "task_vector" in methods and self.blend is None:
             raise ValueError("no task vector yet: call fit() or load() first")
         scores = {}
@@ -114,7 +115,7 @@ class TaskVectorExtractor:
         return self.blend
 
 
-METHODS = ("zero_shot", "icl", "task_vector")
+METHODS = BASELINES + ("task_vector",)  # what `TaskVectorExtractor.evaluate` scores by default
 
 
 def fit_tasks(model: Model, tasks, *, methods=METHODS, **settings):

@@ -1,10 +1,8 @@
 """Fit a soft task vector: learn `theta [L, N]` with Optax, model params and means fixed.
 
-Speed by design: the intervention edits the last prompt token, so nothing before it
-depends on `theta`. Each training prompt's prefix (all but its last token) is run
-once, without gradient, into a KV cache; a step then runs only the suffix (the last
-prompt token, plus the answer tokens when `all_answer_tokens`) on top of the cached
-prefixes, with logits only there. Shapes are fixed, so the loop compiles once.
+A client of the engine: prompt rows with cached prefixes (`tvjax.rows`) and the shared
+training loop (`tvjax.train`). A step runs only each row's suffix on top of its cached
+prefix, so the loop is cheap and compiles once.
 """
 
 from __future__ import annotations
@@ -15,19 +13,15 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from tvjax import __version__
-from tvjax.batching import bucket_length, chunks, pad_left
-from tvjax.checkpoint import FitCheckpoints, ResumeError
 from tvjax.config import ModelConfig
-from tvjax.data import Prompt, Task, Template, prompts_for
+from tvjax.data import Task, Template, prompts_for
 from tvjax.interventions import HeadBlend
-from tvjax.model import KVCache, forward
-from tvjax.sharding import MU_AXES, Placement
-from tvjax.taskvector import model_shape
+from tvjax.model import param_axes
+from tvjax.rows import ROWS_AXES, Rows, mean_loss, prepare_rows, row_losses, take
+from tvjax.sharding import constrain, on_mesh, put
+from tvjax.train import batch_indices, loop, open_checkpoints, optimizer, resumable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,97 +39,11 @@ class FitConfig:
     all_answer_tokens: bool = False  # loss on every answer token instead of the first
 
 
-class Rows(NamedTuple):
-    """Training rows: cached prompt prefixes and the suffix that is run with the blend.
-
-    Attributes:
-      cache: `KVCache` of the prefixes, k/v `[L, R, S, K, H]`, mask `[R, S]`.
-      tokens / mask: `[R, Ts]` suffix tokens (the last prompt token first), right-padded.
-      targets / target_mask: `[R, Ts]` next-token targets and which of them count.
-    """
-
-    cache: KVCache
-    tokens: jax.Array
-    mask: jax.Array
-    targets: jax.Array
-    target_mask: jax.Array
-
-
 class FitResult(NamedTuple):
     blend: HeadBlend  # theta with the best validation loss
     best_step: int
     best_valid_loss: float
     history: list  # dicts: step, train_loss (mean since the last eval), valid_loss
-
-
-def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, batch_size: int = 16) -> Rows:
-    """Run every prompt's prefix once into a KV cache and lay out suffixes and targets."""
-    config, params, _ = model
-    if any(len(p.ids) < 2 for p in prompts):
-        raise ValueError("every fitting prompt needs at least 2 tokens (a prefix and the edited last token)")
-    suffixes = [[p.ids[-1]] + (p.answer[:-1] if all_answer_tokens else []) for p in prompts]
-    targets = [p.answer if all_answer_tokens else p.answer[:1] for p in prompts]
-    Tp, Ts = bucket_length(max(len(p.ids) - 1 for p in prompts)), max(map(len, suffixes))
-    place, caches = Placement.of(params), []
-    param_shardings = place.params(params)
-    cache_shardings = place.cache(jax.eval_shape(lambda: KVCache.empty(config, batch_size, Tp + Ts)))
-    for chunk, _ in chunks(prompts, batch_size):  # padded rows are cut off below
-        tokens, mask = pad_left([p.ids[:-1] for p in chunk], 0, Tp)
-        caches.append(place.run(_prefill, (params, tokens, mask),
-                                (param_shardings, place.batch(tokens), place.batch(mask)), cache_shardings,
-                                config=config, length=Tp + Ts))
-    n = len(prompts)
-    cache = KVCache(jnp.concatenate([c.k for c in caches], axis=1)[:, :n],
-                    jnp.concatenate([c.v for c in caches], axis=1)[:, :n],
-                    jnp.concatenate([c.mask for c in caches])[:n], caches[0].end)
-    rows = Rows(cache, *_right_pad(suffixes, Ts), *_right_pad(targets, Ts))
-    return place.put(rows, rows_shardings(place, rows))
-
-
-def rows_shardings(place: Placement, rows: Rows) -> Rows:
-    """Rows split over `R` (the batch), the cache by `tvjax.sharding.CACHE_AXES`."""
-    return Rows(place.cache(rows.cache), *(place.batch(x) for x in rows[1:]))
-
-
-def _right_pad(rows: list[list[int]], length: int) -> tuple[jax.Array, jax.Array]:
-    """`[R, length]` int32 tokens padded with 0 on the right, and `[R, length]` bool presence."""
-    tokens = np.zeros((len(rows), length), np.int32)
-    present = np.zeros((len(rows), length), bool)
-    for i, row in enumerate(rows):
-        tokens[i, :len(row)], present[i, :len(row)] = row, True
-    return jnp.asarray(tokens), jnp.asarray(present)
-
-
-@functools.partial(jax.jit, static_argnames=("config", "length"))
-def _prefill(params, tokens, mask, *, config: ModelConfig, length: int) -> KVCache:
-    B = tokens.shape[0]
-    out = forward(params, tokens, config=config, mask=mask, cache=KVCache.empty(config, B, length),
-                  logits_at=jnp.zeros((B,), jnp.int32))
-    return out.cache
-
-
-def row_losses(params, config: ModelConfig, blend: HeadBlend, rows: Rows) -> jax.Array:
-    """Mean answer cross-entropy per row `[R]`, with the blend on each row's last prompt token."""
-    edit = jnp.zeros(rows.tokens.shape, bool).at[:, 0].set(True)
-    logits = forward(params, rows.tokens, config=config, mask=rows.mask, blend=blend, edit_mask=edit,
-                     cache=rows.cache).logits  # [R, Ts, V]
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), rows.targets[..., None], axis=-1)[..., 0]
-    return (nll * rows.target_mask).sum(-1) / rows.target_mask.sum(-1)
-
-
-def take(rows: Rows, index: jax.Array) -> Rows:
-    """The rows at `index` (`[B]`)."""
-    c = rows.cache
-    cache = KVCache(c.k[:, index], c.v[:, index], c.mask[index], c.end)
-    return Rows(cache, rows.tokens[index], rows.mask[index], rows.targets[index], rows.target_mask[index])
-
-
-def optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
-    """`optax.<name>(learning_rate)`, with a clear error for an unknown name."""
-    make = getattr(optax, name, None)
-    if name.startswith("_") or not callable(make):
-        raise ValueError(f"unknown optax optimizer {name!r}; e.g. adam, adamw, sgd, lion, rmsprop")
-    return make(learning_rate)
 
 
 def train_step(theta, opt_state, mu, params, rows: Rows, index, sparsity, *, config: ModelConfig,
@@ -145,23 +53,22 @@ def train_step(theta, opt_state, mu, params, rows: Rows, index, sparsity, *, con
     On a mesh (params from `tvjax.load(..., mesh=...)`) theta, its optimizer state, index
     and loss are replicated, mu, params and rows sharded by `tvjax.sharding`'s table.
     """
-    place = Placement.of(params)
-    return _on_mesh(place, place.run, (theta, opt_state, mu, params, rows, index, sparsity), config=config,
-                    learning_rate=learning_rate, optimizer_name=optimizer_name)
+    with on_mesh(params):
+        return _train_step(*_placed(theta, opt_state, mu, params, rows, index, sparsity), config=config,
+                           learning_rate=learning_rate, optimizer_name=optimizer_name)
 
 
 def lower_train_step(mesh, theta, opt_state, mu, params, rows: Rows, index, sparsity, **static):
     """`train_step` on `mesh`, lowered for these arrays or `jax.ShapeDtypeStruct`s (memory planning)."""
-    place = Placement(mesh)
-    return _on_mesh(place, place.lower, (theta, opt_state, mu, params, rows, index, sparsity), **static)
+    with jax.set_mesh(mesh):
+        params = put(params, param_axes(static["config"]))
+        return _train_step.lower(*_placed(theta, opt_state, mu, params, rows, index, sparsity), **static)
 
 
-def _on_mesh(place: Placement, how, args: tuple, **static):
-    """`how` (`place.run` or `place.lower`) applied to `_train_step` with its shardings."""
-    theta, opt_state, mu, params, rows, index, sparsity = args
-    rep, mu = place.replicated, place.sharding(np.shape(mu), *MU_AXES)
-    ins = (rep, rep, mu, place.params(params), rows_shardings(place, rows), rep, rep)
-    return how(_train_step, args, ins, (rep, rep, rep), donate=(0, 1), **static)
+def _placed(theta, opt_state, mu, params, rows, index, sparsity) -> tuple:
+    """The step's arguments on the mesh in context: mu split over heads, rows over rows, the rest replicated."""
+    return (put(theta, None), put(opt_state, None), put(mu, "LNH"), params, put(rows, ROWS_AXES), put(index, None),
+            put(sparsity, None))
 
 
 @functools.partial(jax.jit, static_argnames=("config", "learning_rate", "optimizer_name"),
@@ -175,97 +82,50 @@ def _train_step(theta, opt_state, mu, params, rows: Rows, index, sparsity, *, co
 
     loss, grad = jax.value_and_grad(loss_fn)(theta)
     updates, opt_state = optimizer(optimizer_name, learning_rate).update(grad, opt_state, theta)
-    return optax.apply_updates(theta, updates), opt_state, loss
+    return constrain((optax.apply_updates(theta, updates), opt_state, loss), None)
 
 
-def mean_loss(params, blend: HeadBlend, rows: Rows, *, config: ModelConfig) -> jax.Array:
-    """Mean of `row_losses` (a float32 scalar), on the params' mesh if any."""
-    place = Placement.of(params)
-    shardings = (place.params(params), place.interventions(blend), rows_shardings(place, rows))
-    return place.run(_mean_loss, (params, blend, rows), shardings, place.replicated, config=config)
-
-
-@functools.partial(jax.jit, static_argnames="config")
-def _mean_loss(params, blend: HeadBlend, rows: Rows, *, config: ModelConfig) -> jax.Array:
-    return row_losses(params, config, blend, rows).mean()
-
-
-def batch_indices(n_rows: int, batch_size: int, step: int, seed: int) -> np.ndarray:
-    """Rows of training step `step`: consecutive slices of seeded per-epoch permutations."""
-    start = step * batch_size
-    out = []
-    while len(out) < batch_size:
-        epoch, offset = divmod(start + len(out), n_rows)
-        order = np.random.default_rng([seed, epoch]).permutation(n_rows)
-        out.extend(order[offset: offset + batch_size - len(out)])
-    return np.asarray(out, np.int32)
-
-
-def fit(model, task: Task, mu, config: FitConfig = FitConfig(), *, template: Template = Template(),
+def fit(model, task: Task, mu, settings: FitConfig = FitConfig(), *, template: Template = Template(),
         checkpoint_dir=None, resume: bool = False, run_info: dict | None = None) -> FitResult:
     """Fit `theta` on zero-shot train prompts; keep the one with the best validation loss.
 
     Args:
       model: a `tvjax.Model`.  task: the `Task`.  mu: `[L, N, H]` head means (may be None
         when resuming: the checkpoint's are used).
+      settings: the `FitConfig` (`config` is always the `ModelConfig`).
       checkpoint_dir: save an Orbax checkpoint at every validation (see `tvjax.checkpoint`).
       resume: continue from the latest checkpoint in `checkpoint_dir` (if there is one).
         The data order is a function of (seed, step), so the resumed run is the same run.
       run_info: extra JSON-able run description (e.g. the model id) that must match on resume.
     """
-    model_config, params, tokenizer = model
-    L, N = model_config.n_layers, model_config.n_heads
-    checkpoints = None
-    if checkpoint_dir is not None:
-        run = {"model": model_shape(model_config), "task": task.name, "task_digest": task.digest(),
-               "template": template.text, "fit": {k: v for k, v in dataclasses.asdict(config).items() if k != "steps"},
-               "tvjax_version": __version__, **(run_info or {})}
-        checkpoints = FitCheckpoints(checkpoint_dir, run, resume=resume)
-    if mu is None and (checkpoints is None or checkpoints.latest_step() is None):
+    config, params, tokenizer = model
+    L, N = config.n_layers, config.n_heads
+    checkpoints = open_checkpoints(checkpoint_dir, resume, model=model, task=task, template=template, method="fit",
+                                   settings=settings, run_info=run_info)
+    if mu is None and not resumable(checkpoints):
         raise ValueError("fit needs the head means mu [L, N, H] (only a resumed fit takes them from its checkpoint)")
-    mu = jnp.zeros((L, N, model_config.head_dim), jnp.float32) if mu is None else jnp.asarray(mu, jnp.float32)
-    train_prompts, _ = prompts_for(tokenizer, task, "train", 0, template=template, seed=config.seed)
-    valid_prompts, _ = prompts_for(tokenizer, task, "valid", 0, template=template, seed=config.seed)
-    train = prepare_rows(model, train_prompts, config.all_answer_tokens, config.batch_size)
-    valid = prepare_rows(model, valid_prompts, config.all_answer_tokens, config.batch_size)
-    theta = jnp.full((L, N), config.init, jnp.float32)
-    opt_state = optimizer(config.optimizer, config.learning_rate).init(theta)
+    mu = jnp.zeros((L, N, config.head_dim), jnp.float32) if mu is None else jnp.asarray(mu, jnp.float32)
+    train_prompts, _ = prompts_for(tokenizer, task, "train", 0, template=template, seed=settings.seed)
+    valid_prompts, _ = prompts_for(tokenizer, task, "valid", 0, template=template, seed=settings.seed)
+    train = prepare_rows(model, train_prompts, settings.all_answer_tokens, settings.batch_size)
+    valid = prepare_rows(model, valid_prompts, settings.all_answer_tokens, settings.batch_size)
+    theta = jnp.full((L, N), settings.init, jnp.float32)
+    state = {"theta": theta, "opt_state": optimizer(settings.optimizer, settings.learning_rate).init(theta),
+             "mu": mu}
 
-    def validate(theta):
-        return float(mean_loss(params, HeadBlend(theta, mu), valid, config=model_config))
+    def step(state, n):
+        index = batch_indices(len(train_prompts), settings.batch_size, n - 1, settings.seed)
+        theta, opt_state, loss = train_step(state["theta"], state["opt_state"], state["mu"], params, train, index,
+                                            settings.sparsity, config=config,
+                                            learning_rate=settings.learning_rate,
+                                            optimizer_name=settings.optimizer)
+        return {"theta": theta, "opt_state": opt_state, "mu": state["mu"]}, loss
 
-    state = {"theta": theta, "opt_state": opt_state, "best_theta": theta, "mu": mu}
-    if checkpoints is not None and checkpoints.latest_step() is not None:
-        start, state, progress = checkpoints.restore(state)
-        if start > config.steps:
-            raise ResumeError(f"the checkpoint is at step {start}, past the {config.steps} steps asked for")
-        best_loss, best_step, history = progress["best_valid_loss"], progress["best_step"], progress["history"]
-    else:
-        start, best_loss, best_step = 0, validate(theta), 0
-        history = [{"step": 0, "train_loss": None, "valid_loss": best_loss}]
-    theta, opt_state, best_theta, mu = state["theta"], state["opt_state"], jnp.array(state["best_theta"]), state["mu"]
-    running = []
-    bar = tqdm(range(start + 1, config.steps + 1), desc=f"fit {task.name}", leave=False, disable=None,
-               initial=start, total=config.steps)
-    try:
-        for step in bar:
-            index = jnp.asarray(batch_indices(len(train_prompts), config.batch_size, step - 1, config.seed))
-            theta, opt_state, loss = train_step(theta, opt_state, mu, params, train, index, config.sparsity,
-                                                config=model_config, learning_rate=config.learning_rate,
-                                                optimizer_name=config.optimizer)
-            running.append(loss)
-            if step % config.eval_every == 0 or step == config.steps:
-                valid_loss = validate(theta)
-                history.append({"step": step, "train_loss": float(np.mean(running)), "valid_loss": valid_loss})
-                running = []
-                bar.set_postfix(train=f"{history[-1]['train_loss']:.3f}", valid=f"{valid_loss:.3f}")
-                if valid_loss < best_loss:
-                    best_theta, best_loss, best_step = jnp.array(theta), valid_loss, step  # a copy: theta is donated
-                if checkpoints is not None:
-                    checkpoints.save(step, {"theta": theta, "opt_state": opt_state, "best_theta": best_theta, "mu": mu},
-                                     {"best_valid_loss": best_loss, "best_step": best_step, "history": history},
-                                     valid_loss)
-    finally:
-        if checkpoints is not None:
-            checkpoints.close()
-    return FitResult(HeadBlend(best_theta, mu), best_step, best_loss, history)
+    def validate(state):
+        loss = float(mean_loss(params, HeadBlend(state["theta"], state["mu"]), valid, config=config))
+        return loss, {"valid_loss": loss}
+
+    trained = loop(step, validate, state, steps=settings.steps, eval_every=settings.eval_every,
+                   keep=lambda state: state["theta"], desc=f"fit {task.name}", checkpoints=checkpoints)
+    return FitResult(HeadBlend(trained.best, trained.state["mu"]), trained.best_step,
+                     trained.best_record["valid_loss"], trained.history)

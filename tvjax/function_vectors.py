@@ -22,12 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tvjax.batching import pad_left
+from tvjax.batching import pad_id, pad_left
 from tvjax.data import Prompt, Task, Template, build_texts, prompts_for, tokenize
-from tvjax.fit import prepare_rows, row_losses
 from tvjax.interventions import HeadBlend, ResidualEdit, check_layer
 from tvjax.model import forward
-from tvjax.scoring import best_layer, stacked_row_losses
+from tvjax.rows import losses, prepare_rows, stacked_row_losses
+from tvjax.scoring import best_layer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,24 +78,24 @@ def indirect_effects(model, prompts: list[Prompt], mu, batch_size: int = 27) -> 
     config, params, _ = model
     L, N = config.n_layers, config.n_heads
     rows = prepare_rows(model, prompts)
-    base = jnp.exp(-row_losses(params, config, None, rows))  # [R]
-    heads = one_hot_heads(L, N)
+    base = jnp.exp(-losses(params, None, rows, config=config))  # [R]
     mu = jnp.broadcast_to(jnp.asarray(mu, jnp.float32), (L * N, *np.shape(mu)))
-    losses = stacked_row_losses(params, HeadBlend.hard(heads, mu), rows, config=config, batch_size=batch_size)
-    return np.asarray((jnp.exp(-losses) - base).mean(axis=1)).reshape(L, N)
+    replaced = stacked_row_losses(params, HeadBlend.hard(one_hot_heads(L, N), mu), rows, config=config,
+                                  batch_size=batch_size)  # [L * N, R]
+    return np.asarray((jnp.exp(-replaced) - base).mean(axis=1)).reshape(L, N)
 
 
 def indirect_effects_reference(model, prompts: list[Prompt], mu, heads=None) -> np.ndarray:
     """The same effects, one full forward of every prompt per head (tests, timing): `[L, N]`, or
     `[K]` for `heads` `[K, 2]` (layer, head) alone."""
     config, params, tokenizer = model
-    tokens, mask = pad_left([p.ids for p in prompts], tokenizer.pad_token_id or 0)
+    tokens, mask = pad_left([p.ids for p in prompts], pad_id(tokenizer))
     tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
     last = jnp.full((len(prompts),), tokens.shape[1] - 1)
     answers = jnp.asarray([p.answer[0] for p in prompts])
 
     def probability(blend):  # [R]
-        logits = forward(params, tokens, config=config, mask=mask, blend=blend, logits_at=last).logits
+        logits = forward(params, tokens, config=config, mask=mask, intervention=blend, logits_at=last).logits
         return jax.nn.softmax(logits)[jnp.arange(len(prompts)), answers]
 
     base = probability(None)
@@ -127,22 +127,23 @@ def function_vector(params, heads, mu) -> jax.Array:
     return jnp.einsum("kH,kHD->D", jnp.asarray(mu, jnp.float32)[layer, head], o[layer, head].astype(jnp.float32))
 
 
-def function_vector_for(model, task: Task, mu, config: FunctionVectorConfig = FunctionVectorConfig(), *,
+def function_vector_for(model, task: Task, mu, settings: FunctionVectorConfig = FunctionVectorConfig(), *,
                         template: Template = Template()) -> FunctionVector:
     """Indirect effects on shuffled-label prompts, the top-`k` heads' vector, and where to add it."""
-    model_config, params, tokenizer = model
-    L = model_config.n_layers
-    if config.layer is not None:
-        check_layer(model_config, config.layer)
-    prompts = shuffled_label_prompts(tokenizer, task, n_prompts=config.n_prompts, shots=config.shots,
-                                     seed=config.seed, template=template)
-    effects = indirect_effects(model, prompts, mu, config.batch_size)
-    heads = top_heads(effects, config.k)
+    config, params, tokenizer = model
+    L = config.n_layers
+    if settings.layer is not None:
+        check_layer(config, settings.layer)
+    prompts = shuffled_label_prompts(tokenizer, task, n_prompts=settings.n_prompts, shots=settings.shots,
+                                     seed=settings.seed, template=template)
+    effects = indirect_effects(model, prompts, mu, settings.batch_size)
+    heads = top_heads(effects, settings.k)
     vector = function_vector(params, heads, mu)
-    layer, losses = (L // 3 if config.layer is None else config.layer), None
-    if config.sweep:
-        valid, _ = prompts_for(tokenizer, task, "valid", 0, template=template, seed=config.seed)
-        layer, losses = best_layer(model, prepare_rows(model, valid),
-                                   lambda l: ResidualEdit.adding(model_config, l, vector), range(L), config.batch_size)
-    return FunctionVector(ResidualEdit.adding(model_config, layer, vector), np.asarray(vector), heads, effects,
-                          layer, losses)
+    layer, layer_losses = (L // 3 if settings.layer is None else settings.layer), None
+    if settings.sweep:
+        valid, _ = prompts_for(tokenizer, task, "valid", 0, template=template, seed=settings.seed)
+        layer, layer_losses = best_layer(model, prepare_rows(model, valid),
+                                         lambda l: ResidualEdit.adding(config, l, vector), range(L),
+                                         settings.batch_size)
+    return FunctionVector(ResidualEdit.adding(config, layer, vector), np.asarray(vector), heads, effects,
+                          layer, layer_losses)

@@ -8,19 +8,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tvjax.batching import encode, pad_left
+from tvjax.batching import encode, pad_id, pad_left
 from tvjax.config import ModelConfig
-from tvjax.interventions import Intervention
+from tvjax.interventions import Intervention, axes_of
 from tvjax.model import KVCache, Params, forward
-from tvjax.sharding import Placement
+from tvjax.sharding import constrain, on_mesh, put
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))
-def _greedy(params, tokens, mask, blend, eos_ids, *, config: ModelConfig, max_new_tokens: int):
+def _greedy(params, tokens, mask, intervention, eos_ids, *, config: ModelConfig, max_new_tokens: int):
     B, T = tokens.shape
     cache = KVCache.empty(config, B, T + max_new_tokens)
     last = jnp.full((B,), T - 1)
-    out = forward(params, tokens, config=config, mask=mask, blend=blend, logits_at=last, cache=cache)
+    out = forward(params, tokens, config=config, mask=mask, intervention=intervention, logits_at=last, cache=cache)
     first = jnp.argmax(out.logits, axis=-1).astype(jnp.int32)
 
     def step(carry, _):
@@ -33,7 +33,7 @@ def _greedy(params, tokens, mask, blend, eos_ids, *, config: ModelConfig, max_ne
 
     init = (first, jnp.zeros((B,), bool), out.cache)
     _, rest = jax.lax.scan(step, init, None, length=max_new_tokens - 1)
-    return jnp.concatenate([first[:, None], rest.T], axis=1)
+    return constrain(jnp.concatenate([first[:, None], rest.T], axis=1), None)  # every process reads it
 
 
 def generate(
@@ -43,7 +43,7 @@ def generate(
     config: ModelConfig,
     mask=None,
     max_new_tokens: int = 16,
-    blend: Intervention | tuple | None = None,
+    intervention: Intervention | tuple | None = None,
     eos_token_id: int | tuple[int, ...] | None = None,
 ) -> np.ndarray:
     """Greedy decoding.
@@ -52,33 +52,31 @@ def generate(
       params, config: the model.
       tokens: `[B, T]` left-padded prompts; mask: `[B, T]` bool (default: all real).
       max_new_tokens: tokens to generate per prompt.
-      blend: optional intervention (`HeadBlend`, `ResidualEdit`, `Edit` or a tuple of them),
-        applied at the last prompt token only.
+      intervention: optional intervention (`HeadBlend`, `ResidualEdit`, `Edit`, your own or a
+        tuple of them), applied at the last prompt token only.
       eos_token_id: id(s) ending a row; after one, the row repeats the first id
         (default: `config.eos_token_id`; -1 never stops).
     Returns:
       `[B, max_new_tokens]` int32 new tokens.
     """
-    tokens = jnp.asarray(tokens, jnp.int32)
-    mask = jnp.ones(tokens.shape, bool) if mask is None else jnp.asarray(mask, bool)
+    tokens = np.asarray(tokens, np.int32)
+    mask = np.ones(tokens.shape, bool) if mask is None else np.asarray(mask, bool)
     eos = config.eos_ids if eos_token_id is None else config.replace(eos_token_id=eos_token_id).eos_ids
-    eos = jnp.asarray(eos or (-1,), jnp.int32)
-    place = Placement.of(params)
-    shardings = (place.params(params), place.batch(tokens), place.batch(mask), place.interventions(blend),
-                 place.replicated)
-    return np.asarray(place.run(_greedy, (params, tokens, mask, blend, eos), shardings, place.replicated,
-                                config=config, max_new_tokens=max_new_tokens))
+    with on_mesh(params):
+        new = _greedy(params, *put((tokens, mask), "BT"), put(intervention, axes_of(intervention)),
+                      put(np.asarray(eos or (-1,), np.int32), None), config=config, max_new_tokens=max_new_tokens)
+    return np.asarray(new)
 
 
 def generate_text(model, prompts: list[str] | list[list[int]], max_new_tokens: int = 16,
-                  blend: Intervention | tuple | None = None) -> list[str]:
+                  intervention: Intervention | tuple | None = None) -> list[str]:
     """Greedy completions of `prompts` (texts, or token id lists) as strings, cut at end-of-sequence."""
     config, params, tokenizer = model
     if all(isinstance(p, str) for p in prompts):
         tokens, mask = encode(tokenizer, prompts)
     else:
-        tokens, mask = pad_left(prompts, tokenizer.pad_token_id or 0)
-    new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max_new_tokens, blend=blend)
+        tokens, mask = pad_left(prompts, pad_id(tokenizer))
+    new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max_new_tokens, intervention=intervention)
     return [tokenizer.decode(until_eos(row, config.eos_ids), skip_special_tokens=True) for row in new]
 
 

@@ -5,6 +5,12 @@ shardings, Optax and Orbax like any other pytree. `None` means no intervention a
 compiles to the plain model. Every leaf carries a leading `L` axis, so the scan over
 layers hands each layer its own slice.
 
+The protocol (`Intervention`) is open: any pytree with a `site`, `check(config)`,
+`apply(x, layer, edit_mask)` and (optionally) `axes()` works in `tvjax.forward`, under
+`jit`, `grad` and `vmap` and on a mesh. The built-in ones are `HeadBlend` (soft and hard
+head replacement), `ResidualEdit` (function vectors, layer patching) and `Edit` (your
+function on a named site).
+
 Sites: the named places, in every layer, where interventions act and `forward` captures:
 
   heads  `[B, T, N, H]`  each head's attention output, before the output projection
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, Callable, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +42,43 @@ def check_site(site) -> None:
         raise ValueError(f"empty site name; sites: {', '.join(SITES)}")
     if site not in SITES:
         raise ValueError(f"unknown site {site!r}; sites: {', '.join(SITES)}")
+
+
+class Intervention(Protocol):
+    """What `tvjax.forward(..., intervention=...)` accepts: any pytree with these members.
+
+    Attributes:
+      site: where it acts, one of `SITES` (a class attribute, not a pytree leaf).
+    Methods:
+      check(config): raise a ValueError, naming both shapes, when it does not fit the
+        `ModelConfig` (called before tracing, on the whole intervention).
+      apply(x, layer, edit_mask): the site's value `x` `[B, T, ...]` edited by one layer's
+        slice of the intervention (every leaf indexed along its leading `L` axis); `layer`
+        is the layer index (int32 scalar), `edit_mask` `[B, T]` bool the edited positions,
+        which must be the only ones that change.
+      axes() (optional): how its leaves shard on a mesh: a pytree prefix of it whose
+        leaves are dimension letters (`'LNH'`, see `tvjax.sharding.LETTERS`) or None
+        (replicated). Without it, every leaf is replicated.
+    """
+
+    site: str
+
+    def check(self, config: ModelConfig) -> None: ...
+
+    def apply(self, x: jax.Array, layer: jax.Array, edit_mask: jax.Array) -> jax.Array: ...
+
+
+def is_intervention(x) -> bool:
+    """Whether `x` implements the `Intervention` protocol (has `site`, `check` and `apply`)."""
+    return isinstance(getattr(x, "site", None), str) and callable(getattr(x, "check", None)) and \
+        callable(getattr(x, "apply", None))
+
+
+def axes_of(intervention):
+    """The sharding axes of `None`, an intervention or a sequence of them (see `Intervention.axes`)."""
+    if intervention is None or not is_intervention(intervention):
+        return None if intervention is None else type(intervention)(axes_of(i) for i in intervention)
+    return intervention.axes() if callable(getattr(intervention, "axes", None)) else None
 
 
 class HeadBlend(NamedTuple):
@@ -66,6 +109,10 @@ class HeadBlend(NamedTuple):
 
     def check(self, config: ModelConfig) -> None:
         check_blend(config, self)
+
+    def axes(self) -> "HeadBlend":
+        """theta replicated (every process holds the fitted weights), mu split over heads."""
+        return HeadBlend(None, "LNH")
 
     def apply(self, heads: jax.Array, layer: jax.Array, edit_mask: jax.Array) -> jax.Array:
         """One layer's blend (`self` is that layer's slice) on `heads` `[B, T, N, H]`."""
@@ -201,20 +248,16 @@ class Edit:
         return jnp.where(edit_mask.reshape(edit_mask.shape + (1,) * (x.ndim - 2)), y, x)
 
 
-Intervention = Union[HeadBlend, ResidualEdit, Edit]
-KINDS = (HeadBlend, ResidualEdit, Edit)
-
-
 def as_interventions(intervention) -> tuple:
     """`None`, one intervention or a sequence of them -> a tuple of interventions (applied in order)."""
     if intervention is None:
         return ()
-    if isinstance(intervention, KINDS):
+    if is_intervention(intervention):
         return (intervention,)
-    if isinstance(intervention, (tuple, list)) and all(isinstance(i, KINDS) for i in intervention):
+    if isinstance(intervention, (tuple, list)) and all(map(is_intervention, intervention)):
         return tuple(intervention)
-    raise ValueError(f"expected an intervention ({', '.join(k.__name__ for k in KINDS)}), a sequence of them "
-                     f"or None, got {type(intervention).__name__}")
+    raise ValueError(f"expected an intervention (a pytree with site, check and apply, e.g. HeadBlend, "
+                     f"ResidualEdit or Edit), a sequence of them or None, got {type(intervention).__name__}")
 
 
 def apply_at(site: str, x: jax.Array, interventions: tuple, layer, edit_mask) -> jax.Array:

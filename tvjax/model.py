@@ -76,20 +76,33 @@ class Output(NamedTuple):
         return None if self.captured is None else self.captured.get("heads")
 
 
+def _param(module: nn.Module, name: str, init, shape: tuple[int, ...], dtype, letters: str) -> jax.Array:
+    """`module.param` whose dimensions are named by dimension `letters` (read back by `param_axes`)."""
+    return module.param(name, nn.with_logical_partitioning(init, tuple(letters)), shape, dtype)
+
+
 class Einsum(nn.Module):
-    """A linear map written as an einsum, e.g. `'BTD,DNH->BTNH'`, with an optional bias."""
+    """A linear map written as an einsum, e.g. `'BTD,DNH->BTNH'`, with an optional bias.
+
+    The kernel's letters (`DNH`) name its dimensions, and so its sharding; the bias has
+    the output's dimensions that the kernel has (`NH`).
+    """
 
     shape: tuple[int, ...]
     equation: str
-    bias_shape: tuple[int, ...] | None
+    bias: bool
     dtype: Any
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", _INIT, self.shape, self.dtype)
+        inputs, output = self.equation.split("->")
+        letters = inputs.split(",")[1]
+        kernel = _param(self, "kernel", _INIT, self.shape, self.dtype, letters)
         y = jnp.einsum(self.equation, x, kernel)
-        if self.bias_shape is not None:
-            y = y + self.param("bias", nn.initializers.zeros, self.bias_shape, self.dtype)
+        if self.bias:
+            bias_letters = "".join(c for c in output if c in letters)
+            bias_shape = tuple(self.shape[letters.index(c)] for c in bias_letters)
+            y = y + _param(self, "bias", nn.initializers.zeros, bias_shape, self.dtype, bias_letters)
         return y
 
 
@@ -101,12 +114,12 @@ class Norm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.config
-        scale = self.param("scale", nn.initializers.ones, (c.d_model,), c.jnp_dtype)
+        scale = _param(self, "scale", nn.initializers.ones, (c.d_model,), c.jnp_dtype, "D")
         x32 = x.astype(jnp.float32)
         if c.norm == "rms":
             y = x32 * jax.lax.rsqrt(jnp.mean(x32**2, axis=-1, keepdims=True) + c.norm_eps)
             return scale * y.astype(x.dtype)
-        bias = self.param("bias", nn.initializers.zeros, (c.d_model,), c.jnp_dtype)
+        bias = _param(self, "bias", nn.initializers.zeros, (c.d_model,), c.jnp_dtype, "D")
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean((x32 - mean) ** 2, axis=-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + c.norm_eps)
@@ -131,10 +144,9 @@ class Attention(nn.Module):
         """
         c = self.config
         D, N, K, H, dt = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.jnp_dtype
-        qkv_bias = lambda n: (n, H) if c.qkv_bias else None
-        q = Einsum((D, N, H), "BTD,DNH->BTNH", qkv_bias(N), dt, name="q")(x)
-        k = Einsum((D, K, H), "BTD,DKH->BTKH", qkv_bias(K), dt, name="k")(x)
-        v = Einsum((D, K, H), "BTD,DKH->BTKH", qkv_bias(K), dt, name="v")(x)
+        q = Einsum((D, N, H), "BTD,DNH->BTNH", c.qkv_bias, dt, name="q")(x)
+        k = Einsum((D, K, H), "BTD,DKH->BTKH", c.qkv_bias, dt, name="k")(x)
+        v = Einsum((D, K, H), "BTD,DKH->BTKH", c.qkv_bias, dt, name="v")(x)
         if c.positions == "rope":
             inv_freq = inverse_frequencies(c)
             q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
@@ -149,10 +161,8 @@ class Attention(nn.Module):
         scores = jnp.where(attn_mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
         heads = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
-        heads = constrain(heads, "batch", "length", "heads", "head_dim")
-        heads = edit_heads(heads)
-        out_bias = (D,) if c.out_bias else None
-        out = Einsum((N, H, D), "BTNH,NHD->BTD", out_bias, dt, name="o")(heads)
+        heads = edit_heads(constrain(heads, "BTNH"))
+        out = Einsum((N, H, D), "BTNH,NHD->BTD", c.out_bias, dt, name="o")(heads)
         return out, heads, kv
 
 
@@ -166,14 +176,43 @@ class MLP(nn.Module):
         c = self.config
         D, F, dt = c.d_model, c.mlp_dim, c.jnp_dtype
         act = _ACTIVATIONS[c.activation]
-        bias = lambda n: (n,) if c.mlp_bias else None
-        up = Einsum((D, F), "BTD,DF->BTF", bias(F), dt, name="up")(x)
+        up = Einsum((D, F), "BTD,DF->BTF", c.mlp_bias, dt, name="up")(x)
         if c.gated_mlp:
-            h = act(Einsum((D, F), "BTD,DF->BTF", bias(F), dt, name="gate")(x)) * up
+            h = act(Einsum((D, F), "BTD,DF->BTF", c.mlp_bias, dt, name="gate")(x)) * up
         else:
             h = act(up)
-        h = constrain(h, "batch", "length", "mlp")
-        return Einsum((F, D), "BTF,FD->BTD", bias(D), dt, name="down")(h)
+        return Einsum((F, D), "BTF,FD->BTD", c.mlp_bias, dt, name="down")(constrain(h, "BTF"))
+
+
+class LayerInputs(NamedTuple):
+    """What the scan hands each layer: its slices of the layer-stacked inputs.
+
+    Attributes:
+      interventions: a tuple of interventions, each leaf one layer's slice.
+      kv: this layer's cached `(k, v)`, each `[B, S, K, H]`, or None without a cache.
+      index: the layer's index (int32 scalar), or None without interventions.
+    """
+
+    interventions: tuple = ()
+    kv: tuple[jax.Array, jax.Array] | None = None
+    index: jax.Array | None = None
+
+
+class SharedInputs(NamedTuple):
+    """What every layer sees alike.
+
+    Attributes:
+      positions: `[B, T]` int32.  attn_mask: `[B, T, S]` bool.
+      edit_mask: `[B, T]` bool, where interventions act (None without interventions).
+      capture_at: `[B]` int, the position captured per row (None: every position).
+      write_at: int32 scalar, the first cache slot the new tokens fill.
+    """
+
+    positions: jax.Array
+    attn_mask: jax.Array
+    edit_mask: jax.Array | None
+    capture_at: jax.Array | None
+    write_at: jax.Array
 
 
 class Block(nn.Module):
@@ -187,31 +226,27 @@ class Block(nn.Module):
     capture: tuple[str, ...] = ()
 
     @nn.compact
-    def __call__(self, x, layer, shared):
+    def __call__(self, x: jax.Array, layer: LayerInputs, shared: SharedInputs):
         """
         Args:
           x: `[B, T, D]` residual stream (the scan carry).
-          layer: `(interventions, kv, index)`: this layer's slices of the interventions (a tuple),
-            of the cache (or None), and its index (int32 scalar, or None without interventions).
-          shared: `(positions, attn_mask, edit_mask, capture_at, write_at)`, same for all layers.
+          layer: this layer's `LayerInputs`.  shared: the `SharedInputs`.
         Returns:
           `x` `[B, T, D]` and `(captured, updated kv or None)`, captured: site -> `[B, ...]` at
           `capture_at`, else `[B, T, ...]`.
         """
-        interventions, kv, index = layer
-        positions, attn_mask, edit_mask, capture_at, write_at = shared
-        edit = lambda site, value: apply_at(site, value, interventions, index, edit_mask)
-        attn = Attention(self.config, name="attn")
-        a, heads, kv = attn(Norm(self.config, name="ln1")(x), positions, attn_mask, functools.partial(edit, "heads"),
-                            kv, write_at)
+        c = self.config
+        edit = lambda site, value: apply_at(site, value, layer.interventions, layer.index, shared.edit_mask)
+        a, heads, kv = Attention(c, name="attn")(Norm(c, name="ln1")(x), shared.positions, shared.attn_mask,
+                                                 functools.partial(edit, "heads"), layer.kv, shared.write_at)
         a = edit("attn", a)
-        mlp_in = x if self.config.parallel_residual else x + a
-        m = edit("mlp", MLP(self.config, name="mlp")(Norm(self.config, name="ln2")(mlp_in)))
+        mlp_in = x if c.parallel_residual else x + a
+        m = edit("mlp", MLP(c, name="mlp")(Norm(c, name="ln2")(mlp_in)))
         x = edit("resid", x + a + m)
         sites = {"heads": heads, "attn": a, "mlp": m, "resid": x}
-        rows = None if capture_at is None else jnp.arange(x.shape[0])
-        captured = {s: sites[s] if rows is None else sites[s][rows, capture_at] for s in self.capture}
-        return constrain(x, "batch", "length", "embed"), (captured, kv)
+        at = shared.capture_at
+        captured = {s: sites[s] if at is None else sites[s][jnp.arange(x.shape[0]), at] for s in self.capture}
+        return constrain(x, "BTD"), (captured, kv)
 
 
 class Decoder(nn.Module):
@@ -221,42 +256,46 @@ class Decoder(nn.Module):
     capture: tuple[str, ...] = ()
 
     @nn.compact
-    def __call__(self, tokens, mask, interventions, edit_mask, capture_at, logits_at, cache):
+    def __call__(self, tokens, mask, interventions: tuple = (), edit_mask=None, capture_at=None, logits_at=None,
+                 cache: KVCache | None = None) -> Output:
+        """Arguments as in `forward` (`interventions` a tuple, `mask` given)."""
         c = self.config
         B, T = tokens.shape
+        embed_init = nn.with_logical_partitioning(_INIT, tuple("VD"))
         embed = nn.Embed(c.vocab_size, c.d_model, dtype=c.jnp_dtype, param_dtype=c.jnp_dtype,
-                         embedding_init=_INIT, name="embed")
-        x = constrain(embed(tokens), "batch", "length", "embed")
+                         embedding_init=embed_init, name="embed")
+        x = constrain(embed(tokens), "BTD")
         offset = jnp.zeros((B,), jnp.int32) if cache is None else cache.mask.sum(-1, dtype=jnp.int32)
         positions = jnp.maximum(offset[:, None] + jnp.cumsum(mask, axis=-1, dtype=jnp.int32) - 1, 0)
         if c.positions == "learned":
+            position_init = nn.with_logical_partitioning(_INIT, tuple("PD"))  # P: positions, never split
             x = x + nn.Embed(c.max_positions, c.d_model, dtype=c.jnp_dtype, param_dtype=c.jnp_dtype,
-                             embedding_init=_INIT, name="pos_embed")(positions)
+                             embedding_init=position_init, name="pos_embed")(positions)
         if cache is None:
             key_mask, write_at, kv = mask, jnp.zeros((), jnp.int32), None
         else:
             write_at = cache.end
             key_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, write_at))
             kv = (cache.k, cache.v)
-        attn_mask = _attention_mask(c, key_mask, write_at, T)
         block = Block
         if c.remat is not None:
             block = nn.remat(Block, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
         stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                        in_axes=(0, nn.broadcast), length=c.n_layers)
-        shared = (positions, attn_mask, edit_mask, capture_at, write_at)
+                        in_axes=(0, nn.broadcast), length=c.n_layers,
+                        metadata_params={nn.PARTITION_NAME: "L"})
+        shared = SharedInputs(positions, _attention_mask(c, key_mask, write_at, T), edit_mask, capture_at, write_at)
         index = jnp.arange(c.n_layers, dtype=jnp.int32) if interventions else None
-        x, (captured, kv) = stack(c, self.capture, name="layers")(x, (interventions, kv, index), shared)
+        x, (captured, kv) = stack(c, self.capture, name="layers")(x, LayerInputs(interventions, kv, index), shared)
         x = Norm(c, name="final_norm")(x)
         if logits_at is not None:
             x = x[jnp.arange(B), logits_at]  # [B, D]
         if c.tie_embeddings:
             logits = embed.attend(x)
         else:
-            logits = Einsum((c.d_model, c.vocab_size), "...D,DV->...V", None, c.jnp_dtype, name="lm_head")(x)
+            logits = Einsum((c.d_model, c.vocab_size), "...D,DV->...V", False, c.jnp_dtype, name="lm_head")(x)
         captured = {s: jnp.swapaxes(v, 0, 1) for s, v in captured.items()} or None  # [L, B, ...] -> [B, L, ...]
         new_cache = None if cache is None else KVCache(kv[0], kv[1], key_mask, cache.end + T)
-        logits = constrain(logits, "batch", *("length",) * (logits.ndim == 3), "vocab")
+        logits = constrain(logits, "BTV" if logits.ndim == 3 else "BV")
         return Output(logits.astype(jnp.float32), captured, new_cache)
 
 
@@ -278,7 +317,7 @@ def forward(
     *,
     config: ModelConfig,
     mask: jax.Array | None = None,
-    blend: Intervention | tuple[Intervention, ...] | None = None,
+    intervention: Intervention | tuple[Intervention, ...] | None = None,
     edit_mask: jax.Array | None = None,
     capture: str | tuple[str, ...] | None = None,
     capture_at: jax.Array | None = None,
@@ -292,9 +331,9 @@ def forward(
       tokens: `[B, T]` int token ids, left-padded.
       config: the `ModelConfig` (static).
       mask: `[B, T]` bool, real tokens (default: all). Positions are derived from it.
-      blend: the intervention: a `HeadBlend` (theta `[L, N]`, mu `[L, N, H]`), a `ResidualEdit`,
-        an `Edit` (your function on a named site), a tuple of them (applied in order), or None
-        for the plain model.
+      intervention: a `HeadBlend` (theta `[L, N]`, mu `[L, N, H]`), a `ResidualEdit`, an `Edit`
+        (your function on a named site), your own `tvjax.interventions.Intervention`, a tuple
+        of them (applied in order), or None for the plain model.
       edit_mask: `[B, T]` bool, positions the intervention edits (default: the last position).
       capture: site names (static; `tvjax.interventions.SITES`: heads, attn, mlp, resid) whose
         values to return for every layer in `Output.captured` (default: heads when `capture_at`
@@ -310,9 +349,9 @@ def forward(
     if config.positions == "learned" and length > config.max_positions:
         raise ValueError(f"{length} positions exceed the model's learned position table ({config.max_positions})")
     mask = jnp.ones((B, T), bool) if mask is None else mask.astype(bool)
-    interventions = as_interventions(blend)
-    for intervention in interventions:
-        intervention.check(config)
+    interventions = as_interventions(intervention)
+    for one in interventions:
+        one.check(config)
     if interventions and edit_mask is None:
         edit_mask = jnp.zeros((B, T), bool).at[:, -1].set(True)
     decoder = Decoder(config, _capture_sites(capture, capture_at))
@@ -337,8 +376,19 @@ def _check_tokens(tokens, mask, edit_mask) -> tuple[int, int]:
     return tokens.shape
 
 
+def _init(config: ModelConfig, rng: jax.Array) -> Params:
+    """Params boxed with their logical axes (`flax.linen.LogicallyPartitioned`)."""
+    return Decoder(config).init(rng, jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool))["params"]
+
+
 def init_params(config: ModelConfig, rng: jax.Array) -> Params:
     """Random parameters for `config` (tests, shape inspection with `jax.eval_shape`)."""
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    variables = Decoder(config).init(rng, tokens, jnp.ones((1, 1), bool), (), None, None, None, None)
-    return variables["params"]
+    return nn.meta.unbox(_init(config, rng))
+
+
+def param_axes(config: ModelConfig):
+    """The params' dimension letters, a pytree like the params (`'LDNH'` for the query
+    kernel), as the modules declare them (an `Einsum` from its equation); `tvjax.sharding`
+    maps them onto a mesh."""
+    boxed = jax.eval_shape(functools.partial(_init, config), jax.random.PRNGKey(0))
+    return jax.tree.map(lambda box: "".join(box.names), boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))

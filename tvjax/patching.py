@@ -13,8 +13,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from tvjax.data import Task, Template, prompts_for
-from tvjax.fit import prepare_rows
 from tvjax.interventions import ResidualEdit, check_layer
+from tvjax.rows import prepare_rows
 from tvjax.scoring import best_layer
 
 

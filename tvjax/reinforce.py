@@ -20,13 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from tvjax.config import ModelConfig
 from tvjax.data import Task, Template, prompts_for
-from tvjax.fit import Rows, batch_indices, mean_loss, optimizer, prepare_rows, take
 from tvjax.interventions import HeadBlend
-from tvjax.scoring import stacked_row_losses
+from tvjax.rows import ROWS_AXES, Rows, mean_loss, prepare_rows, stacked_losses, take
+from tvjax.sharding import constrain, on_mesh, put
+from tvjax.train import batch_indices, loop, open_checkpoints, optimizer, resumable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,57 +65,67 @@ def score_function_gradient(logits: jax.Array, masks: jax.Array, rewards: jax.Ar
     return jnp.mean(advantage[:, None, None] * (masks - jax.nn.sigmoid(logits)), axis=0)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "samples", "learning_rate"))
 def reinforce_step(logits, opt_state, key, mu, params, rows: Rows, index, sparsity, *, config: ModelConfig,
                    samples: int, learning_rate: float):
     """One Adam step on `logits` `[L, N]` from `samples` masks scored on the rows at `index` `[B]`.
 
-    Returns `(logits, opt_state, mean sampled loss)`.
+    Returns `(logits, opt_state, mean sampled loss)`; on the params' mesh if any.
     """
+    with on_mesh(params):
+        return _reinforce_step(put(logits, None), put(opt_state, None), put(key, None), put(mu, "LNH"), params,
+                               put(rows, ROWS_AXES), put(index, None), put(sparsity, None), config=config,
+                               samples=samples, learning_rate=learning_rate)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "samples", "learning_rate"))
+def _reinforce_step(logits, opt_state, key, mu, params, rows: Rows, index, sparsity, *, config: ModelConfig,
+                    samples: int, learning_rate: float):
     masks = jax.random.bernoulli(key, jax.nn.sigmoid(logits), (samples, *logits.shape))  # [S, L, N]
     blends = HeadBlend.hard(masks, jnp.broadcast_to(mu, (samples, *mu.shape)))
-    losses = stacked_row_losses(params, blends, take(rows, index), config=config, batch_size=samples).mean(1)
+    losses = stacked_losses(params, blends, take(rows, index), config=config, batch_size=samples).mean(1)
     rewards = -losses - sparsity * masks.sum((1, 2))
     grad = -score_function_gradient(logits, masks, rewards)  # descend the negative expected reward
     updates, opt_state = optimizer("adam", learning_rate).update(grad, opt_state, logits)
-    return optax.apply_updates(logits, updates), opt_state, losses.mean()
+    return constrain((optax.apply_updates(logits, updates), opt_state, losses.mean()), None)
 
 
-def select_heads(model, task: Task, mu, config: ReinforceConfig = ReinforceConfig(), *,
-                 template: Template = Template()) -> HeadSelection:
-    """Search a hard head set on zero-shot train prompts; keep the one with the best validation loss."""
-    model_config, params, tokenizer = model
-    mu = jnp.asarray(mu, jnp.float32)
-    train_prompts, _ = prompts_for(tokenizer, task, "train", 0, template=template, seed=config.seed)
-    valid_prompts, _ = prompts_for(tokenizer, task, "valid", 0, template=template, seed=config.seed)
+def select_heads(model, task: Task, mu, settings: ReinforceConfig = ReinforceConfig(), *,
+                 template: Template = Template(), checkpoint_dir=None, resume: bool = False,
+                 run_info: dict | None = None) -> HeadSelection:
+    """Search a hard head set on zero-shot train prompts; keep the one with the best validation objective.
+
+    `mu` `[L, N, H]` may be None when resuming (the checkpoint's are used); `checkpoint_dir`,
+    `resume` and `run_info` as in `tvjax.fit.fit`: the search resumes exactly.
+    """
+    config, params, tokenizer = model
+    L, N = config.n_layers, config.n_heads
+    checkpoints = open_checkpoints(checkpoint_dir, resume, model=model, task=task, template=template,
+                                   method="reinforce", settings=settings, run_info=run_info)
+    if mu is None and not resumable(checkpoints):
+        raise ValueError("select_heads needs the head means mu [L, N, H] (only a resumed search takes them from "
+                         "its checkpoint)")
+    mu = jnp.zeros((L, N, config.head_dim), jnp.float32) if mu is None else jnp.asarray(mu, jnp.float32)
+    train_prompts, _ = prompts_for(tokenizer, task, "train", 0, template=template, seed=settings.seed)
+    valid_prompts, _ = prompts_for(tokenizer, task, "valid", 0, template=template, seed=settings.seed)
     train, valid = prepare_rows(model, train_prompts), prepare_rows(model, valid_prompts)
-    logits = jnp.full((model_config.n_layers, model_config.n_heads), config.init, jnp.float32)
-    opt_state = optimizer("adam", config.learning_rate).init(logits)
-    key = jax.random.key(config.seed)
+    logits = jnp.full((L, N), settings.init, jnp.float32)
+    state = {"logits": logits, "opt_state": optimizer("adam", settings.learning_rate).init(logits), "mu": mu}
+    key = jax.random.key(settings.seed)
 
-    def validate(logits):
-        heads = np.asarray(logits > 0)
-        return float(mean_loss(params, HeadBlend.hard(heads, mu), valid, config=model_config)), heads
+    def step(state, n):
+        index = batch_indices(len(train_prompts), settings.batch_size, n - 1, settings.seed)
+        logits, opt_state, loss = reinforce_step(state["logits"], state["opt_state"], jax.random.fold_in(key, n),
+                                                 state["mu"], params, train, index, settings.sparsity, config=config,
+                                                 samples=settings.samples, learning_rate=settings.learning_rate)
+        return {"logits": logits, "opt_state": opt_state, "mu": state["mu"]}, loss
 
-    best_loss, best_heads = validate(logits)
-    best_logits, best_step, best_objective = logits, 0, best_loss
-    history, running = [{"step": 0, "train_loss": None, "valid_loss": best_loss, "heads": 0}], []
-    bar = tqdm(range(1, config.steps + 1), desc=f"reinforce {task.name}", leave=False, disable=None)
-    for step in bar:
-        index = jnp.asarray(batch_indices(len(train_prompts), config.batch_size, step - 1, config.seed))
-        logits, opt_state, loss = reinforce_step(logits, opt_state, jax.random.fold_in(key, step), mu, params,
-                                                 train, index, config.sparsity, config=model_config,
-                                                 samples=config.samples, learning_rate=config.learning_rate)
-        running.append(loss)
-        if step % config.eval_every == 0 or step == config.steps:
-            valid_loss, heads = validate(logits)
-            history.append({"step": step, "train_loss": float(np.mean(running)), "valid_loss": valid_loss,
-                            "heads": int(heads.sum())})
-            running = []
-            bar.set_postfix(valid=f"{valid_loss:.3f}", heads=int(heads.sum()))
-            objective = valid_loss + config.sparsity * heads.sum()
-            if objective < best_objective:
-                best_loss, best_heads, best_logits, best_step = valid_loss, heads, logits, step
-                best_objective = objective
-    return HeadSelection(HeadBlend.hard(best_heads, mu), best_heads, np.asarray(jax.nn.sigmoid(best_logits)),
-                         best_step, best_loss, history)
+    def validate(state):
+        heads = np.asarray(state["logits"] > 0)
+        loss = float(mean_loss(params, HeadBlend.hard(heads, state["mu"]), valid, config=config))
+        return loss + settings.sparsity * heads.sum(), {"valid_loss": loss, "heads": int(heads.sum())}
+
+    trained = loop(step, validate, state, steps=settings.steps, eval_every=settings.eval_every,
+                   keep=lambda state: state["logits"], desc=f"reinforce {task.name}", checkpoints=checkpoints)
+    heads, mu = np.asarray(trained.best > 0), trained.state["mu"]
+    return HeadSelection(HeadBlend.hard(heads, mu), heads, np.asarray(jax.nn.sigmoid(trained.best)),
+                         trained.best_step, trained.best_record["valid_loss"], trained.history)

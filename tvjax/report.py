@@ -1,9 +1,12 @@
-"""Readable summaries of results: Markdown tables of scores per task and method."""
+"""Readable summaries of results: Markdown tables of scores and of seconds per task and method."""
 
 from __future__ import annotations
 
-LABELS = {"zero_shot": "zero-shot", "icl": "ICL", "task_vector": "soft TV", "layer_patching": "layer patching",
-          "function_vector": "function vector", "reinforce": "REINFORCE"}
+BASELINES = ("zero_shot", "icl")  # scored without fitting anything: the plain model, `shots`-shot prompts
+# every method `tvjax compare` runs, in table order
+METHODS = BASELINES + ("layer_patching", "function_vector", "reinforce", "task_vector")
+LABELS = {"zero_shot": "zero-shot", "icl": "ICL", "layer_patching": "layer patching",
+          "function_vector": "function vector", "reinforce": "REINFORCE", "task_vector": "soft TV"}
 
 
 def markdown_table(rows: dict[str, dict], methods, mean: bool = True) -> str:
@@ -24,3 +27,26 @@ def markdown_table(rows: dict[str, dict], methods, mean: bool = True) -> str:
 
 def _cell(score: dict) -> str:
     return f"{100 * score['first_token']:.0f} / {100 * score['exact_match']:.0f}"
+
+
+def shared_methods(results: dict[str, dict]) -> tuple[str, ...]:
+    """The methods every task's result (`tvjax.compare.compare_task`) has, in the order of `METHODS`."""
+    return tuple(m for m in METHODS if all(m in r["scores"] for r in results.values()))
+
+
+def seconds_table(results: dict[str, dict]) -> str:
+    """Markdown: per task (and on average), the shared means' seconds and each method's fit + evaluation seconds."""
+
+    def cell(seconds: dict, method: str) -> str:
+        evaluation = f"{seconds[f'eval_{method}']:.0f}"
+        return evaluation if f"fit_{method}" not in seconds else f"{seconds[f'fit_{method}']:.0f} + {evaluation}"
+
+    methods = shared_methods(results)
+    phases = set.intersection(*(set(r["seconds"]) for r in results.values()))
+    mean = {k: sum(r["seconds"][k] for r in results.values()) / len(results) for k in phases}
+    lines = ["| task | means | " + " | ".join(LABELS.get(m, m) for m in methods) + " |",
+             "|---" * (len(methods) + 2) + "|"]
+    for name, seconds in [*((n, r["seconds"]) for n, r in results.items()), ("**mean**", mean)]:
+        lines.append(f"| {name} | {seconds.get('means', 0):.0f} | " + " | ".join(cell(seconds, m) for m in methods)
+                     + " |")
+    return "\n".join(lines)

@@ -7,9 +7,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from tvjax.config import ModelConfig
-
-ROPE_TYPES = ("default", "linear", "llama3")
+from tvjax.config import ROPE_TYPES, ModelConfig
 
 
 def inverse_frequencies(config: ModelConfig) -> np.ndarray:

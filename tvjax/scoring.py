@@ -1,43 +1,20 @@
-"""Score many interventions at once on cached-prefix rows (`tvjax.fit.Rows`).
+"""Choose among many interventions at once on cached-prefix rows (`tvjax.rows`).
 
-Interventions stacked along a leading `C` axis (one per head, per layer, per sampled
-head mask, ...) go through `jax.lax.map` with `batch_size`: that many share one
-vmapped forward of every row's edited token on top of the rows' cached prefixes.
+Interventions stacked along a leading `C` axis (one per head, per layer, ...) are scored
+by `tvjax.rows.stacked_row_losses`: `batch_size` of them share one vmapped forward of
+every row's edited token on top of the rows' cached prefixes.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tvjax.config import ModelConfig
-from tvjax.fit import Rows, row_losses
 from tvjax.interventions import Intervention
-
-
-def stacked_row_losses(params, stacked, rows: Rows, *, config: ModelConfig, batch_size: int) -> jax.Array:
-    """`[C, R]`: `row_losses` (answer cross-entropy per row) under each of the `C` stacked interventions.
-
-    Args:
-      stacked: an intervention (or tuple of them) whose every leaf has a leading `C` axis.
-      rows: `R` cached-prefix rows (`tvjax.fit.prepare_rows`).
-      batch_size: interventions per vmapped forward (at most `C`).
-    """
-    C = jax.tree.leaves(stacked)[0].shape[0]
-    return _stacked_row_losses(params, stacked, rows, config=config, batch_size=min(batch_size, C))
-
-
-@functools.partial(jax.jit, static_argnames=("config", "batch_size"))
-def _stacked_row_losses(params, stacked, rows: Rows, *, config: ModelConfig, batch_size: int) -> jax.Array:
-    C = jax.tree.leaves(stacked)[0].shape[0]
-    pad = -C % batch_size  # padded with copies of the first, so the model is traced once
-    stacked = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]), stacked)
-    losses = jax.lax.map(lambda one: row_losses(params, config, one, rows), stacked, batch_size=batch_size)
-    return losses[:C]
+from tvjax.rows import Rows, stacked_row_losses
 
 
 def stack(interventions: Sequence[Intervention]) -> Intervention:

@@ -1,11 +1,16 @@
-"""Meshes, logical axis names, and the one table that maps them onto mesh axes.
+"""Meshes, and one table that maps every array dimension onto the mesh.
 
-Every array dimension has a logical name (`batch`, `length`, `embed`, `heads`,
-`kv_heads`, `head_dim`, `mlp`, `vocab`, `layers`); `RULES` maps names to the mesh
-axes `data`, `fsdp` and `tensor`. Params get their names from `PARAM_AXES` (by
-path), activations from `constrain` calls in the model, and the fit, mean-extraction
-and generation steps are `jax.jit`-compiled with explicit in/out shardings from the
-same table (`Placement.run`).
+Arrays name their dimensions with tvjax's dimension letters (`tvjax.config`): `LETTERS`
+maps each letter to a logical axis (`batch`, `length`, `embed`, `heads`, `kv_heads`,
+`head_dim`, `mlp`, `vocab`, `layers`) and `RULES` maps logical axes to the mesh axes
+`data`, `fsdp` and `tensor`. Params take their letters from the einsums that use them
+(`tvjax.model.Einsum` declares its kernel's axes from its equation), activations from
+`constrain(x, "BTNH")` calls in the model, interventions from their `axes()`.
+
+One way onto a mesh: a public entry point enters the mesh of its params
+(`with on_mesh(params):`), places its host inputs by their letters (`put`) and calls a
+kernel that was `jax.jit`-compiled once; inside, `constrain` pins activations and outputs.
+Without a mesh (one device) every one of these is the identity.
 
 A mesh axis that does not divide a dimension leaves that dimension replicated over
 it (e.g. 4 heads on `tensor=8`: the heads are replicated, the MLP and vocab are
@@ -18,17 +23,18 @@ so every process holds the fitted weights.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import math
 import os
 
 import jax
-import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from tvjax.interventions import HeadBlend
-
 MESH_AXES = ("data", "fsdp", "tensor")
+
+# Dimension letter -> logical axis (letters not listed, e.g. G or a stacking axis C, are never split).
+LETTERS = {"B": "batch", "R": "batch", "T": "length", "S": "length", "D": "embed", "N": "heads",
+           "K": "kv_heads", "H": "head_dim", "F": "mlp", "V": "vocab", "L": "layers"}
 
 # Logical axis -> mesh axes, in priority order. One mesh axis serves one dimension of an
 # array, so activations (which have `batch`) split the batch over data x fsdp and keep
@@ -42,31 +48,10 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("embed", ("fsdp",)),
 )
 
-# Param path (scanned layer params: after their leading "layers") -> logical axes.
-_NORM = ("embed",)
-PARAM_AXES: dict[tuple[str, ...], tuple[str | None, ...]] = {
-    ("embed", "embedding"): ("vocab", "embed"),
-    ("pos_embed", "embedding"): (None, "embed"),
-    ("lm_head", "kernel"): ("embed", "vocab"),
-    ("final_norm", "scale"): _NORM, ("final_norm", "bias"): _NORM,
-    ("ln1", "scale"): _NORM, ("ln1", "bias"): _NORM, ("ln2", "scale"): _NORM, ("ln2", "bias"): _NORM,
-    ("attn", "q", "kernel"): ("embed", "heads", "head_dim"),
-    ("attn", "k", "kernel"): ("embed", "kv_heads", "head_dim"),
-    ("attn", "v", "kernel"): ("embed", "kv_heads", "head_dim"),
-    ("attn", "o", "kernel"): ("heads", "head_dim", "embed"),
-    ("attn", "q", "bias"): ("heads", "head_dim"),
-    ("attn", "k", "bias"): ("kv_heads", "head_dim"),
-    ("attn", "v", "bias"): ("kv_heads", "head_dim"),
-    ("attn", "o", "bias"): ("embed",),
-    ("mlp", "gate", "kernel"): ("embed", "mlp"),
-    ("mlp", "up", "kernel"): ("embed", "mlp"),
-    ("mlp", "down", "kernel"): ("mlp", "embed"),
-    ("mlp", "gate", "bias"): ("mlp",),
-    ("mlp", "up", "bias"): ("mlp",),
-    ("mlp", "down", "bias"): ("embed",),
-}
-CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")  # KVCache k, v [L, B, S, K, H]
-MU_AXES = ("layers", "heads", "head_dim")  # HeadBlend.mu [L, N, H]
+
+def logical_axes(letters: str) -> tuple[str | None, ...]:
+    """`'BTNH'` -> `('batch', 'length', 'heads', 'head_dim')` (None for letters never split)."""
+    return tuple(LETTERS.get(letter) for letter in letters)
 
 
 def parse_mesh(spec: str) -> dict[str, int]:
@@ -127,21 +112,51 @@ def logical_spec(axes: tuple[str | None, ...], shape: tuple[int, ...], mesh_shap
     return PartitionSpec(*(tuple(a) if len(a) > 1 else a[0] if a else None for a in assigned))
 
 
-def constrain(x: jax.Array, *axes: str | None) -> jax.Array:
-    """Inside `jax.jit`: `x` sharded by its logical `axes` on the mesh in context; without one, `x`."""
+def partition_spec(letters: str | None, shape: tuple[int, ...], mesh_shape: dict[str, int]) -> PartitionSpec:
+    """The `PartitionSpec` of an array of `shape` whose dimensions are `letters` (None: replicated)."""
+    if letters is None:
+        return PartitionSpec()
+    if len(letters) != len(shape):
+        raise ValueError(f"axes {letters!r} do not match an array of shape {tuple(shape)}")
+    return logical_spec(logical_axes(letters), tuple(shape), mesh_shape)
+
+
+def constrain(tree, axes):
+    """Inside `jax.jit`: `tree` sharded by its `axes` on the mesh in context; without one, `tree`.
+
+    `axes`: dimension letters (`'BTNH'`) for an array, or a pytree prefix of `tree` whose
+    leaves are letters or None (replicated), e.g. `HeadBlend(None, 'LNH')`.
+    """
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
-        return x
-    return jax.lax.with_sharding_constraint(x, logical_spec(axes, x.shape, dict(mesh.shape)))
+        return tree
+    shape = dict(mesh.shape)
+    constrain_one = lambda x, letters: jax.lax.with_sharding_constraint(x, partition_spec(letters, x.shape, shape))
+    return _map_axes(constrain_one, tree, axes)
 
 
-def param_axes(path: tuple[str, ...]) -> tuple[str | None, ...]:
-    """Logical axes of the param at `path` (e.g. `('layers', 'attn', 'q', 'kernel')`)."""
-    layered = path[0] == "layers"
-    key = path[1:] if layered else path
-    if key not in PARAM_AXES:
-        raise KeyError(f"param {'/'.join(path)} has no logical axes: add {key} to tvjax.sharding.PARAM_AXES")
-    return ("layers",) * layered + PARAM_AXES[key]
+def put(tree, axes):
+    """`tree` (arrays, host arrays or `jax.ShapeDtypeStruct`s) placed on the mesh in context by
+    its `axes` (as in `constrain`), in every process; without a mesh, `tree` as it is."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return tree
+    shape = dict(mesh.shape)
+
+    def place(x, letters):
+        spec = partition_spec(letters, getattr(x, "shape", ()), shape)  # () for Python scalars
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=spec)
+        return jax.device_put(x, spec)
+
+    return _map_axes(place, tree, axes)
+
+
+def _map_axes(fn, tree, axes):
+    """`fn(leaf, letters)` over the leaves of `tree`, `axes` a pytree prefix of it (see `constrain`)."""
+    is_axes = lambda a: a is None or isinstance(a, str)
+    return jax.tree.map(lambda letters, sub: jax.tree.map(lambda x: fn(x, letters), sub), axes, tree,
+                        is_leaf=is_axes)
 
 
 def mesh_of(tree) -> Mesh | None:
@@ -150,85 +165,10 @@ def mesh_of(tree) -> Mesh | None:
     return sharding.mesh if isinstance(sharding, NamedSharding) else None
 
 
-class Placement:
-    """Shardings of tvjax's arrays on one mesh, and jitted calls with them.
-
-    With `mesh=None` (one device) every sharding is None and `run` calls the function as is.
-    """
-
-    def __init__(self, mesh: Mesh | None):
-        self.mesh = mesh
-
-    @classmethod
-    def of(cls, params) -> "Placement":
-        """Where `params` live."""
-        return cls(mesh_of(params))
-
-    def sharding(self, shape: tuple[int, ...], *axes: str | None) -> NamedSharding | None:
-        if self.mesh is None:
-            return None
-        return NamedSharding(self.mesh, logical_spec(axes, tuple(shape), dict(self.mesh.shape)))
-
-    @property
-    def replicated(self) -> NamedSharding | None:
-        return None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
-
-    def batch(self, x) -> NamedSharding | None:
-        """`[B, ...]` split over the batch: token and mask arrays."""
-        return self.sharding(np.shape(x), "batch", *(None,) * (np.ndim(x) - 1))
-
-    def params(self, params):
-        """Param shardings (by `PARAM_AXES`) for params or their `jax.ShapeDtypeStruct`s."""
-        return jax.tree_util.tree_map_with_path(
-            lambda path, x: self.sharding(x.shape, *param_axes(tuple(k.key for k in path))), params)
-
-    def interventions(self, tree):
-        """Shardings of interventions (None, a `HeadBlend` or a pytree of them): a `HeadBlend`'s
-        mu split over heads, every other leaf (theta included) replicated."""
-
-        def one(x):
-            if isinstance(x, HeadBlend):
-                return HeadBlend(self.replicated, self.sharding(np.shape(x.mu), *MU_AXES))
-            return jax.tree.map(lambda _: self.replicated, x)
-
-        return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, HeadBlend))
-
-    def cache(self, cache):
-        """A `KVCache`'s shardings: k, v by `CACHE_AXES`, the mask over the batch, `end` replicated."""
-        kv = self.sharding(cache.k.shape, *CACHE_AXES)
-        return cache._replace(k=kv, v=kv, mask=self.batch(cache.mask), end=self.replicated)
-
-    def put(self, tree, shardings):
-        """`tree` placed on the mesh (host arrays too, in every process); as is on one device."""
-        return tree if self.mesh is None else jax.device_put(tree, shardings)
-
-    def run(self, fn, args: tuple, in_shardings, out_shardings, donate: tuple[int, ...] = (), **static):
-        """`fn(*args, **static)` under `jax.jit` with explicit in/out shardings over the mesh.
-
-        Args are placed first (a no-op for arrays already there); static (hashable)
-        keywords are bound, and each (function, statics, shardings) compiles once.
-        """
-        if self.mesh is None:
-            return fn(*args, **static)
-        with jax.set_mesh(self.mesh):
-            return self.jit(fn, in_shardings, out_shardings, donate, **static)(*self.put(args, in_shardings))
-
-    def lower(self, fn, args: tuple, in_shardings, out_shardings, donate: tuple[int, ...] = (), **static):
-        """What `run` would compile, lowered for `args` (arrays or `jax.ShapeDtypeStruct`s)."""
-        with jax.set_mesh(self.mesh):
-            return self.jit(fn, in_shardings, out_shardings, donate, **static).lower(*args)
-
-    @staticmethod
-    def jit(fn, in_shardings, out_shardings, donate: tuple[int, ...] = (), **static):
-        """The jitted `fn`, cached per (function, statics, shardings) so that each compiles once."""
-        ins, outs = jax.tree.flatten(in_shardings), jax.tree.flatten(out_shardings)
-        return _jit(fn, tuple(sorted(static.items())), tuple(ins[0]), ins[1], tuple(outs[0]), outs[1], donate)
-
-
-@functools.lru_cache(maxsize=256)
-def _jit(fn, static, in_leaves, in_tree, out_leaves, out_tree, donate):
-    return jax.jit(functools.partial(fn, **dict(static)), in_shardings=jax.tree.unflatten(in_tree, in_leaves),
-                   out_shardings=jax.tree.unflatten(out_tree, out_leaves), donate_argnums=donate)
+def on_mesh(params):
+    """Context: the mesh `params` live on (`jax.set_mesh`), or nothing on one device."""
+    mesh = mesh_of(params)
+    return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
 
 
 def initialize_distributed(auto: bool = False) -> bool:

@@ -23,22 +23,15 @@ from __future__ import annotations
 
 import functools
 import os
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
+from tvjax.config import ModelConfig
+from tvjax.convert.architectures import HF_ATTENTION_OUTPUTS, MODEL_TYPES, SUPPORTED, config_from_hf
 from tvjax.taskvector import TaskVector, TaskVectorError, load_task_vector
+from tvjax.taskvector import model_shape as _shape
 
-# Hugging Face model_type -> (tvjax family, attribute path of a layer's attention output
-# projection inside the base model's layer list)
-ARCHITECTURES = {
-    "llama": ("llama", "self_attn.o_proj"),
-    "mistral": ("llama", "self_attn.o_proj"),
-    "qwen2": ("llama", "self_attn.o_proj"),
-    "gpt2": ("gpt2", "attn.c_proj"),
-    "gpt_neox": ("gpt_neox", "attention.dense"),
-}
 # the KV cache keyword of Hugging Face forwards (renamed from `past_key_values` in transformers 5)
 CACHE_KWARGS = ("cache", "past_key_values")
 
@@ -154,20 +147,15 @@ def attention_outputs(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
     `model`: a Hugging Face model (with or without LM head) of a supported architecture.
     """
-    _, path = _architecture(model.config)
+    layers, path = HF_ATTENTION_OUTPUTS[_model_config(model.config).family]
     names = {module: name for name, module in model.named_modules()}
-    base = model.base_model
-    layers = base.h if model.config.model_type == "gpt2" else base.layers
-    projections = [functools.reduce(getattr, path.split("."), layer) for layer in layers]
+    projections = [layer.get_submodule(path) for layer in model.base_model.get_submodule(layers)]
     return {names[p]: p for p in projections}
 
 
 def model_shape(config) -> dict:
     """The tvjax model shape (`family`, `n_layers`, `n_heads`, `head_dim`, `d_model`) of a HF config."""
-    family, _ = _architecture(config)
-    D, N = config.hidden_size, config.num_attention_heads
-    return {"family": family, "n_layers": config.num_hidden_layers, "n_heads": N,
-            "head_dim": getattr(config, "head_dim", None) or D // N, "d_model": D}
+    return _shape(_model_config(config))
 
 
 def apply_task_vector(model: torch.nn.Module, task_vector: str | os.PathLike | TaskVector) -> Intervention:
@@ -176,7 +164,7 @@ def apply_task_vector(model: torch.nn.Module, task_vector: str | os.PathLike | T
     Raises `TaskVectorError` naming both shapes if it was made for another model.
     """
     tv = task_vector if isinstance(task_vector, TaskVector) else load_task_vector(task_vector)
-    tv.check(SimpleNamespace(**model_shape(model.config)))
+    tv.check(_model_config(model.config))
     weight = torch.sigmoid(torch.as_tensor(tv.theta, dtype=torch.float32))
     return Intervention(attention_outputs(model), TaskVectorHook(model, weight, tv.mu))
 
@@ -216,8 +204,8 @@ def _numpy(x) -> np.ndarray:
     return np.asarray(x, np.float64)
 
 
-def _architecture(config) -> tuple[str, str]:
-    if config.model_type not in ARCHITECTURES:
-        raise TaskVectorError(f"no task-vector port for model_type {config.model_type!r}; "
-                              f"supported: {', '.join(sorted(ARCHITECTURES))}")
-    return ARCHITECTURES[config.model_type]
+def _model_config(config) -> ModelConfig:
+    """The tvjax `ModelConfig` of a Hugging Face config, translated as the checkpoint converter does."""
+    if config.model_type not in MODEL_TYPES:
+        raise TaskVectorError(f"no task-vector port for model_type {config.model_type!r}; supported: {SUPPORTED}")
+    return config_from_hf(config.to_dict())

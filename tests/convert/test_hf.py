@@ -9,6 +9,7 @@ import pytest
 
 import tvjax
 from tvjax.convert import hf as hf_module
+from tvjax.convert.default import default_model_dir
 from conftest import assert_logits_close, build_tiny, hf_logits
 
 TOKENS = np.random.default_rng(3).integers(3, 97, size=(1, 12))
@@ -93,8 +94,8 @@ def test_a_name_that_is_nothing(tmp_path):
 def test_tokenizer_is_loaded_when_present(tmp_path):
     build_tiny("gpt2", tmp_path)
     assert tvjax.load(str(tmp_path)).tokenizer is None
-    shutil.copy(tvjax.convert.default_model_dir() / "tokenizer.json", tmp_path)
-    shutil.copy(tvjax.convert.default_model_dir() / "tokenizer_config.json", tmp_path)
+    shutil.copy(default_model_dir() / "tokenizer.json", tmp_path)
+    shutil.copy(default_model_dir() / "tokenizer_config.json", tmp_path)
     assert tvjax.load(str(tmp_path)).tokenizer("Q: hot")["input_ids"]
 
 

@@ -1,21 +1,32 @@
-"""Checkpoint loaders: the default model, Hugging Face directories, hub ids and GGUF files."""
+"""Checkpoint loaders: the default model, Hugging Face directories, hub ids and GGUF files.
+
+Importing this package (or its JAX-free `architectures`) does not import JAX: the loaders
+are imported on first use, and `CheckpointError` and `DEFAULT_MODEL` when first asked for.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
-from typing import Any, NamedTuple
-
-from jax.sharding import Mesh
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tvjax.config import ModelConfig
 from tvjax.convert.architectures import SUPPORTED, UnsupportedArchitecture, config_from_hf
-from tvjax.convert.default import DEFAULT_MODEL, default_model_dir, gguf_tokenizer
-from tvjax.convert.gguf import read_gguf
-from tvjax.convert.hf import CheckpointError, convert, download, load_directory
-from tvjax.model import Params
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
+
+    from tvjax.model import Params
 
 __all__ = ["Model", "load", "CheckpointError", "UnsupportedArchitecture", "SUPPORTED", "DEFAULT_MODEL"]
+_LAZY = {"CheckpointError": "tvjax.convert.hf", "DEFAULT_MODEL": "tvjax.convert.default"}  # name -> its module
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Model(NamedTuple):
@@ -37,6 +48,10 @@ def load(name: str | os.PathLike | None = None, *, dtype: str = "float32", mesh:
         (each process reads only its devices' slices); fitting, means and evaluation then
         run on that mesh. None: one device.
     """
+    from tvjax.convert.default import DEFAULT_MODEL, default_model_dir, gguf_tokenizer
+    from tvjax.convert.gguf import read_gguf
+    from tvjax.convert.hf import CheckpointError, convert, download
+
     if name is None or name == DEFAULT_MODEL:
         return _load_directory(default_model_dir(), dtype, mesh)
     path = Path(name)
@@ -55,6 +70,8 @@ def load(name: str | os.PathLike | None = None, *, dtype: str = "float32", mesh:
 
 
 def _load_directory(directory: Path, dtype: str, mesh: Mesh | None) -> Model:
+    from tvjax.convert.hf import load_directory
+
     config, params = load_directory(directory, dtype, mesh)
     return Model(config, params, _tokenizer(directory))
 
@@ -68,6 +85,8 @@ def _tokenizer(directory: Path):
 
 
 def _get(tensors: dict, name: str, path: Path):
+    from tvjax.convert.hf import CheckpointError
+
     if name not in tensors:
         raise CheckpointError(f"{path}: tensor {name!r} is missing")
     return tensors[name]

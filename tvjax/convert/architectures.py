@@ -3,6 +3,8 @@
 Each family maps a Hugging Face `config.json` to a `ModelConfig` and lists, for every
 tvjax parameter, the checkpoint tensor it comes from and how to reshape it. Hugging
 Face `nn.Linear` weights are `[out, in]`; GPT-2's `Conv1D` weights are `[in, out]`.
+`HF_ATTENTION_OUTPUTS` says where `tvjax.torch_port` hooks a family's PyTorch modules.
+Nothing here imports JAX.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from typing import Callable
 
 import numpy as np
 
-from tvjax.config import ModelConfig
-from tvjax.rope import ROPE_TYPES
+from tvjax.config import ROPE_TYPES, ModelConfig
 
 # model_type -> family (weight-naming scheme)
 MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2", "gpt_neox": "gpt_neox"}
 SUPPORTED = ", ".join(sorted(MODEL_TYPES))
+# family -> (attribute of the layer list in a transformers base model, path of the attention output
+# projection in one layer: its input is the per-head site `[B, T, N * H]`, head-major)
+HF_ATTENTION_OUTPUTS = {"llama": ("layers", "self_attn.o_proj"), "gpt2": ("h", "attn.c_proj"),
+                        "gpt_neox": ("layers", "attention.dense")}
 
 Transform = Callable[[np.ndarray], np.ndarray]
 # tvjax param path -> (checkpoint tensor name, '{i}' for the layer index; transform)

@@ -13,13 +13,13 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import safetensors
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 from tqdm.auto import tqdm
 
 from tvjax.config import ModelConfig
 from tvjax.convert.architectures import config_from_hf, weight_table
-from tvjax.model import Params, init_params
-from tvjax.sharding import Placement, param_axes
+from tvjax.model import Params, init_params, param_axes
+from tvjax.sharding import partition_spec
 
 HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
                 "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt"]
@@ -110,12 +110,12 @@ def convert(config: ModelConfig, get: Callable[[str], np.ndarray], mesh: Mesh | 
     `get(name)` returns the checkpoint tensor `name` (Hugging Face naming) as a numpy
     array (memory-mapped ones are read lazily). Layer weights are stacked along a leading
     `L` axis; leaves get `config.dtype`. With a `mesh`, each param goes straight into its
-    sharding (`tvjax.sharding.PARAM_AXES`): every device gets only its shard, sliced from
+    sharding (`tvjax.model.param_axes`): every device gets only its shard, sliced from
     the checkpoint tensors, so neither a device nor a host holds the whole model.
     """
     glob, layer = weight_table(config)
     expected = jax.eval_shape(functools.partial(init_params, config), jax.random.PRNGKey(0))
-    place = Placement(mesh)
+    axes = None if mesh is None else param_axes(config)
     params: dict = {}
     entries = [(path, name, fn, None) for path, (name, fn) in glob.items()]
     entries += [(("layers",) + path, name, fn, config.n_layers) for path, (name, fn) in layer.items()]
@@ -128,7 +128,9 @@ def convert(config: ModelConfig, get: Callable[[str], np.ndarray], mesh: Mesh | 
         if value.shape != want:
             raise CheckpointError(f"{name}: converted to shape {value.shape}, which does not fit the config "
                                   f"({'/'.join(path)} needs {want})")
-        _insert(params, path, _place(value, config.jnp_dtype, place.sharding(want, *param_axes(path))))
+        sharding = None if mesh is None else NamedSharding(mesh, partition_spec(_lookup(axes, path), want,
+                                                                                dict(mesh.shape)))
+        _insert(params, path, _place(value, config.jnp_dtype, sharding))
     return params
 
 

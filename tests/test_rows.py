@@ -1,0 +1,38 @@
+"""Prompt rows: cached prefixes give the full model's losses, batched or one at a time."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import tvjax
+from tvjax import HeadBlend
+from tvjax.data import prompts_for
+from tvjax.rows import prepare_rows, row_losses
+
+
+def test_cached_prefix_loss_equals_full_forward(tiny_lm, tiny_task):
+    """The fitting shortcut (prefix KV cache, suffix only) gives the full model's answer likelihood."""
+    prompts, _ = prompts_for(tiny_lm.tokenizer, tiny_task, "train", 0)
+    prompts = prompts[:6]
+    c = tiny_lm.config
+    rng = np.random.default_rng(0)
+    blend = HeadBlend(jnp.asarray(rng.normal(size=(c.n_layers, c.n_heads)), jnp.float32),
+                      jnp.asarray(rng.normal(size=(c.n_layers, c.n_heads, c.head_dim)), jnp.float32))
+    for all_tokens in (False, True):
+        losses = row_losses(tiny_lm.params, c, blend, prepare_rows(tiny_lm, prompts, all_tokens))
+        for p, loss in zip(prompts, losses):
+            tokens = jnp.asarray([p.ids + p.answer[:-1]])
+            edit = jnp.zeros(tokens.shape, bool).at[0, len(p.ids) - 1].set(True)
+            logp = jax.nn.log_softmax(tvjax.forward(tiny_lm.params, tokens, config=c, intervention=blend,
+                                                    edit_mask=edit).logits[0])
+            answer = p.answer if all_tokens else p.answer[:1]
+            expected = -np.mean([logp[len(p.ids) - 1 + i, t] for i, t in enumerate(answer)])
+            np.testing.assert_allclose(loss, expected, rtol=1e-4, atol=1e-5)
+
+def test_batched_rows_equal_one_at_a_time(tiny_lm, tiny_task):
+    prompts, _ = prompts_for(tiny_lm.tokenizer, tiny_task, "train", 0)
+    c = tiny_lm.config
+    blend = HeadBlend(jnp.ones((c.n_layers, c.n_heads)), jnp.ones((c.n_layers, c.n_heads, c.head_dim)))
+    batched = row_losses(tiny_lm.params, c, blend, prepare_rows(tiny_lm, prompts[:8], batch_size=8))
+    singles = [row_losses(tiny_lm.params, c, blend, prepare_rows(tiny_lm, [p], batch_size=1))[0] for p in prompts[:8]]
+    np.testing.assert_allclose(batched, singles, rtol=1e-5, atol=1e-6)

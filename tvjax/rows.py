@@ -1,0 +1,153 @@
+"""Prompt rows: every method's training and scoring data, with cached prefixes.
+
+An intervention edits the last prompt token, so nothing before it depends on the
+intervention. Each prompt's prefix (all but its last token) is run once, without
+gradient, into a KV cache; a row then runs only its suffix (the last prompt token,
+plus the answer tokens when `all_answer_tokens`) on top of its cached prefix, with
+logits only there. Shapes are fixed (bucketed prefixes), so a loop over rows compiles once.
+
+Rows live on the params' mesh, split over rows `R` like a batch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tvjax.batching import bucket_length, chunks, pad_left
+from tvjax.config import ModelConfig
+from tvjax.data import Prompt
+from tvjax.interventions import axes_of
+from tvjax.model import KVCache, forward
+from tvjax.sharding import constrain, on_mesh, put
+
+CACHE_AXES = KVCache("LBSKH", "LBSKH", "BS", None)  # sharding letters of a KVCache's fields
+
+
+class Rows(NamedTuple):
+    """Cached prompt prefixes and the suffixes that are run with an intervention.
+
+    Attributes:
+      cache: `KVCache` of the prefixes, k/v `[L, R, S, K, H]`, mask `[R, S]`.
+      tokens / mask: `[R, Ts]` suffix tokens (the last prompt token first), right-padded.
+      targets / target_mask: `[R, Ts]` next-token targets and which of them count.
+    """
+
+    cache: KVCache
+    tokens: jax.Array
+    mask: jax.Array
+    targets: jax.Array
+    target_mask: jax.Array
+
+
+ROWS_AXES = Rows(CACHE_AXES, "RT", "RT", "RT", "RT")
+
+
+def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, batch_size: int = 16) -> Rows:
+    """Run every prompt's prefix once into a KV cache and lay out suffixes and targets (on the params' mesh)."""
+    config, params, _ = model
+    if any(len(p.ids) < 2 for p in prompts):
+        raise ValueError("every prompt row needs at least 2 tokens (a prefix and the edited last token)")
+    suffixes = [[p.ids[-1]] + (p.answer[:-1] if all_answer_tokens else []) for p in prompts]
+    targets = [p.answer if all_answer_tokens else p.answer[:1] for p in prompts]
+    Tp, Ts = bucket_length(max(len(p.ids) - 1 for p in prompts)), max(map(len, suffixes))
+    caches = []
+    with on_mesh(params):
+        for chunk, _ in chunks(prompts, batch_size):  # padded rows are cut off below
+            tokens, mask = put(pad_left([p.ids[:-1] for p in chunk], 0, Tp), "BT")
+            caches.append(_prefill(params, tokens, mask, config=config, length=Tp + Ts))
+        n = len(prompts)
+        cache = KVCache(jnp.concatenate([c.k for c in caches], axis=1)[:, :n],
+                        jnp.concatenate([c.v for c in caches], axis=1)[:, :n],
+                        jnp.concatenate([c.mask for c in caches])[:n], caches[0].end)
+        return put(Rows(cache, *_right_pad(suffixes, Ts), *_right_pad(targets, Ts)), ROWS_AXES)
+
+
+def _right_pad(rows: list[list[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """`[R, length]` int32 tokens padded with 0 on the right, and `[R, length]` bool presence."""
+    tokens = np.zeros((len(rows), length), np.int32)
+    present = np.zeros((len(rows), length), bool)
+    for i, row in enumerate(rows):
+        tokens[i, :len(row)], present[i, :len(row)] = row, True
+    return jnp.asarray(tokens), jnp.asarray(present)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "length"))
+def _prefill(params, tokens, mask, *, config: ModelConfig, length: int) -> KVCache:
+    B = tokens.shape[0]
+    out = forward(params, tokens, config=config, mask=mask, cache=KVCache.empty(config, B, length),
+                  logits_at=jnp.zeros((B,), jnp.int32))
+    return constrain(out.cache, CACHE_AXES)
+
+
+def row_losses(params, config: ModelConfig, intervention, rows: Rows) -> jax.Array:
+    """Mean answer cross-entropy per row `[R]`, with `intervention` on each row's last prompt token."""
+    edit = jnp.zeros(rows.tokens.shape, bool).at[:, 0].set(True)
+    logits = forward(params, rows.tokens, config=config, mask=rows.mask, intervention=intervention, edit_mask=edit,
+                     cache=rows.cache).logits  # [R, Ts, V]
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), rows.targets[..., None], axis=-1)[..., 0]
+    return (nll * rows.target_mask).sum(-1) / rows.target_mask.sum(-1)
+
+
+def take(rows: Rows, index: jax.Array) -> Rows:
+    """The rows at `index` (`[B]`)."""
+    c = rows.cache
+    cache = KVCache(c.k[:, index], c.v[:, index], c.mask[index], c.end)
+    return Rows(cache, rows.tokens[index], rows.mask[index], rows.targets[index], rows.target_mask[index])
+
+
+def losses(params, intervention, rows: Rows, *, config: ModelConfig) -> jax.Array:
+    """`row_losses` `[R]`, on the params' mesh if any."""
+    with on_mesh(params):
+        return _losses(params, put(intervention, axes_of(intervention)), rows, config=config)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _losses(params, intervention, rows: Rows, *, config: ModelConfig) -> jax.Array:
+    return constrain(row_losses(params, config, intervention, rows), None)
+
+
+def mean_loss(params, intervention, rows: Rows, *, config: ModelConfig) -> jax.Array:
+    """Mean of `row_losses` (a float32 scalar), on the params' mesh if any."""
+    with on_mesh(params):
+        return _mean_loss(params, put(intervention, axes_of(intervention)), rows, config=config)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _mean_loss(params, intervention, rows: Rows, *, config: ModelConfig) -> jax.Array:
+    return constrain(row_losses(params, config, intervention, rows).mean(), None)
+
+
+def stacked_losses(params, stacked, rows: Rows, *, config: ModelConfig, batch_size: int) -> jax.Array:
+    """`[C, R]`: `row_losses` under each of `C` stacked interventions (traceable; see `stacked_row_losses`).
+
+    `jax.lax.map` with `batch_size`: that many interventions share one vmapped forward of
+    every row's edited token.
+    """
+    C = jax.tree.leaves(stacked)[0].shape[0]
+    batch_size = min(batch_size, C)
+    pad = -C % batch_size  # padded with copies of the first, so the model is traced once
+    stacked = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]), stacked)
+    losses = jax.lax.map(lambda one: row_losses(params, config, one, rows), stacked, batch_size=batch_size)
+    return losses[:C]
+
+
+def stacked_row_losses(params, stacked, rows: Rows, *, config: ModelConfig, batch_size: int) -> jax.Array:
+    """`[C, R]`: `row_losses` (answer cross-entropy per row) under each of the `C` stacked interventions.
+
+    Args:
+      stacked: an intervention (or tuple of them) whose every leaf has a leading `C` axis.
+      rows: `R` cached-prefix rows (`prepare_rows`).
+      batch_size: interventions per vmapped forward.
+    """
+    with on_mesh(params):
+        return _stacked_row_losses(params, put(stacked, None), rows, config=config, batch_size=batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "batch_size"))
+def _stacked_row_losses(params, stacked, rows: Rows, *, config: ModelConfig, batch_size: int) -> jax.Array:
+    return constrain(stacked_losses(params, stacked, rows, config=config, batch_size=batch_size), None)
