@@ -30,7 +30,8 @@ def main() -> None:
     print(f"best validation loss {result.best_valid_loss:.3f} at step {result.best_step}")
 
     # 3. Evaluate on the test split: zero-shot, 10-shot ICL, zero-shot + soft task vector.
-    for name, kwargs in (("zero-shot", {}), ("10-shot ICL", {"shots": 10}), ("soft task vector", {"intervention": result.blend})):
+    methods = (("zero-shot", {}), ("10-shot ICL", {"shots": 10}), ("soft task vector", {"intervention": result.blend}))
+    for name, kwargs in methods:
         scores = tvjax.evaluate(model, task, **kwargs)
         print(f"{name:>17}: first token {scores.first_token:.0%}, exact match {scores.exact_match:.0%}")
 

@@ -62,7 +62,8 @@ def test_ported_task_vector_greedy_generation_matches_tvjax(tiny_models, family,
     hf, (config, params, _), _ = tiny_models(family)
     blend, path = _random_task_vector(config, tmp_path / "tv.safetensors")
     prompt = RNG.integers(3, config.vocab_size, size=7).tolist()
-    new = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=8, intervention=blend, eos_token_id=-1)
+    new = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=8, intervention=blend,
+                         eos_token_id=-1)
     with apply_task_vector(hf, path):
         np.testing.assert_array_equal(new[0], _hf_generate(hf, prompt, 8))
     assert not np.array_equal(new[0], _hf_generate(hf, prompt, 8)), "the task vector should change this generation"
@@ -113,7 +114,8 @@ def test_from_torch_round_trip_into_tvjax(tiny_models, tmp_path):
     assert loaded.info == {"task": "demo"}
 
     tokens, mask = _batch(config)
-    ours = tvjax.forward(params, jnp.asarray(tokens), config=config, mask=jnp.asarray(mask), intervention=loaded.blend())
+    ours = tvjax.forward(params, jnp.asarray(tokens), config=config, mask=jnp.asarray(mask),
+                         intervention=loaded.blend())
     with Intervention(attention_outputs(hf), TaskVectorHook(hf, weight, mu.detach()[:, :, 0])):
         assert_logits_close(np.asarray(ours.logits)[mask], hf_logits(hf, tokens, mask)[mask])
 

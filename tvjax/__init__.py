@@ -1,7 +1,8 @@
 """tvjax: task vectors for language models in JAX/Flax.
 
-Without JAX installed only the JAX-free module `tvjax.taskvector` (reading and
-writing task-vector files) is importable; everything else needs JAX.
+Without JAX installed the JAX-free modules stay importable: `tvjax.taskvector` (reading
+and writing task-vector files), `tvjax.torch_port`, `tvjax.config`,
+`tvjax.convert.architectures`, `tvjax.report` and `tvjax.batching`; everything else needs JAX.
 """
 
 __version__ = "0.1.0"
@@ -14,7 +15,7 @@ else:
     from tvjax.config import ModelConfig
     from tvjax.convert import CheckpointError, Model, UnsupportedArchitecture, load
     from tvjax.generate import generate
-    from tvjax.interventions import SITES, Edit, HeadBlend, ResidualEdit
+    from tvjax.interventions import SITES, Edit, HeadBlend, Intervention, ResidualEdit
     from tvjax.model import KVCache, Output, forward, init_params
     from tvjax.data import Task, TaskError, Template, builtin_names, load_task
     from tvjax.extract import extract_means, site_means
@@ -31,6 +32,6 @@ else:
                "Model", "CheckpointError", "UnsupportedArchitecture", "Task", "TaskError", "Template",
                "builtin_names", "load_task", "extract_means", "FitConfig", "FitResult", "fit", "Scores",
                "evaluate", "TaskVector", "TaskVectorError", "load_task_vector", "save_task_vector",
-               "TaskVectorExtractor", "SITES", "Edit", "ResidualEdit", "site_means", "FunctionVectorConfig",
-               "function_vector_for", "layer_patch", "ReinforceConfig", "select_heads",
+               "TaskVectorExtractor", "SITES", "Edit", "Intervention", "ResidualEdit", "site_means",
+               "FunctionVectorConfig", "function_vector_for", "layer_patch", "ReinforceConfig", "select_heads",
                "enable_compilation_cache"]

@@ -29,8 +29,8 @@ class Scores:
         return dataclasses.asdict(self)
 
 
-def evaluate(model, task: Task, *, intervention: Intervention | tuple | None = None, shots: int = 0, split: str = "test",
-             seed: int = 0, batch_size: int = 16, max_new_tokens: int | None = None,
+def evaluate(model, task: Task, *, intervention: Intervention | tuple | None = None, shots: int = 0,
+             split: str = "test", seed: int = 0, batch_size: int = 16, max_new_tokens: int | None = None,
              template: Template = Template(), desc: str | None = None) -> Scores:
     """Score `task`'s `split` with `shots` demonstrations per prompt and an optional intervention.
 

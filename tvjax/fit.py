@@ -128,4 +128,4 @@ def fit(model, task: Task, mu, settings: FitConfig = FitConfig(), *, template: T
     trained = loop(step, validate, state, steps=settings.steps, eval_every=settings.eval_every,
                    keep=lambda state: state["theta"], desc=f"fit {task.name}", checkpoints=checkpoints)
     return FitResult(HeadBlend(trained.best, trained.state["mu"]), trained.best_step,
-                     trained.best_record["valid_loss"], trained.history)
+                     trained.at(trained.best_step)["valid_loss"], trained.history)

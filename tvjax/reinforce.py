@@ -128,4 +128,4 @@ def select_heads(model, task: Task, mu, settings: ReinforceConfig = ReinforceCon
                    keep=lambda state: state["logits"], desc=f"reinforce {task.name}", checkpoints=checkpoints)
     heads, mu = np.asarray(trained.best > 0), trained.state["mu"]
     return HeadSelection(HeadBlend.hard(heads, mu), heads, np.asarray(jax.nn.sigmoid(trained.best)),
-                         trained.best_step, trained.best_record["valid_loss"], trained.history)
+                         trained.best_step, trained.at(trained.best_step)["valid_loss"], trained.history)

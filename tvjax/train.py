@@ -4,7 +4,9 @@ progress, and Orbax checkpoints that resume exactly.
 A method supplies a `step` (one optimizer update of its state), a `validate` (an objective
 to minimise and a record for the history) and `keep` (the part of the state worth keeping
 at the best validation). `loop` does the rest; the data order is a function of
-(seed, step), so a resumed run is the same run.
+(seed, step), so a resumed run is the same run. Many runs share one loop when the objective
+has one value per run (`[A]`, e.g. one per task): each run keeps its own best step, along
+the leading axis of what `keep` returns.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ State = Any  # a pytree of arrays
 
 class Trained(NamedTuple):
     state: State  # after the last step
-    best: State  # `keep(state)` at the best validation
-    best_step: int
-    best_record: dict  # the history entry of the best step
+    best: State  # `keep(state)` at the best validation (of each run, for per-run objectives)
+    best_step: int | list[int]  # one per run for per-run objectives
     history: list  # dicts: step, train_loss (mean since the last validation), and validate's record
+
+    def at(self, step: int) -> dict:
+        """The history entry of `step`."""
+        return next(h for h in self.history if h["step"] == step)
 
 
 def optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
@@ -76,9 +81,11 @@ def loop(step: Callable[[State, int], tuple[State, jax.Array]], validate: Callab
     """Run `step` for steps 1..`steps`, validating every `eval_every` steps and at the end.
 
     Args:
-      step: `(state, n) -> (state, loss)`, the n-th update (it may donate `state`'s buffers).
+      step: `(state, n) -> (state, loss)`, the n-th update (it may donate `state`'s buffers);
+        `loss` a scalar, or `[A]` for many runs.
       validate: `state -> (objective, record)`; the lowest objective's step is kept, `record`
-        (JSON-able) goes into the history.
+        (JSON-able) goes into the history. The objective is a float, or a list of `A` floats:
+        then each run keeps its own best, `keep(state)`'s leaves indexed along their first axis.
       state: the initial state (step 0), or the structure to restore into when resuming.
       keep: what of the state to keep at the best validation (copied: `step` may donate it).
       checkpoints: save `(state, best)` and the history at every validation; when they hold a
@@ -94,7 +101,8 @@ def loop(step: Callable[[State, int], tuple[State, jax.Array]], validate: Callab
     else:
         start, best = 0, _copy(keep(state))
         best_objective, record = validate(state)
-        best_step, history = 0, [{"step": 0, "train_loss": None, **record}]
+        best_step = np.zeros(np.shape(best_objective), int).tolist()  # 0, or one 0 per run
+        history = [{"step": 0, "train_loss": None, **record}]
     running = []
     bar = tqdm(range(start + 1, steps + 1), desc=desc, leave=False, disable=None, initial=start, total=steps)
     try:
@@ -103,22 +111,29 @@ def loop(step: Callable[[State, int], tuple[State, jax.Array]], validate: Callab
             running.append(loss)
             if n % eval_every == 0 or n == steps:
                 objective, record = validate(state)
-                history.append({"step": n, "train_loss": float(np.mean(running)), **record})
+                history.append({"step": n, "train_loss": np.mean(np.stack(running), axis=0).tolist(), **record})
                 running = []
-                bar.set_postfix({k: f"{v:.3f}" if isinstance(v, float) else v for k, v in history[-1].items()
-                                 if k != "step"})
-                if objective < best_objective:
-                    best, best_objective, best_step = _copy(keep(state)), objective, n
+                bar.set_postfix({k: f"{np.mean(v):.3f}" for k, v in history[-1].items() if k != "step"})
+                improved = np.asarray(objective) < np.asarray(best_objective)  # a bool, or one per run
+                if improved.any():
+                    best = _where(improved, keep(state), best)
+                    best_objective = np.where(improved, objective, best_objective).tolist()
+                    best_step = np.where(improved, n, best_step).tolist()
                 if checkpoints is not None:
                     checkpoints.save(n, {"state": state, "best": best},
                                      {"best_objective": best_objective, "best_step": best_step, "history": history},
-                                     objective)
+                                     float(np.mean(objective)))
     finally:
         if checkpoints is not None:
             checkpoints.close()
-    best_record = next(h for h in history if h["step"] == best_step)
-    return Trained(state, best, best_step, best_record, history)
+    return Trained(state, best, best_step, history)
 
 
 def _copy(tree: State) -> State:
     return jax.tree.map(jnp.array, tree)
+
+
+def _where(improved: np.ndarray, new: State, old: State) -> State:
+    """`new` where `improved` (a bool, or `[A]` along the leaves' first axis), else `old` (a copy)."""
+    pick = lambda a, b: jnp.where(improved.reshape(improved.shape + (1,) * (a.ndim - improved.ndim)), a, b)
+    return jax.tree.map(pick, new, old)
