@@ -5,6 +5,7 @@
     python scripts/benchmark.py fit       [--task antonym]              # means + fit + evaluation
     python scripts/benchmark.py generate  [--prompts 32 --new 16]       # greedy decoding with a TV
     python scripts/benchmark.py compile                                 # fit-step compile, L and 2L layers
+    python scripts/benchmark.py fit-many  [--tasks a,b,c]               # a suite one at a time vs together
     python scripts/benchmark.py all
     ... [--compile-cache DIR]    # reuse compiled programs from earlier runs (tvjax's CLI default)
     ... [--profile DIR]          # forward, fit-step, generate: tvjax's top XLA ops (jax.profiler)
@@ -219,6 +220,46 @@ def bench_fit(args) -> None:
            f"PyTorch {accuracy:.0%}", ours.total, theirs.total, unit="s")
 
 
+def bench_fit_many(args) -> None:
+    """A suite of tasks (default: the built-in suite) one at a time vs together (no PyTorch side).
+
+    Per task: means, fit, zero-shot and task-vector evaluation on the test split (`fit`,
+    `evaluate`), against `extract_means_many`, `fit_many` and `evaluate_many` on all tasks
+    at once. Prints each task's accuracies on both sides, the phase times and the ratio.
+    """
+    import tvjax
+    from tvjax.evaluate import evaluate_many
+    from tvjax.extract import extract_means_many
+
+    model = tvjax.load()
+    names = args.tasks.split(",") if args.tasks else tvjax.builtin_names()
+    tasks = [tvjax.load_task(name) for name in names]
+    fc = tvjax.FitConfig(steps=args.steps)
+    print(f"default model, {len(tasks)} tasks, {fc.steps} steps of batch {fc.batch_size} per task, {_platform()}")
+    together = Phases()
+    mus = together.time("means", lambda: extract_means_many(model, tasks))
+    results = together.time("fit", lambda: tvjax.fit_many(model, tasks, mus, fc))
+    zero = together.time("zero-shot eval", lambda: evaluate_many(model, tasks))
+    steered = together.time("task-vector eval", lambda: evaluate_many(model, tasks, blends=[r.blend for r in results]))
+    alone, rows = Phases(), []
+    for task, many, zero_many, tv_many in zip(tasks, results, zero, steered):
+        mu = alone.add("means", lambda: tvjax.extract_means(model, task))
+        blend = alone.add("fit", lambda: tvjax.fit(model, task, mu, fc).blend)
+        zero_alone = alone.add("zero-shot eval", lambda: tvjax.evaluate(model, task))
+        tv_alone = alone.add("task-vector eval", lambda: tvjax.evaluate(model, task, intervention=blend))
+        rows.append((task.name, zero_alone, tv_alone, zero_many, tv_many))
+    print("| task | zero-shot alone | together | soft TV alone | together |\n|---|---|---|---|---|")
+    for name, *scores in rows:
+        print(f"| {name} | " + " | ".join(f"{100 * s.first_token:.0f} / {100 * s.exact_match:.0f}" for s in scores)
+              + " |")
+    for phase in together.seconds:
+        print(f"  {phase:18s} one at a time {alone.seconds[phase]:7.1f} s   together {together.seconds[phase]:7.1f} s"
+              f"   ratio {alone.seconds[phase] / together.seconds[phase]:5.2f}x")
+    print(f"suite ({len(tasks)} tasks): one at a time {alone.total:.0f} s ({len(tasks) / alone.total:.3f} tasks/s), "
+          f"together {together.total:.0f} s ({len(tasks) / together.total:.3f} tasks/s), "
+          f"ratio {alone.total / together.total:.2f}x", flush=True)
+
+
 class Phases:
     """Wall time of each named phase of a pipeline (first calls: compiles included)."""
 
@@ -229,6 +270,13 @@ class Phases:
         start = time.perf_counter()
         out = fn()
         self.seconds[phase] = time.perf_counter() - start
+        return out
+
+    def add(self, phase: str, fn):
+        """`time`, adding to the phase's earlier time (a phase run once per task)."""
+        before = self.seconds.get(phase, 0.0)
+        out = self.time(phase, fn)
+        self.seconds[phase] += before
         return out
 
     @property
@@ -302,7 +350,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="workload", required=True)
     workloads = {"forward": bench_forward, "fit-step": bench_fit_step, "fit": bench_fit,
-                 "generate": bench_generate, "compile": bench_compile}
+                 "generate": bench_generate, "compile": bench_compile, "fit-many": bench_fit_many}
     for name, run in [*workloads.items(), ("all", lambda args: [w(args) for w in workloads.values()])]:
         p = sub.add_parser(name, help=(run.__doc__ or "every workload in turn").splitlines()[0])
         p.add_argument("--task", default="antonym")
@@ -314,6 +362,7 @@ def main(argv=None) -> None:
         p.add_argument("--new", type=int, default=16, help="generate: new tokens")
         p.add_argument("--steps", type=int, default=100, help="fit: training steps")
         p.add_argument("--rounds", type=int, default=3, help="compile: compilations per depth")
+        p.add_argument("--tasks", default=None, help="fit-many: comma-separated tasks (default: the built-in suite)")
         p.add_argument("--profile", default=None, metavar="DIR",
                        help="forward, fit-step, generate: also trace tvjax's side and print its top XLA ops")
         p.add_argument("--compile-cache", default=None, metavar="DIR",

@@ -107,3 +107,21 @@ def test_generate_and_compare_take_the_scale_flags():
     for argv in (["generate", "--prompt", "hi"], ["compare"]):
         args = build_parser().parse_args(argv + scale)
         assert (args.mesh, args.dtype, args.remat, args.distributed) == ("data=1", "bfloat16", "dots", True)
+
+
+def test_fit_several_tasks_together(tmp_path, capsys, tiny_lm_dir):
+    words = ["apple", "river", "stone", "cloud", "green", "house", "light", "music", "ocean", "paper", "quiet", "sharp"]
+    for name, pairs in {"caps": [(w, w.upper()) for w in words], "rev": [(w, w[::-1]) for w in words]}.items():
+        (tmp_path / f"{name}.tsv").write_text("\n".join(f"{x}\t{y}" for x, y in pairs))
+    out = tmp_path / "out"
+    fit = ["fit", "--model", str(tiny_lm_dir), "--task", f"{tmp_path / 'caps.tsv'},{tmp_path / 'rev.tsv'}",
+           "--out", str(out), "--shots", "2", "--n-prompts", "2", "--steps", "2", "--batch-size", "2",
+           "--eval-every", "1"]
+    assert main(fit) == 0
+    assert capsys.readouterr().out.count("soft TV") == 2
+    for name in ("caps", "rev"):
+        results = json.loads((out / f"{name}.json").read_text())
+        assert results["task"] == name and [h["step"] for h in results["history"]] == [0, 1, 2]
+        assert set(results["scores"]) == {"zero_shot", "icl", "task_vector"} and (out / f"{name}.safetensors").is_file()
+    assert main(fit + ["--resume"]) == 2
+    assert "give one --task" in capsys.readouterr().err

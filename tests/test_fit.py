@@ -95,3 +95,38 @@ def test_a_model_without_tokenizer_is_a_clear_error(tiny_models, tiny_task):
     _, model, _ = tiny_models("llama")
     with pytest.raises(tvjax.CheckpointError, match="no tokenizer"):
         tvjax.TaskVectorExtractor(model, tiny_task)
+
+
+@pytest.fixture(scope="module")
+def three_tasks(tiny_task):
+    """Tasks of different sizes and answer lengths: uppercase (30 pairs), lowercase (12), doubled words (20)."""
+    words = [x for x, _ in tiny_task.train + tiny_task.valid + tiny_task.test]
+    return [tiny_task, tvjax.Task.from_pairs("lower", [(w.upper(), w) for w in words[:12]], seed=0),
+            tvjax.Task.from_pairs("double", [(w, f"{w} {w}") for w in words[5:25]], seed=0)]
+
+
+def test_many_tasks_fit_together_as_each_alone(tiny_lm, three_tasks):
+    from tvjax.evaluate import evaluate_many
+    from tvjax.extract import extract_means_many
+
+    settings = FitConfig(steps=12, eval_every=4, batch_size=4, learning_rate=0.2, all_answer_tokens=True)
+    mus = extract_means_many(tiny_lm, three_tasks, n_prompts=6, shots=3)
+    together = tvjax.fit_many(tiny_lm, three_tasks, mus, settings)
+    for task, mu, many in zip(three_tasks, mus, together):
+        np.testing.assert_allclose(mu, tvjax.extract_means(tiny_lm, task, n_prompts=6, shots=3), atol=1e-5)
+        alone = tvjax.fit(tiny_lm, task, mu, settings)
+        np.testing.assert_allclose(many.blend.theta, alone.blend.theta, atol=1e-4)
+        np.testing.assert_array_equal(many.blend.mu, mu)
+        assert many.best_step == alone.best_step, task.name
+        assert [h["step"] for h in many.history] == [h["step"] for h in alone.history]
+        np.testing.assert_allclose([h["valid_loss"] for h in many.history],
+                                   [h["valid_loss"] for h in alone.history], rtol=1e-5)
+    blends = [r.blend for r in together]
+    for kwargs in ({}, {"blends": blends}, {"shots": 3}):
+        shared = evaluate_many(tiny_lm, three_tasks, batch_size=8, **kwargs)
+        alone = [tvjax.evaluate(tiny_lm, task, shots=kwargs.get("shots", 0),
+                                intervention=kwargs["blends"][a] if "blends" in kwargs else None)
+                 for a, task in enumerate(three_tasks)]
+        assert shared == alone, kwargs
+    with pytest.raises(ValueError, match="one mean"):
+        tvjax.fit_many(tiny_lm, three_tasks, mus[:2], settings)

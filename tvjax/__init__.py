@@ -18,9 +18,9 @@ else:
     from tvjax.interventions import SITES, Edit, HeadBlend, Intervention, ResidualEdit
     from tvjax.model import KVCache, Output, forward, init_params
     from tvjax.data import Task, TaskError, Template, builtin_names, load_task
-    from tvjax.extract import extract_means, site_means
-    from tvjax.fit import FitConfig, FitResult, fit
-    from tvjax.evaluate import Scores, evaluate
+    from tvjax.extract import extract_means, extract_means_many, site_means
+    from tvjax.fit import FitConfig, FitResult, fit, fit_many
+    from tvjax.evaluate import Scores, evaluate, evaluate_many
     from tvjax.taskvector import TaskVector, TaskVectorError, load_task_vector, save_task_vector
     from tvjax.extractor import TaskVectorExtractor
     from tvjax.function_vectors import FunctionVectorConfig, function_vector_for
@@ -30,8 +30,8 @@ else:
 
     __all__ = ["ModelConfig", "HeadBlend", "KVCache", "Output", "forward", "init_params", "generate", "load",
                "Model", "CheckpointError", "UnsupportedArchitecture", "Task", "TaskError", "Template",
-               "builtin_names", "load_task", "extract_means", "FitConfig", "FitResult", "fit", "Scores",
-               "evaluate", "TaskVector", "TaskVectorError", "load_task_vector", "save_task_vector",
-               "TaskVectorExtractor", "SITES", "Edit", "Intervention", "ResidualEdit", "site_means",
-               "FunctionVectorConfig", "function_vector_for", "layer_patch", "ReinforceConfig", "select_heads",
-               "enable_compilation_cache"]
+               "builtin_names", "load_task", "extract_means", "extract_means_many", "FitConfig", "FitResult", "fit",
+               "fit_many", "Scores", "evaluate", "evaluate_many", "TaskVector", "TaskVectorError", "load_task_vector",
+               "save_task_vector", "TaskVectorExtractor", "SITES", "Edit", "Intervention", "ResidualEdit",
+               "site_means", "FunctionVectorConfig", "function_vector_for", "layer_patch", "ReinforceConfig",
+               "select_heads", "enable_compilation_cache"]

@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.set_defaults(run=cmd_tasks)
 
     fit = sub.add_parser("fit", help="extract means, fit a soft task vector, evaluate, save")
-    fit.add_argument("--task", required=True, help="built-in task name or a task file / directory")
+    fit.add_argument("--task", required=True, help="built-in task name or a task file / directory; several, "
+                                                    "comma-separated, are fitted together in shared batches")
     fit.add_argument("--model", default=None, help=model_help)
     fit.add_argument("--out", default="results", help="directory for <task>.safetensors and <task>.json")
     fit.add_argument("--shots", type=int, default=10)
@@ -238,22 +239,38 @@ def cmd_fit(args) -> None:
 
     from tvjax.convert import DEFAULT_MODEL
     from tvjax.data import load_task
-    from tvjax.extractor import TaskVectorExtractor
+    from tvjax.extractor import TaskVectorExtractor, fit_together
     from tvjax.fit import FitConfig
-    from tvjax.report import markdown_table
 
-    task = load_task(args.task, args.seed)  # fail on a bad task before loading a model
+    tasks = [load_task(name.strip(), args.seed) for name in args.task.split(",") if name.strip()]  # before the model
+    if len(tasks) > 1 and (args.resume or args.checkpoint_dir):
+        raise ValueError("--resume and --checkpoint-dir checkpoint one task's fit: give one --task")
     config = config_from_flags(args, FitConfig())
     start = time.perf_counter()
-    tv = TaskVectorExtractor(_load_model(args), task, shots=args.shots, n_prompts=args.n_prompts, fit_config=config,
-                             template=_template(args), seed=args.seed, model_name=args.model or DEFAULT_MODEL)
-    tv.timings["load"] = time.perf_counter() - start
+    model = _load_model(args)
+    settings = dict(shots=args.shots, n_prompts=args.n_prompts, fit_config=config, template=_template(args),
+                    seed=args.seed, model_name=args.model or DEFAULT_MODEL)
+    loaded = time.perf_counter() - start
     out = Path(args.out)
-    checkpoints = args.checkpoint_dir or (out / "checkpoints" / task.name if args.resume else None)
-    tv.fit(checkpoints, resume=args.resume)
-    scores = tv.evaluate()
+    if len(tasks) == 1:
+        tv = TaskVectorExtractor(model, tasks[0], **settings)
+        checkpoints = args.checkpoint_dir or (out / "checkpoints" / tasks[0].name if args.resume else None)
+        tv.fit(checkpoints, resume=args.resume)
+        fitted = [(tv, tv.evaluate())]
+    else:
+        fitted = fit_together(model, tasks, **settings)
     if jax.process_index() != 0:  # every process of a multi-process run has the results; one writes them
         return
+    for tv, scores in fitted:
+        tv.timings = {"load": loaded, **tv.timings}
+        _write_fit(tv, scores, config, out)
+
+
+def _write_fit(tv, scores: dict, config, out: Path) -> None:
+    """Save one task's vector and results JSON, and print its table."""
+    from tvjax.report import markdown_table
+
+    task = tv.task
     path = tv.save(out / f"{task.name}.safetensors", scores={m: s.as_dict() for m, s in scores.items()})
     results = {"model": tv.model_name, "task": task.name, "task_vector": str(path),
                "scores": {m: s.as_dict() for m, s in scores.items()}, "fit": dataclasses.asdict(config),

@@ -3,7 +3,8 @@
 Dimension letters used throughout tvjax:
   B batch, T tokens (queries), S key positions, D model width, N query heads,
   K key/value heads, G query heads per kv head (N // K), H head dim,
-  F mlp width, V vocab, L layers.
+  F mlp width, V vocab, L layers; R prompt rows (a batch of cached prompts), A tasks
+  (many fitted together), C stacked interventions, P learned positions.
 """
 
 from __future__ import annotations

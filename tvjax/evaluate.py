@@ -8,6 +8,7 @@ line of the generation, stripped, equals the answer).
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 from tvjax.batching import bucket_length, chunks, pad_id, pad_left
 from tvjax.data import Task, Template, prompts_for
 from tvjax.generate import generate, until_eos
-from tvjax.interventions import Intervention
+from tvjax.interventions import HeadBlend, Intervention, RowBlend
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,38 @@ def evaluate(model, task: Task, *, intervention: Intervention | tuple | None = N
             first += int(row[0] == prompt.answer[0])
             exact += int(answer_text(tokenizer, row, config.eos_ids) == prompt.pair[1].strip())
     return Scores(first / len(prompts), exact / len(prompts), len(prompts), len(skipped))
+
+
+def evaluate_many(model, tasks: Sequence[Task], *, blends: Sequence[HeadBlend] | None = None, shots: int = 0,
+                  split: str = "test", seed: int = 0, batch_size: int = 64,
+                  template: Template = Template()) -> list[Scores]:
+    """`evaluate` of many tasks in shared batches (decoding reads the weights once per step for all).
+
+    Each task's prompts are scored as `evaluate` scores them, with its own blend (`blends[a]`,
+    applied to its rows through `RowBlend`) and its own generation budget; only the padding
+    (to the longest prompt of all tasks) differs.
+    """
+    config, params, tokenizer = model
+    if blends is not None and len(blends) != len(tasks):
+        raise ValueError(f"evaluate_many needs one blend per task: {len(blends)} blends for {len(tasks)} tasks")
+    per_task = [prompts_for(tokenizer, t, split, shots, template=template, seed=seed) for t in tasks]
+    items = [(a, p) for a, (prompts, _) in enumerate(per_task) for p in prompts]
+    budgets = [answer_budget(prompts) for prompts, _ in per_task]
+    length = bucket_length(max(len(p.ids) for _, p in items))
+    if blends is not None:
+        theta, mu = (np.stack([np.asarray(getattr(b, k), np.float32) for b in blends]) for k in ("theta", "mu"))
+    first, exact = [0] * len(tasks), [0] * len(tasks)
+    for chunk, real in tqdm(list(chunks(items, batch_size)), desc=f"eval {len(tasks)} tasks", leave=False,
+                            disable=None):
+        task = np.asarray([a for a, _ in chunk])
+        tokens, mask = pad_left([p.ids for _, p in chunk], pad_id(tokenizer), length)
+        new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max(budgets),
+                       intervention=None if blends is None else RowBlend.gather(theta, mu, task))
+        for (a, prompt), row in zip(chunk[:real], new[:real]):
+            first[a] += int(row[0] == prompt.answer[0])
+            exact[a] += int(answer_text(tokenizer, row[:budgets[a]], config.eos_ids) == prompt.pair[1].strip())
+    return [Scores(first[a] / len(prompts), exact[a] / len(prompts), len(prompts), len(skipped))
+            for a, (prompts, skipped) in enumerate(per_task)]
 
 
 def answer_budget(prompts) -> int:

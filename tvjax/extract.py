@@ -23,18 +23,30 @@ def head_means(model, prompts: list[Prompt], batch_size: int = 8, desc: str = "m
 
 
 def site_means(model, prompts: list[Prompt], sites: tuple[str, ...] = ("heads",), batch_size: int = 8,
-               desc: str = "means") -> dict[str, np.ndarray]:
+               desc: str = "means", groups=None) -> dict[str, np.ndarray]:
     """Mean of each site's value at each prompt's last token, in one pass: float32 `{site: [L, ...]}`
-    (heads `[L, N, H]`; attn, mlp, resid `[L, D]`; see `tvjax.interventions.SITES`)."""
+    (heads `[L, N, H]`; attn, mlp, resid `[L, D]`; see `tvjax.interventions.SITES`).
+
+    With `groups` (`[P]` ints from 0, one per prompt, e.g. each prompt's task), the mean of
+    each group from the same batched passes: `{site: [G, L, ...]}`.
+    """
     config, params, tokenizer = model
+    group = np.zeros(len(prompts), int) if groups is None else np.asarray(groups)
+    G = int(group.max()) + 1
     length = bucket_length(max(len(p.ids) for p in prompts))  # one shape for every batch
     totals = dict.fromkeys(sites, 0.0)
     with on_mesh(params):
-        for chunk, real in tqdm(list(chunks(prompts, batch_size)), desc=desc, leave=False, disable=None):
+        for i, (chunk, real) in enumerate(tqdm(list(chunks(prompts, batch_size)), desc=desc, leave=False,
+                                               disable=None)):
             tokens, mask = put(pad_left([p.ids for p in chunk], pad_id(tokenizer), length), "BT")
             values = _last_token_sites(params, tokens, mask, config=config, sites=tuple(sites))
-            totals = {s: totals[s] + np.asarray(values[s][:real], np.float64).sum(0) for s in sites}
-    return {s: (total / len(prompts)).astype(np.float32) for s, total in totals.items()}
+            rows = group[i * batch_size:i * batch_size + real]
+            for s in sites:
+                value = np.asarray(values[s][:real], np.float64)
+                totals[s] = totals[s] + np.stack([value[rows == g].sum(0) for g in range(G)])
+    counts = np.bincount(group, minlength=G).reshape(G, *(1,) * (totals[sites[0]].ndim - 1))
+    means = {s: (total / counts).astype(np.float32) for s, total in totals.items()}
+    return means if groups is not None else {s: m[0] for s, m in means.items()}
 
 
 @functools.partial(jax.jit, static_argnames=("config", "sites"))
@@ -50,6 +62,16 @@ def extract_means(model, task: Task, *, n_prompts: int = 50, shots: int = 10, ba
     """Task means `mu` `[L, N, H]` from `n_prompts` `shots`-shot ICL prompts of the train split."""
     return head_means(model, mean_prompts(model.tokenizer, task, n_prompts=n_prompts, shots=shots, seed=seed,
                                           template=template), batch_size)
+
+
+def extract_means_many(model, tasks, *, n_prompts: int = 50, shots: int = 10, batch_size: int = 8, seed: int = 0,
+                       template: Template = Template()) -> np.ndarray:
+    """`[A, L, N, H]`: `extract_means` of each of the `A` tasks, from shared batched passes."""
+    prompts = [mean_prompts(model.tokenizer, t, n_prompts=n_prompts, shots=shots, seed=seed, template=template)
+               for t in tasks]
+    groups = np.repeat(np.arange(len(tasks)), [len(p) for p in prompts])
+    return site_means(model, sum(prompts, []), ("heads",), batch_size, f"means of {len(tasks)} tasks",
+                      groups)["heads"]
 
 
 def mean_prompts(tokenizer, task: Task, *, n_prompts: int = 50, shots: int = 10, seed: int = 0,

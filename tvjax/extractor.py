@@ -14,9 +14,9 @@ from tvjax import __version__
 from tvjax.checkpoint import has_checkpoints
 from tvjax.convert import DEFAULT_MODEL, CheckpointError, Model, load
 from tvjax.data import Task, Template, load_task, prompts_for
-from tvjax.evaluate import Scores, evaluate
-from tvjax.extract import extract_means
-from tvjax.fit import FitConfig, FitResult, fit
+from tvjax.evaluate import Scores, evaluate, evaluate_many
+from tvjax.extract import extract_means, extract_means_many
+from tvjax.fit import FitConfig, FitResult, fit, fit_many
 from tvjax.interventions import HeadBlend
 from tvjax.report import BASELINES
 from tvjax.taskvector import load_task_vector, save_task_vector
@@ -124,3 +124,36 @@ def fit_tasks(model: Model, tasks, *, methods=METHODS, **settings):
         tv = TaskVectorExtractor(model, task, **settings)
         tv.fit()
         yield tv, tv.evaluate(methods)
+
+
+def fit_together(model: Model, tasks, *, methods=METHODS, **settings) -> list[tuple[TaskVectorExtractor, dict]]:
+    """`fit_tasks` for many tasks in shared passes over the weights: the means of all tasks in the
+    same batches (`extract_means_many`), one fitting loop (`fit_many`) and shared evaluation
+    batches (`evaluate_many`). Each task's vector equals fitting it alone up to float rounding.
+
+    Returns `(extractor, scores)` per task; each extractor's `timings` are the shared phases'.
+    """
+    extractors = [TaskVectorExtractor(model, task, **settings) for task in tasks]
+    first = extractors[0]
+    tasks = [tv.task for tv in extractors]
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    mus = extract_means_many(first.model, tasks, n_prompts=first.n_prompts, shots=first.shots, seed=first.seed,
+                             template=first.template)
+    timings["means"] = time.perf_counter() - start
+    start = time.perf_counter()
+    results = fit_many(first.model, tasks, mus, first.fit_config, template=first.template)
+    timings["fit"] = time.perf_counter() - start
+    for tv, result in zip(extractors, results):
+        tv.mu, tv.result, tv.blend = result.blend.mu, result, result.blend
+    settings = {"zero_shot": {}, "icl": {"shots": first.shots}, "task_vector": {"blends": [r.blend for r in results]}}
+    scores = [{} for _ in tasks]
+    for method in methods:
+        start = time.perf_counter()
+        for per_task, score in zip(scores, evaluate_many(first.model, tasks, seed=first.seed, template=first.template,
+                                                         **settings[method])):
+            per_task[method] = score
+        timings[f"eval_{method}"] = time.perf_counter() - start
+    for tv in extractors:
+        tv.timings.update(timings)
+    return list(zip(extractors, scores))

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from tvjax.config import ModelConfig
 from tvjax.data import Task, Template, prompts_for
-from tvjax.interventions import HeadBlend
+from tvjax.interventions import HeadBlend, RowBlend
 from tvjax.model import param_axes
-from tvjax.rows import ROWS_AXES, Rows, mean_loss, prepare_rows, row_losses, take
+from tvjax.rows import ROWS_AXES, Rows, losses, mean_loss, prepare_rows, row_losses, take
 from tvjax.sharding import constrain, on_mesh, put
 from tvjax.train import batch_indices, loop, open_checkpoints, optimizer, resumable
 
@@ -129,3 +130,88 @@ def fit(model, task: Task, mu, settings: FitConfig = FitConfig(), *, template: T
                    keep=lambda state: state["theta"], desc=f"fit {task.name}", checkpoints=checkpoints)
     return FitResult(HeadBlend(trained.best, trained.state["mu"]), trained.best_step,
                      trained.at(trained.best_step)["valid_loss"], trained.history)
+
+
+def train_step_many(theta, opt_state, mu, params, rows: Rows, index, task, sparsity, *, config: ModelConfig,
+                    learning_rate: float, optimizer_name: str = "adam"):
+    """One optimizer step on the `A` tasks' `theta` `[A, L, N]` over the rows at `index` `[A * B]`
+    (row `i` of task `task[i]`, `B` per task); returns (theta, opt_state, loss `[A]`).
+
+    Each task's loss (its rows' mean plus its sparsity penalty) depends on its own theta only,
+    so the gradient of their sum is each task's own gradient, and an elementwise optimizer
+    (adam, sgd, lion, ...) steps each task as `train_step` would step it alone.
+    """
+    with on_mesh(params):
+        return _train_step_many(put(theta, None), put(opt_state, None), put(mu, "ALNH"), params,
+                                put(rows, ROWS_AXES), put(index, None), put(task, None), put(sparsity, None),
+                                config=config, learning_rate=learning_rate, optimizer_name=optimizer_name)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "learning_rate", "optimizer_name"),
+                   donate_argnames=("theta", "opt_state"))
+def _train_step_many(theta, opt_state, mu, params, rows: Rows, index, task, sparsity, *, config: ModelConfig,
+                     learning_rate: float, optimizer_name: str = "adam"):
+
+    def loss_fn(theta):
+        per_row = row_losses(params, config, RowBlend.gather(theta, mu, task), take(rows, index))  # [A * B]
+        per_task = per_row.reshape(theta.shape[0], -1).mean(1) + sparsity * jax.nn.sigmoid(theta).mean((1, 2))
+        return per_task.sum(), per_task
+
+    (_, loss), grad = jax.value_and_grad(loss_fn, has_aux=True)(theta)
+    updates, opt_state = optimizer(optimizer_name, learning_rate).update(grad, opt_state, theta)
+    return constrain((optax.apply_updates(theta, updates), opt_state, loss), None)
+
+
+def fit_many(model, tasks: Sequence[Task], mus, settings: FitConfig = FitConfig(), *,
+             template: Template = Template()) -> list[FitResult]:
+    """Fit one `theta` per task in one loop: what `fit` gives each task alone, for one pass over the weights.
+
+    Every step's batch holds `settings.batch_size` train rows of each task (each task's own
+    seeded order), each row blended with its task's vector (`RowBlend`); each task has its
+    own optimizer state, validation loss and best step. Equal to fitting each task alone
+    with the same seed up to float rounding (prompts are padded to the longest of all tasks).
+
+    Args:
+      tasks: `A` tasks.  mus: their head means, `A` arrays `[L, N, H]` (or one `[A, L, N, H]`).
+    Returns:
+      One `FitResult` per task, in order.
+    """
+    config, params, tokenizer = model
+    A, L, N, H = len(tasks), config.n_layers, config.n_heads, config.head_dim
+    mu = jnp.asarray(np.stack([np.asarray(m, np.float32) for m in mus]))
+    if mu.shape != (A, L, N, H):
+        raise ValueError(f"fit_many needs one mean [L, N, H] = {(L, N, H)} per task ({A} tasks), got {mu.shape}")
+    prompts = {split: [prompts_for(tokenizer, t, split, 0, template=template, seed=settings.seed)[0] for t in tasks]
+               for split in ("train", "valid")}
+    train, valid = (prepare_rows(model, sum(prompts[split], []), settings.all_answer_tokens, settings.batch_size)
+                    for split in ("train", "valid"))
+    sizes = [len(p) for p in prompts["train"]]
+    starts = np.cumsum([0] + sizes[:-1])
+    row_task = np.repeat(np.arange(A), settings.batch_size)  # [A * B]
+    valid_task = np.repeat(np.arange(A), [len(p) for p in prompts["valid"]])  # [R]
+    theta = jnp.full((A, L, N), settings.init, jnp.float32)
+    state = {"theta": theta, "opt_state": optimizer(settings.optimizer, settings.learning_rate).init(theta), "mu": mu}
+
+    def step(state, n):
+        index = np.concatenate([start + batch_indices(size, settings.batch_size, n - 1, settings.seed)
+                                for start, size in zip(starts, sizes)])
+        theta, opt_state, loss = train_step_many(state["theta"], state["opt_state"], state["mu"], params, train,
+                                                 index, row_task, settings.sparsity, config=config,
+                                                 learning_rate=settings.learning_rate,
+                                                 optimizer_name=settings.optimizer)
+        return {"theta": theta, "opt_state": opt_state, "mu": state["mu"]}, loss
+
+    def validate(state):
+        per_row = losses(params, RowBlend.gather(state["theta"], state["mu"], valid_task), valid, config=config)
+        per_task = (np.bincount(valid_task, np.asarray(per_row, np.float64), A) / np.bincount(valid_task, None, A))
+        return per_task.tolist(), {"valid_loss": per_task.tolist()}
+
+    trained = loop(step, validate, state, steps=settings.steps, eval_every=settings.eval_every,
+                   keep=lambda state: state["theta"], desc=f"fit {A} tasks")
+    results = []
+    for a, best_step in enumerate(trained.best_step):
+        history = [{"step": h["step"], "train_loss": None if h["train_loss"] is None else h["train_loss"][a],
+                    "valid_loss": h["valid_loss"][a]} for h in trained.history]
+        results.append(FitResult(HeadBlend(trained.best[a], mu[a]), best_step,
+                                 trained.at(best_step)["valid_loss"][a], history))
+    return results

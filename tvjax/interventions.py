@@ -139,16 +139,54 @@ def blend_heads(
 
     Args:
       heads: `[B, T, N, H]` head outputs before the output projection.
-      theta: `[N]` blend logits for this layer.
-      mu: `[N, H]` mean head outputs for this layer.
+      theta: `[N]` blend logits for this layer (or `[B, N]`, one vector per row).
+      mu: `[N, H]` mean head outputs for this layer (or `[B, N, H]`).
       edit_mask: `[B, T]` bool, positions to edit.
     Returns:
       `[B, T, N, H]` in `heads.dtype`; the blend itself is computed in float32.
     """
-    weight = jax.nn.sigmoid(theta.astype(jnp.float32))[None, None, :, None]  # [1, 1, N, 1]
+    weight = jax.nn.sigmoid(theta.astype(jnp.float32))[..., None, :, None]  # [1, N, 1] or [B, 1, N, 1]
     weight = weight * edit_mask[:, :, None, None].astype(jnp.float32)  # [B, T, N, 1]
     h32 = heads.astype(jnp.float32)
-    return (h32 + weight * (mu.astype(jnp.float32) - h32)).astype(heads.dtype)
+    mu32 = mu.astype(jnp.float32)[..., None, :, :]  # [1, N, H] or [B, 1, N, H]
+    return (h32 + weight * (mu32 - h32)).astype(heads.dtype)
+
+
+class RowBlend(NamedTuple):
+    """Soft task vectors, one per row: row `b`'s heads blend with `theta[:, b]` and `mu[:, b]`.
+
+    How many tasks share one batch (`tvjax.fit.fit_many`): each row gathers its own task's
+    vector (`RowBlend.gather`) and is edited exactly as that task's `HeadBlend` would edit it.
+
+    Attributes:
+      theta: `[L, B, N]` blend logits.
+      mu: `[L, B, N, H]` per-head mean outputs.
+    """
+
+    theta: jax.Array
+    mu: jax.Array
+    site = "heads"
+
+    @classmethod
+    def gather(cls, theta: jax.Array, mu: jax.Array, task: jax.Array) -> "RowBlend":
+        """Row `b` takes task `task[b]`'s vector, from theta `[A, L, N]` and mu `[A, L, N, H]` (`task`: `[B]` int)."""
+        return cls(jnp.swapaxes(jnp.asarray(theta)[task], 0, 1), jnp.swapaxes(jnp.asarray(mu)[task], 0, 1))
+
+    def check(self, config: ModelConfig) -> None:
+        L, N, H = config.n_layers, config.n_heads, config.head_dim
+        theta, mu = tuple(jnp.shape(self.theta)), tuple(jnp.shape(self.mu))
+        B = theta[1] if len(theta) == 3 else None
+        if theta != (L, B, N) or mu != (L, B, N, H):
+            raise ValueError(f"RowBlend does not fit this model: got theta {theta}, mu {mu}; the model (L={L} "
+                             f"layers, N={N} heads, H={H} head dim) needs theta (L, B, N), mu (L, B, N, H)")
+
+    def axes(self) -> "RowBlend":
+        """Split over rows like the batch, mu over heads too."""
+        return RowBlend("LBN", "LBNH")
+
+    def apply(self, heads: jax.Array, layer: jax.Array, edit_mask: jax.Array) -> jax.Array:
+        """One layer's blends (`self` is that layer's slice: theta `[B, N]`) on `heads` `[B, T, N, H]`."""
+        return blend_heads(heads, self.theta, self.mu, edit_mask)
 
 
 class ResidualEdit(NamedTuple):

@@ -33,7 +33,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Dimension letter -> logical axis (letters not listed, e.g. G or a stacking axis C, are never split).
-LETTERS = {"B": "batch", "R": "batch", "T": "length", "S": "length", "D": "embed", "N": "heads",
+LETTERS = {"B": "batch", "R": "batch", "A": "batch", "T": "length", "S": "length", "D": "embed", "N": "heads",
            "K": "kv_heads", "H": "head_dim", "F": "mlp", "V": "vocab", "L": "layers"}
 
 # Logical axis -> mesh axes, in priority order. One mesh axis serves one dimension of an
