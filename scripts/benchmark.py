@@ -247,7 +247,7 @@ def bench_fit_many(args) -> None:
         blend = alone.add("fit", lambda: tvjax.fit(model, task, mu, fc).blend)
         zero_alone = alone.add("zero-shot eval", lambda: tvjax.evaluate(model, task))
         tv_alone = alone.add("task-vector eval", lambda: tvjax.evaluate(model, task, intervention=blend))
-        rows.append((task.name, zero_alone, tv_alone, zero_many, tv_many))
+        rows.append((task.name, zero_alone, zero_many, tv_alone, tv_many))
     print("| task | zero-shot alone | together | soft TV alone | together |\n|---|---|---|---|---|")
     for name, *scores in rows:
         print(f"| {name} | " + " | ".join(f"{100 * s.first_token:.0f} / {100 * s.exact_match:.0f}" for s in scores)

@@ -5,7 +5,8 @@
 For each mesh: load the model onto the mesh and compare with one device:
 params, logits (with a blend, and with an intervention class of the user's own), extracted
 means, a short fit, greedy generation with the fitted vector, a short REINFORCE search,
-a function vector (indirect effects and the layer sweep) and layer patching.
+a function vector (indirect effects and the layer sweep), layer patching and two tasks fitted
+together (`fit_many`).
 Writes the largest differences (and a few param shardings) as JSON.
 """
 
@@ -74,11 +75,14 @@ def run(model, task) -> dict:
     fv = tvjax.function_vector_for(model, task, mu, FUNCTION_VECTOR)
     states = tvjax.site_means(model, tvjax.extract.mean_prompts(tokenizer, task, n_prompts=4, shots=2), ("resid",))
     patch = tvjax.layer_patch(model, task, states["resid"])
+    lower = tvjax.Task.from_pairs("lower", [(w.upper(), w) for w in WORDS[:12]], seed=0)
+    many = tvjax.fit_many(model, [task, lower], [mu, mu], FIT)
     return {"params": jax.tree.map(np.asarray, params), "logits": np.asarray(logits), "mu": mu,
             "own_logits": np.asarray(own_logits), "theta": np.asarray(result.blend.theta),
             "losses": [h["valid_loss"] for h in result.history], "tokens": new_tokens,
             "reinforce": np.asarray(heads.probabilities), "reinforce_losses": [h["valid_loss"] for h in heads.history],
-            "effects": fv.effects, "fv_losses": fv.layer_losses, "patch_losses": patch.layer_losses}
+            "effects": fv.effects, "fv_losses": fv.layer_losses, "patch_losses": patch.layer_losses,
+            "many_theta": np.stack([r.blend.theta for r in many])}
 
 
 def main(model_dir: str, out: str, *meshes: str) -> None:
@@ -103,7 +107,8 @@ def main(model_dir: str, out: str, *meshes: str) -> None:
             "losses": float(np.abs(np.subtract(got["losses"], reference["losses"])).max()),
             "tokens": int((got["tokens"] != reference["tokens"]).sum()),
             **{k: float(np.abs(np.subtract(got[k], reference[k])).max())
-               for k in ("own_logits", "reinforce", "reinforce_losses", "effects", "fv_losses", "patch_losses")},
+               for k in ("own_logits", "reinforce", "reinforce_losses", "effects", "fv_losses", "patch_losses",
+                         "many_theta")},
         }
     with open(out, "w") as f:
         json.dump(report, f, indent=2)

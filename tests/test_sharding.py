@@ -134,6 +134,7 @@ def test_every_method_on_a_mesh_gives_the_one_device_results(mesh_report, mesh):
     assert got["reinforce"] <= 1e-4 and got["reinforce_losses"] <= 1e-5  # REINFORCE
     assert got["effects"] <= 1e-5 and got["fv_losses"] <= 1e-5  # function vector: indirect effects, layer sweep
     assert got["patch_losses"] <= 1e-5  # layer patching (scoring of stacked edits)
+    assert got["many_theta"] <= 1e-4  # two tasks fitted together
 
 
 def test_params_are_sharded_by_the_table(mesh_report):
