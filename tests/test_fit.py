@@ -38,6 +38,18 @@ def test_means_are_the_average_of_captured_heads(tiny_lm, tiny_task):
     np.testing.assert_allclose(mu, np.mean(singles, axis=0), atol=1e-5)
 
 
+def test_grouped_means_are_each_groups_means(tiny_lm, tiny_task):
+    from tvjax.extract import site_means
+
+    prompts = prompts_for(tiny_lm.tokenizer, tiny_task, "train", 2, seed=0)[0][:7]
+    groups = np.array([0, 1, 0, 2, 1, 0, 2])
+    grouped = site_means(tiny_lm, prompts, ("heads", "resid"), batch_size=4, groups=groups)
+    for g in range(3):
+        alone = site_means(tiny_lm, [p for p, k in zip(prompts, groups) if k == g], ("heads", "resid"), batch_size=4)
+        for site in ("heads", "resid"):
+            np.testing.assert_allclose(grouped[site][g], alone[site], atol=1e-6)
+
+
 def test_loss_decreases_and_best_validation_theta_is_kept(fitted):
     _, result = fitted
     history = result.history

@@ -44,8 +44,8 @@ def site_means(model, prompts: list[Prompt], sites: tuple[str, ...] = ("heads",)
             for s in sites:
                 value = np.asarray(values[s][:real], np.float64)
                 totals[s] = totals[s] + np.stack([value[rows == g].sum(0) for g in range(G)])
-    counts = np.bincount(group, minlength=G).reshape(G, *(1,) * (totals[sites[0]].ndim - 1))
-    means = {s: (total / counts).astype(np.float32) for s, total in totals.items()}
+    counts = np.bincount(group, minlength=G)  # [G]
+    means = {s: (total / counts.reshape(G, *(1,) * (total.ndim - 1))).astype(np.float32) for s, total in totals.items()}
     return means if groups is not None else {s: m[0] for s, m in means.items()}
 
 
