@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 
 from tvjax.cli import build_parser, compare_config, main
 from tvjax.compare import CompareConfig
@@ -30,8 +31,12 @@ def test_fit_eval_generate_round_trip(tmp_path, capsys, tiny_lm_dir):
     results = json.loads((out_dir / "caps.json").read_text())
     assert set(results["scores"]) == {"zero_shot", "icl", "task_vector"} and results["fit"]["steps"] == 3
     tv = out_dir / "caps.safetensors"
-    assert main(["eval", "--model", model, "--task", str(task), "--shots", "3", "--tv", str(tv)]) == 0
+    assert main(["eval", "--model", model, "--task", str(task), "--shots", "3", "--tv", str(tv),
+                 "--out", str(out_dir)]) == 0
     assert "soft TV" in capsys.readouterr().out
+    evaluated = json.loads((out_dir / "caps.eval.json").read_text())
+    assert evaluated["model"] == model and set(evaluated["scores"]) == {"zero_shot", "icl", "task_vector"}
+    assert (out_dir / "caps.eval.csv").read_text().splitlines()[0] == "method,first_token,exact_match,n,skipped"
     assert main(["generate", "--model", model, "--tv", str(tv), "--query", "fast", "--max-new-tokens", "3"]) == 0
     assert "'Q: fast\\nA:' -> " in capsys.readouterr().out
 
@@ -125,3 +130,19 @@ def test_fit_several_tasks_together(tmp_path, capsys, tiny_lm_dir):
         assert set(results["scores"]) == {"zero_shot", "icl", "task_vector"} and (out / f"{name}.safetensors").is_file()
     assert main(fit + ["--resume"]) == 2
     assert "give one --task" in capsys.readouterr().err
+
+
+def test_version_and_the_model_a_task_vector_records(tmp_path, capsys, tiny_lm, tiny_lm_dir):
+    import tvjax
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"tvjax {tvjax.__version__}"
+    c = tiny_lm.config
+    arrays = np.zeros((c.n_layers, c.n_heads)), np.zeros((c.n_layers, c.n_heads, c.head_dim))
+    recorded = save_task_vector(tmp_path / "tv.safetensors", *arrays, c, model=str(tiny_lm_dir))
+    assert main(["generate", "--tv", str(recorded), "--prompt", "Q: hot\nA:", "--max-new-tokens", "2"]) == 0
+    assert f"model: {tiny_lm_dir} (recorded in" in capsys.readouterr().err  # not the default model
+    custom = save_task_vector(tmp_path / "custom.safetensors", *arrays, c, model="custom")
+    assert main(["generate", "--tv", str(custom), "--prompt", "hi"]) == 2
+    assert "give it with --model" in capsys.readouterr().err

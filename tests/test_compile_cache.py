@@ -17,3 +17,10 @@ def test_compile_cache_is_written_then_reused(tmp_path, tiny_lm_dir):
     second = subprocess.run(run, capture_output=True, text=True, env=env, check=True)
     assert second.stdout == first.stdout and "->" in first.stdout
     assert sorted(p.name for p in cache.iterdir()) == entries  # hits: nothing new compiled
+
+
+def test_a_users_jax_compilation_cache_dir_is_respected(tmp_path):
+    code = "from tvjax.compile_cache import enable_compilation_cache; print(enable_compilation_cache())"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "mine")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == str(tmp_path / "mine")

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -59,3 +60,41 @@ def test_extractor_saves_and_loads_with_the_same_accuracy(tmp_path, tiny_lm, ech
     assert again.evaluate(("task_vector",))["task_vector"] == before
     info = load_task_vector(path).info
     assert info["task"] == "echo" and info["best_valid_loss"] == tv.result.best_valid_loss
+
+
+def _write(path, theta, mu, **metadata):
+    """A file in the task-vector layout with the given arrays and metadata entries (None: left out)."""
+    from safetensors.numpy import save_file
+
+    entries = {"format": "tvjax-task-vector", "format_version": "1", "info": "{}", **metadata}
+    save_file({"theta": np.asarray(theta, np.float32), "mu": np.asarray(mu, np.float32)}, str(path),
+              metadata={k: v for k, v in entries.items() if v is not None})
+    return path
+
+
+def test_bad_contents_are_refused_with_the_file_and_the_problem(tmp_path, tiny_lm):
+    c = tiny_lm.config
+    L, N, H = c.n_layers, c.n_heads, c.head_dim
+    shape = json.dumps({"family": c.family, "n_layers": L, "n_heads": N, "head_dim": H, "d_model": c.d_model})
+    theta, mu = np.zeros((L, N)), np.zeros((L, N, H))
+    nan_theta, inf_mu = theta.copy(), mu.copy()
+    nan_theta[1, 2], inf_mu[0, 1, 3] = np.nan, np.inf
+    cases = {  # file -> (theta, mu, metadata, the message)
+        "nan_theta": (nan_theta, mu, {"model": shape}, r"theta has 1 NaN value\(s\), the first at \(1, 2\)"),
+        "inf_mu": (theta, inf_mu, {"model": shape}, r"mu has 1 non-finite value\(s\), the first at \(0, 1, 3\)"),
+        "no_model": (theta, mu, {"model": None}, "the metadata lacks 'model'"),
+        "bad_json": (theta, mu, {"model": "{not json"}, "'model' is not valid JSON"),
+        "no_heads": (theta, mu, {"model": json.dumps({"family": c.family, "n_layers": L})},
+                     "the model metadata lacks n_heads, head_dim, d_model"),
+        "wrong_shape": (theta[:, :2], mu[:, :2], {"model": shape}, rf"theta \({L}, 2\), mu \({L}, 2, {H}\) disagree"),
+    }
+    for name, (t, m, metadata, message) in cases.items():
+        path = _write(tmp_path / f"{name}.safetensors", t, m, **metadata)
+        with pytest.raises(TaskVectorError, match=f"{name}.safetensors: .*{message}"):
+            load_task_vector(path)
+    with pytest.raises(TaskVectorError, match="NaN"):
+        save_task_vector(tmp_path / "never.safetensors", nan_theta, mu, c)
+    assert not (tmp_path / "never.safetensors").exists()
+    hard = np.where(np.eye(L, N, dtype=bool), np.inf, -np.inf)  # a hard head set: +-inf theta is allowed
+    np.testing.assert_array_equal(load_task_vector(save_task_vector(tmp_path / "hard.safetensors", hard, mu, c)).theta,
+                                  hard)

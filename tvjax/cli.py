@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     from tvjax.compare import CompareConfig
     from tvjax.fit import FitConfig
 
+    from tvjax import __version__
+
     parser = argparse.ArgumentParser(prog="tvjax", description="Task vectors for language models in JAX.")
+    parser.add_argument("--version", action="version", version=f"tvjax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     model_help = "default model (smollm2-135m), a checkpoint directory, a .gguf file or a hub id"
 
@@ -60,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="zero-shot, ICL and (with --tv) task-vector accuracy")
     ev.add_argument("--task", required=True)
-    ev.add_argument("--model", default=None, help=model_help)
+    ev.add_argument("--model", default=None, help=model_help + " (default: the one the task vector records)")
     ev.add_argument("--tv", default=None, help="a task-vector file from `tvjax fit`")
+    ev.add_argument("--out", default="results", help="directory for <task>.eval.json and <task>.eval.csv")
     ev.add_argument("--shots", type=int, default=10)
     ev.add_argument("--split", default="test", choices=("train", "valid", "test"))
     ev.add_argument("--seed", type=int, default=None, help="split seed (default: the task vector's, else 0)")
@@ -74,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     what = gen.add_mutually_exclusive_group(required=True)
     what.add_argument("--prompt", help="raw prompt text")
     what.add_argument("--query", nargs="+", help="inputs written with the template, e.g. --query fast hot")
-    gen.add_argument("--model", default=None, help=model_help)
+    gen.add_argument("--model", default=None, help=model_help + " (default: the one the task vector records)")
     gen.add_argument("--tv", default=None, help="a task-vector file (applied at the last prompt token)")
     gen.add_argument("--max-new-tokens", type=int, default=16)
     gen.add_argument("--template", default=None, help="for --query (default: the task vector's)")
@@ -216,13 +220,25 @@ def _template(args, info: dict | None = None):
     return Template(args.template.replace("\\n", "\n").replace("\\t", "\t"))  # shell-typed \n
 
 
-def _task_vector(path, config):
-    """A task-vector file, checked against the model it will be applied to."""
+def _model_and_task_vector(args):
+    """The model of `args` and the task vector of `--tv` (or None), checked against each other.
+
+    Without `--model`, the model is the one the task vector records (read before loading).
+    """
     from tvjax.taskvector import load_task_vector
 
-    tv = load_task_vector(path)
-    tv.check(config)
-    return tv
+    tv = load_task_vector(args.tv) if args.tv else None
+    recorded = (tv.info if tv else {}).get("model")
+    if args.model is None and recorded is not None:
+        if recorded == "custom":
+            raise ValueError(f"{args.tv} was fitted on a model passed in from Python, which it cannot name: "
+                             f"give it with --model")
+        print(f"model: {recorded} (recorded in {args.tv}; --model overrides)", file=sys.stderr)
+        args.model = recorded
+    model = _load_model(args)
+    if tv is not None:
+        tv.check(model.config)
+    return model, tv
 
 
 def cmd_tasks(args) -> None:
@@ -286,12 +302,13 @@ def _write_fit(tv, scores: dict, config, out: Path) -> None:
 def cmd_eval(args) -> None:
     import jax
 
+    from tvjax.convert import DEFAULT_MODEL
     from tvjax.data import load_task
     from tvjax.extractor import TaskVectorExtractor
     from tvjax.report import markdown_table
 
-    model = _load_model(args)
-    info = _task_vector(args.tv, model.config).info if args.tv else {}
+    model, tv_file = _model_and_task_vector(args)
+    info = tv_file.info if tv_file else {}
     seed = info.get("seed", 0) if args.seed is None else args.seed
     task = load_task(args.task, seed)
     if info.get("task") not in (None, task.name):
@@ -305,9 +322,20 @@ def cmd_eval(args) -> None:
     scores = tv.evaluate(methods, split=args.split)
     if jax.process_index() != 0:
         return
-    print(markdown_table({task.name: {m: s.as_dict() for m, s in scores.items()}}, methods, mean=False))
+    table = {m: s.as_dict() for m, s in scores.items()}
+    print(markdown_table({task.name: table}, methods, mean=False))
     print(f"first-token / exact-match accuracy (%) on the {args.split} split (seed {seed}), "
           f"{scores['zero_shot'].n} prompts{_skipped(scores['zero_shot'])}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = out / f"{task.name}.eval.json", out / f"{task.name}.eval.csv"
+    paths[0].write_text(json.dumps({"model": args.model or DEFAULT_MODEL, "task": task.name, "split": args.split,
+                                    "seed": seed, "shots": args.shots, "task_vector": args.tv, "scores": table},
+                                   indent=2))
+    fields = ("first_token", "exact_match", "n", "skipped")
+    paths[1].write_text("\n".join(["method," + ",".join(fields)] +
+                                  [",".join([m, *(str(s[f]) for f in fields)]) for m, s in table.items()]) + "\n")
+    print(f"wrote {paths[0]} and {paths[1]}")
 
 
 def _skipped(scores) -> str:
@@ -319,10 +347,9 @@ def cmd_generate(args) -> None:
 
     from tvjax.generate import generate_text
 
-    model = _load_model(args)
+    model, tv = _model_and_task_vector(args)
     if model.tokenizer is None:
         raise ValueError("this checkpoint has no tokenizer; copy its tokenizer files into the checkpoint directory")
-    tv = _task_vector(args.tv, model.config) if args.tv else None
     info = tv.info if tv else {}
     # Queries end like the fitting prompts did (e.g. with the ' ' token before digits).
     prompts = [args.prompt] if args.prompt else [_template(args, info).query(q)[0] + info.get("lead", "")

@@ -61,6 +61,7 @@ def save_task_vector(path: str | os.PathLike, theta, mu, config, **info) -> Path
     shape = model_shape(config)
     if theta.shape != (shape["n_layers"], shape["n_heads"]) or mu.shape != theta.shape + (shape["head_dim"],):
         raise TaskVectorError(f"theta {theta.shape} / mu {mu.shape} do not fit model {shape}")
+    check_values(path, theta, mu)
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "model": json.dumps(shape),
                 "info": json.dumps(info, default=str)}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,4 +87,39 @@ def load_task_vector(path: str | os.PathLike) -> TaskVector:
     if int(metadata.get("format_version", 0)) > FORMAT_VERSION:
         raise TaskVectorError(f"{path} has format version {metadata['format_version']}; this tvjax reads up to "
                               f"{FORMAT_VERSION}: upgrade tvjax")
-    return TaskVector(arrays["theta"], arrays["mu"], json.loads(metadata["model"]), json.loads(metadata["info"]))
+    model, info = (_json_entry(path, metadata, key) for key in ("model", "info"))
+    missing = [k for k in SHAPE_KEYS if k not in model]
+    if missing:
+        raise TaskVectorError(f"{path}: the model metadata lacks {', '.join(missing)} (it has {sorted(model)}); "
+                              f"write the file with tvjax.save_task_vector")
+    theta, mu = arrays["theta"], arrays["mu"]
+    want = (model["n_layers"], model["n_heads"])
+    if theta.shape != want or mu.shape != want + (model["head_dim"],):
+        raise TaskVectorError(f"{path}: arrays theta {theta.shape}, mu {mu.shape} disagree with the model metadata "
+                              f"{model}, which needs theta {want}, mu {want + (model['head_dim'],)}")
+    check_values(path, theta, mu)
+    return TaskVector(theta, mu, model, info)
+
+
+def check_values(path, theta: np.ndarray, mu: np.ndarray) -> None:
+    """Refuse NaN anywhere and infinite means; theta may be +-inf (a hard head set: exactly the mean or
+    exactly the head)."""
+    for name, array, bad in (("theta", theta, np.isnan(theta)), ("mu", mu, ~np.isfinite(mu))):
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise TaskVectorError(f"{path}: {name} has {int(bad.sum())} {'NaN' if name == 'theta' else 'non-finite'} "
+                                  f"value(s), the first at {where}; a task vector needs finite means and no NaN")
+
+
+def _json_entry(path: Path, metadata: dict, key: str) -> dict:
+    """The metadata entry `key`, parsed as a JSON object."""
+    if key not in metadata:
+        raise TaskVectorError(f"{path}: the metadata lacks {key!r} (it has {sorted(metadata)}); "
+                              f"write the file with tvjax.save_task_vector")
+    try:
+        value = json.loads(metadata[key])
+    except json.JSONDecodeError as e:
+        raise TaskVectorError(f"{path}: the metadata entry {key!r} is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise TaskVectorError(f"{path}: the metadata entry {key!r} must be a JSON object, got {value!r}")
+    return value
