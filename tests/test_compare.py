@@ -74,3 +74,22 @@ def test_method_subsets(capsys):
     assert main(["compare", "--tasks", "antonym", "--methods", "icl,patching"]) == 2
     assert "unknown or no methods ['patching']" in capsys.readouterr().err
 
+
+
+def test_progress_counts_every_phase(tiny_lm, tiny_task):
+    from tvjax.compare import compare_task, phases
+
+    class Bar:  # what compare_task uses of a tqdm bar
+        updates, shown = 0, []
+
+        def update(self, n):
+            self.updates += n
+
+        def set_postfix_str(self, text):
+            self.shown.append(text)
+
+    assert phases(METHODS) == 1 + 4 + 6 and phases(("zero_shot", "icl")) == 2
+    bar = Bar()
+    result = compare_task(tiny_lm, tiny_task, methods=("zero_shot", "layer_patching"), progress=bar)
+    assert bar.updates == phases(("zero_shot", "layer_patching")) == 4 == len(result["seconds"])
+    assert bar.shown == ["means", "fit_layer_patching", "eval_zero_shot", "eval_layer_patching"]

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from tvjax.data import Task, Template, load_task
 from tvjax.evaluate import evaluate
@@ -48,34 +49,46 @@ class CompareConfig:
 
 
 @contextlib.contextmanager
-def _timed(seconds: dict, name: str):
+def _timed(seconds: dict, name: str, progress=None):
+    """Time a phase into `seconds[name]`; a progress bar (if any) shows it, then counts it done."""
+    if progress is not None:
+        progress.set_postfix_str(name)
     start = time.perf_counter()
     yield
     seconds[name] = round(time.perf_counter() - start, 2)
+    if progress is not None:
+        progress.update(1)
 
 
-def compare_task(model, task: Task, config: CompareConfig = CompareConfig(), methods=METHODS) -> dict:
+def phases(methods) -> int:
+    """How many timed phases `compare_task` runs for `methods`: the means, each fit, each evaluation."""
+    fitted = sum(m in _FITS for m in methods)
+    return (fitted > 0) + fitted + len(methods)
+
+
+def compare_task(model, task: Task, config: CompareConfig = CompareConfig(), methods=METHODS, *,
+                 progress=None) -> dict:
     """Fit and score each of `methods` (default: all) on `task`.
 
     Returns a JSON-ready dict: `methods`, `scores[method]` (`Scores.as_dict()`, test split),
     `seconds` per phase (`means`, `fit_<method>`, `eval_<method>`), head `rankings` (`[L, N]`
     lists: soft weights, indirect effects, REINFORCE probabilities) and what each fitted
-    method `chose` (layers, heads, best steps).
+    method `chose` (layers, heads, best steps). `progress`: a tqdm bar advanced once per phase.
     """
     methods = check_methods(methods)
     seconds, rankings, chose, interventions = {}, {}, {}, dict.fromkeys(BASELINES)
     if any(m in _FITS for m in methods):
-        with _timed(seconds, "means"):
+        with _timed(seconds, "means", progress):
             prompts = mean_prompts(model.tokenizer, task, n_prompts=config.n_prompts, shots=config.shots,
                                    seed=config.seed, template=config.template)
             means = site_means(model, prompts, ("heads", "resid"))
     for method in (m for m in methods if m in _FITS):
-        with _timed(seconds, f"fit_{method}"):
+        with _timed(seconds, f"fit_{method}", progress):
             interventions[method], ranking, chose[method] = _FITS[method](model, task, means, config)
         rankings.update(ranking)
     scores = {}
     for method in methods:
-        with _timed(seconds, f"eval_{method}"):
+        with _timed(seconds, f"eval_{method}", progress):
             scores[method] = evaluate(model, task, intervention=interventions[method], seed=config.seed,
                                       shots=config.shots if method == "icl" else 0, template=config.template,
                                       desc=f"{method} {task.name}").as_dict()
@@ -137,22 +150,30 @@ def task_paths(spec: str) -> list[str]:
 
 
 def compare(model, tasks: list[str], out, config: CompareConfig = CompareConfig(), methods=METHODS, *,
-            redo: bool = False, log=print) -> dict[str, dict]:
-    """`compare_task` for each task, each result kept in `<out>/tasks/<task>.json` (reused unless `redo`)."""
+            redo: bool = False, log=tqdm.write) -> dict[str, dict]:
+    """`compare_task` for each task, each result kept in `<out>/tasks/<task>.json` (reused unless `redo`).
+
+    A progress bar (on a terminal) counts every task's phases, with the time left.
+    """
     results, methods = {}, check_methods(methods)
-    for spec in tasks:
-        task = load_task(spec, config.seed)
-        path = Path(out) / "tasks" / f"{task.name}.json"
-        if path.is_file() and not redo:
-            results[task.name] = json.loads(path.read_text())
-            log(f"{task.name}: reusing {path}")
-            continue
-        result = compare_task(model, task, config, methods)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1))
-        results[task.name] = result
-        log(f"{task.name}: " + ", ".join(f"{m} {100 * s['first_token']:.0f}/{100 * s['exact_match']:.0f}"
-                                         for m, s in result["scores"].items()))
+    loaded = [load_task(spec, config.seed) for spec in tasks]  # every task file checked before the first fit
+    paths = {task.name: Path(out) / "tasks" / f"{task.name}.json" for task in loaded}
+    pending = {task.name for task in loaded if redo or not paths[task.name].is_file()}
+    bar = tqdm(total=len(pending) * phases(methods), desc="compare", unit="phase", disable=None)
+    with bar:
+        for task in loaded:
+            path = paths[task.name]
+            if task.name not in pending:
+                results[task.name] = json.loads(path.read_text())
+                log(f"{task.name}: reusing {path}")
+                continue
+            bar.set_description(f"compare {task.name}")
+            result = compare_task(model, task, config, methods, progress=bar)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=1))
+            results[task.name] = result
+            log(f"{task.name}: " + ", ".join(f"{m} {100 * s['first_token']:.0f}/{100 * s['exact_match']:.0f}"
+                                             for m, s in result["scores"].items()))
     return results
 
 
