@@ -28,16 +28,23 @@ def site_means(model, prompts: list[Prompt], sites: tuple[str, ...] = ("heads",)
     (heads `[L, N, H]`; attn, mlp, resid `[L, D]`; see `tvjax.interventions.SITES`).
 
     With `groups` (`[P]` ints from 0, one per prompt, e.g. each prompt's task), the mean of
-    each group from the same batched passes: `{site: [G, L, ...]}`.
+    each group from the same batched passes: `{site: [G, L, ...]}`. The prompts then go in
+    order of length, each batch padded to its own longest (bucketed), so that short tasks'
+    prompts are not padded to long ones'; without groups every batch has one shape.
     """
     config, params, tokenizer = model
     group = np.zeros(len(prompts), int) if groups is None else np.asarray(groups)
+    if groups is not None:
+        order = np.argsort([len(p.ids) for p in prompts], kind="stable")
+        prompts, group = [prompts[i] for i in order], group[order]
     G = int(group.max()) + 1
-    length = bucket_length(max(len(p.ids) for p in prompts))  # one shape for every batch
+    length = bucket_length(max(len(p.ids) for p in prompts))
     totals = dict.fromkeys(sites, 0.0)
     with on_mesh(params):
         for i, (chunk, real) in enumerate(tqdm(list(chunks(prompts, batch_size)), desc=desc, leave=False,
                                                disable=None)):
+            if groups is not None:
+                length = bucket_length(max(len(p.ids) for p in chunk))
             tokens, mask = put(pad_left([p.ids for p in chunk], pad_id(tokenizer), length), "BT")
             values = _last_token_sites(params, tokens, mask, config=config, sites=tuple(sites))
             rows = group[i * batch_size:i * batch_size + real]
