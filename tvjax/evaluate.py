@@ -74,11 +74,11 @@ def evaluate_many(model, tasks: Sequence[Task], *, blends: Sequence[HeadBlend] |
     length = bucket_length(max(len(p.ids) for _, p in items))
     if blends is not None:
         theta, mu = (np.stack([np.asarray(getattr(b, k), np.float32) for b in blends]) for k in ("theta", "mu"))
-    first, exact = [0] * len(tasks), [0] * len(tasks)
+    first, exact, pad = [0] * len(tasks), [0] * len(tasks), pad_id(tokenizer)
     for chunk, real in tqdm(list(chunks(items, batch_size)), desc=f"eval {len(tasks)} tasks", leave=False,
                             disable=None):
         task = np.asarray([a for a, _ in chunk])
-        tokens, mask = pad_left([p.ids for _, p in chunk], pad_id(tokenizer), length)
+        tokens, mask = pad_left([p.ids for _, p in chunk], pad, length)
         new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max(budgets),
                        intervention=None if blends is None else RowBlend.gather(theta, mu, task))
         for (a, prompt), row in zip(chunk[:real], new[:real]):

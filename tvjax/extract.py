@@ -38,13 +38,12 @@ def site_means(model, prompts: list[Prompt], sites: tuple[str, ...] = ("heads",)
         order = np.argsort([len(p.ids) for p in prompts], kind="stable")
         prompts, group = [prompts[i] for i in order], group[order]
     G = int(group.max()) + 1
-    length = bucket_length(max(len(p.ids) for p in prompts))
+    shared = None if groups is not None else bucket_length(max(len(p.ids) for p in prompts))
     totals = dict.fromkeys(sites, 0.0)
     with on_mesh(params):
         for i, (chunk, real) in enumerate(tqdm(list(chunks(prompts, batch_size)), desc=desc, leave=False,
                                                disable=None)):
-            if groups is not None:
-                length = bucket_length(max(len(p.ids) for p in chunk))
+            length = shared or bucket_length(max(len(p.ids) for p in chunk))
             tokens, mask = put(pad_left([p.ids for p in chunk], pad_id(tokenizer), length), "BT")
             values = _last_token_sites(params, tokens, mask, config=config, sites=tuple(sites))
             rows = group[i * batch_size:i * batch_size + real]
@@ -52,7 +51,8 @@ def site_means(model, prompts: list[Prompt], sites: tuple[str, ...] = ("heads",)
                 value = np.asarray(values[s][:real], np.float64)
                 totals[s] = totals[s] + np.stack([value[rows == g].sum(0) for g in range(G)])
     counts = np.bincount(group, minlength=G)  # [G]
-    means = {s: (total / counts.reshape(G, *(1,) * (total.ndim - 1))).astype(np.float32) for s, total in totals.items()}
+    means = {s: (total / counts.reshape(G, *(1,) * (total.ndim - 1))).astype(np.float32)
+             for s, total in totals.items()}
     return means if groups is not None else {s: m[0] for s, m in means.items()}
 
 

@@ -20,9 +20,9 @@ from tvjax.config import ModelConfig
 from tvjax.data import Task, Template, prompts_for
 from tvjax.interventions import HeadBlend, RowBlend
 from tvjax.model import param_axes
-from tvjax.rows import ROWS_AXES, Rows, losses, mean_loss, prepare_rows, row_losses, take
+from tvjax.rows import ROWS_AXES, Rows, losses, mean_loss, prepare_rows, row_losses, split_rows, take
 from tvjax.sharding import constrain, on_mesh, put
-from tvjax.train import batch_indices, loop, open_checkpoints, optimizer, resumable
+from tvjax.train import batch_indices, initial_means, loop, open_checkpoints, optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,23 +99,20 @@ def fit(model, task: Task, mu, settings: FitConfig = FitConfig(), *, template: T
         The data order is a function of (seed, step), so the resumed run is the same run.
       run_info: extra JSON-able run description (e.g. the model id) that must match on resume.
     """
-    config, params, tokenizer = model
+    config, params, _ = model
     L, N = config.n_layers, config.n_heads
     checkpoints = open_checkpoints(checkpoint_dir, resume, model=model, task=task, template=template, method="fit",
                                    settings=settings, run_info=run_info)
-    if mu is None and not resumable(checkpoints):
-        raise ValueError("fit needs the head means mu [L, N, H] (only a resumed fit takes them from its checkpoint)")
-    mu = jnp.zeros((L, N, config.head_dim), jnp.float32) if mu is None else jnp.asarray(mu, jnp.float32)
-    train_prompts, _ = prompts_for(tokenizer, task, "train", 0, template=template, seed=settings.seed)
-    valid_prompts, _ = prompts_for(tokenizer, task, "valid", 0, template=template, seed=settings.seed)
-    train = prepare_rows(model, train_prompts, settings.all_answer_tokens, settings.batch_size)
-    valid = prepare_rows(model, valid_prompts, settings.all_answer_tokens, settings.batch_size)
+    mu = initial_means(mu, checkpoints, config, "fit")
+    train, valid = (split_rows(model, task, split, template=template, seed=settings.seed,
+                               all_answer_tokens=settings.all_answer_tokens, batch_size=settings.batch_size)
+                    for split in ("train", "valid"))
     theta = jnp.full((L, N), settings.init, jnp.float32)
     state = {"theta": theta, "opt_state": optimizer(settings.optimizer, settings.learning_rate).init(theta),
              "mu": mu}
 
     def step(state, n):
-        index = batch_indices(len(train_prompts), settings.batch_size, n - 1, settings.seed)
+        index = batch_indices(train.tokens.shape[0], settings.batch_size, n - 1, settings.seed)
         theta, opt_state, loss = train_step(state["theta"], state["opt_state"], state["mu"], params, train, index,
                                             settings.sparsity, config=config,
                                             learning_rate=settings.learning_rate,

@@ -22,11 +22,11 @@ import numpy as np
 import optax
 
 from tvjax.config import ModelConfig
-from tvjax.data import Task, Template, prompts_for
+from tvjax.data import Task, Template
 from tvjax.interventions import HeadBlend
-from tvjax.rows import ROWS_AXES, Rows, mean_loss, prepare_rows, stacked_losses, take
+from tvjax.rows import ROWS_AXES, Rows, mean_loss, split_rows, stacked_losses, take
 from tvjax.sharding import constrain, on_mesh, put
-from tvjax.train import batch_indices, loop, open_checkpoints, optimizer, resumable
+from tvjax.train import batch_indices, initial_means, loop, open_checkpoints, optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,23 +97,19 @@ def select_heads(model, task: Task, mu, settings: ReinforceConfig = ReinforceCon
     `mu` `[L, N, H]` may be None when resuming (the checkpoint's are used); `checkpoint_dir`,
     `resume` and `run_info` as in `tvjax.fit.fit`: the search resumes exactly.
     """
-    config, params, tokenizer = model
+    config, params, _ = model
     L, N = config.n_layers, config.n_heads
     checkpoints = open_checkpoints(checkpoint_dir, resume, model=model, task=task, template=template,
                                    method="reinforce", settings=settings, run_info=run_info)
-    if mu is None and not resumable(checkpoints):
-        raise ValueError("select_heads needs the head means mu [L, N, H] (only a resumed search takes them from "
-                         "its checkpoint)")
-    mu = jnp.zeros((L, N, config.head_dim), jnp.float32) if mu is None else jnp.asarray(mu, jnp.float32)
-    train_prompts, _ = prompts_for(tokenizer, task, "train", 0, template=template, seed=settings.seed)
-    valid_prompts, _ = prompts_for(tokenizer, task, "valid", 0, template=template, seed=settings.seed)
-    train, valid = prepare_rows(model, train_prompts), prepare_rows(model, valid_prompts)
+    mu = initial_means(mu, checkpoints, config, "select_heads")
+    train, valid = (split_rows(model, task, split, template=template, seed=settings.seed)
+                    for split in ("train", "valid"))
     logits = jnp.full((L, N), settings.init, jnp.float32)
     state = {"logits": logits, "opt_state": optimizer("adam", settings.learning_rate).init(logits), "mu": mu}
     key = jax.random.key(settings.seed)
 
     def step(state, n):
-        index = batch_indices(len(train_prompts), settings.batch_size, n - 1, settings.seed)
+        index = batch_indices(train.tokens.shape[0], settings.batch_size, n - 1, settings.seed)
         logits, opt_state, loss = reinforce_step(state["logits"], state["opt_state"], jax.random.fold_in(key, n),
                                                  state["mu"], params, train, index, settings.sparsity, config=config,
                                                  samples=settings.samples, learning_rate=settings.learning_rate)

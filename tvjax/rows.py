@@ -20,7 +20,7 @@ import numpy as np
 
 from tvjax.batching import bucket_length, chunks, pad_left
 from tvjax.config import ModelConfig
-from tvjax.data import Prompt
+from tvjax.data import Prompt, Task, Template, prompts_for
 from tvjax.interventions import axes_of
 from tvjax.model import KVCache, forward
 from tvjax.sharding import constrain, on_mesh, put
@@ -65,6 +65,13 @@ def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, 
                         jnp.concatenate([c.v for c in caches], axis=1)[:, :n],
                         jnp.concatenate([c.mask for c in caches])[:n], caches[0].end)
         return put(Rows(cache, *_right_pad(suffixes, Ts), *_right_pad(targets, Ts)), ROWS_AXES)
+
+
+def split_rows(model, task: Task, split: str, *, template: Template, seed: int, all_answer_tokens: bool = False,
+               batch_size: int = 16) -> Rows:
+    """The zero-shot prompts of `task`'s `split` as rows (`prepare_rows`)."""
+    prompts, _ = prompts_for(model.tokenizer, task, split, 0, template=template, seed=seed)
+    return prepare_rows(model, prompts, all_answer_tokens, batch_size)
 
 
 def _right_pad(rows: list[list[int]], length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -75,6 +75,16 @@ def resumable(checkpoints: FitCheckpoints | None) -> bool:
     return checkpoints is not None and checkpoints.latest_step() is not None
 
 
+def initial_means(mu, checkpoints: FitCheckpoints | None, config, who: str) -> jax.Array:
+    """`mu` `[L, N, H]` as float32 for a run's initial state; it may be None only when resuming
+    (zeros then, replaced by the checkpoint's)."""
+    if mu is None and not resumable(checkpoints):
+        raise ValueError(f"{who} needs the head means mu [L, N, H] (only a resumed run takes them from its "
+                         f"checkpoint)")
+    shape = (config.n_layers, config.n_heads, config.head_dim)
+    return jnp.zeros(shape, jnp.float32) if mu is None else jnp.asarray(mu, jnp.float32)
+
+
 def loop(step: Callable[[State, int], tuple[State, jax.Array]], validate: Callable[[State], tuple[float, dict]],
          state: State, *, steps: int, eval_every: int, keep: Callable[[State], State], desc: str,
          checkpoints: FitCheckpoints | None = None) -> Trained:
