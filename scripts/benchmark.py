@@ -132,7 +132,7 @@ def bench_fit_step(args) -> None:
     import torch
 
     from tvjax.extract import extract_means
-    from tvjax.fit import FitConfig, train_step
+    from tvjax.fitting import FitConfig, train_step
     from tvjax.rows import prepare_rows
     from tvjax.train import batch_indices, optimizer
 
@@ -196,7 +196,7 @@ def bench_fit(args) -> None:
 
     import tvjax
     from tvjax.extract import mean_prompts
-    from tvjax.evaluate import answer_budget, evaluate
+    from tvjax.evaluation import answer_budget, evaluate
 
     s = Setup(args.task)
     fc = tvjax.FitConfig(steps=args.steps)
@@ -228,7 +228,7 @@ def bench_fit_many(args) -> None:
     at once. Prints each task's accuracies on both sides, the phase times and the ratio.
     """
     import tvjax
-    from tvjax.evaluate import evaluate_many
+    from tvjax.evaluation import evaluate_many
     from tvjax.extract import extract_means_many
 
     model = tvjax.load()
@@ -290,7 +290,7 @@ def bench_compile(args) -> None:
     import jax.numpy as jnp
 
     import tvjax
-    from tvjax.fit import FitConfig, _train_step
+    from tvjax.fitting import FitConfig, _train_step
     from tvjax.rows import prepare_rows
     from tvjax.train import optimizer
 

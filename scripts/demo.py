@@ -15,7 +15,7 @@ import time
 import tvjax
 from tvjax.data import prompts_for
 from tvjax.extractor import METHODS, fit_tasks
-from tvjax.generate import generate_text
+from tvjax.generation import generate_text
 from tvjax.report import markdown_table
 
 

@@ -1,6 +1,6 @@
 """Per-device memory of the fit step on a device mesh, from XLA's own compiled memory analysis.
 
-No weights needed: `tvjax.fit.train_step` is lowered on abstract shapes (`jax.ShapeDtypeStruct`)
+No weights needed: `tvjax.fitting.train_step` is lowered on abstract shapes (`jax.ShapeDtypeStruct`)
 with the shardings a real run uses, over simulated CPU devices, compiled, and
 `compiled.memory_analysis()` read for one device.
 
@@ -49,7 +49,7 @@ def plan(name: str, mesh, *, dtype: str, remat: str | None, rows: int, prompt_le
     import jax.numpy as jnp
 
     from tvjax.convert.architectures import config_from_hf
-    from tvjax.fit import lower_train_step
+    from tvjax.fitting import lower_train_step
     from tvjax.rows import Rows
     from tvjax.train import optimizer
     from tvjax.model import KVCache

@@ -3,7 +3,7 @@
 Hooks on each layer's attention output projection (`tvjax.torch_port.TaskVectorHook`)
 blend the heads at the last prompt token, and autograd runs through the whole model.
 Prompts, batches and data order are tvjax's own (same token ids, same
-`batch_indices`), so only the model computation differs from `tvjax.fit`.
+`batch_indices`), so only the model computation differs from `tvjax.fitting`.
 Dimension letters: B batch, T tokens, L layers, N heads, H head dim, V vocab.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from tvjax.batching import chunks, pad_left
-from tvjax.fit import FitConfig
+from tvjax.fitting import FitConfig
 from tvjax.train import batch_indices
 from tvjax.torch_port import Intervention, SaveInputsHook, TaskVectorHook, attention_outputs
 
@@ -69,7 +69,7 @@ class TorchPipeline:
         return step, theta, hook
 
     def fit(self, train, valid, mu: torch.Tensor, config: FitConfig = FitConfig()) -> torch.Tensor:
-        """`theta` `[L, N]` with the best validation loss, as `tvjax.fit` (first-token loss)."""
+        """`theta` `[L, N]` with the best validation loss, as `tvjax.fitting` (first-token loss)."""
         step, theta, hook = self.step_fn(mu, config)
         valid_batch, valid_targets = self.batch(valid), torch.tensor([p.answer[0] for p in valid])
 

@@ -14,13 +14,13 @@ except ImportError:  # e.g. a PyTorch-only environment reading task-vector files
 else:
     from tvjax.config import ModelConfig
     from tvjax.convert import CheckpointError, Model, UnsupportedArchitecture, load
-    from tvjax.generate import generate
+    from tvjax.generation import generate
     from tvjax.interventions import SITES, Edit, HeadBlend, Intervention, ResidualEdit
     from tvjax.model import KVCache, Output, forward, init_params
     from tvjax.data import Task, TaskError, Template, builtin_names, load_task
     from tvjax.extract import extract_means, extract_means_many, site_means
-    from tvjax.fit import FitConfig, FitResult, fit, fit_many
-    from tvjax.evaluate import Scores, evaluate, evaluate_many
+    from tvjax.fitting import FitConfig, FitResult, fit, fit_many
+    from tvjax.evaluation import Scores, evaluate, evaluate_many
     from tvjax.taskvector import TaskVector, TaskVectorError, load_task_vector, save_task_vector
     from tvjax.extractor import TaskVectorExtractor
     from tvjax.function_vectors import FunctionVectorConfig, function_vector_for

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from tvjax.compare import CompareConfig
-    from tvjax.fit import FitConfig
+    from tvjax.fitting import FitConfig
 
     from tvjax import __version__
 
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--shots", type=int, default=10)
     fit.add_argument("--n-prompts", type=int, default=50, help="ICL prompts averaged for the means")
     fit.add_argument("--template", default=None, help="prompt template with {input} and {output}")
-    add_config_flags(fit.add_argument_group("fitting (tvjax.fit.FitConfig)"), FitConfig())
+    add_config_flags(fit.add_argument_group("fitting (tvjax.fitting.FitConfig)"), FitConfig())
     fit.add_argument("--checkpoint-dir", default=None,
                      help="save Orbax checkpoints of the fit here (with --resume, default <out>/checkpoints/<task>)")
     fit.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (start one if there is none)")
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 # `tvjax compare`'s flags for each method's settings: CompareConfig field -> (help group title,
 # `add_config_flags` keywords)
 _METHOD_FLAGS = {
-    "fit": ("soft task vector (tvjax.fit.FitConfig)", {"help": {"steps": "training steps"}}),
+    "fit": ("soft task vector (tvjax.fitting.FitConfig)", {"help": {"steps": "training steps"}}),
     "function_vector": ("function vector (tvjax.function_vectors.FunctionVectorConfig)", {
         "prefix": "fv-", "aliases": {"k": ["--k"], "n_prompts": ["--fv-prompts"]},
         "help": {"k": "heads summed", "n_prompts": "shuffled-label prompts",
@@ -256,7 +256,7 @@ def cmd_fit(args) -> None:
     from tvjax.convert import DEFAULT_MODEL
     from tvjax.data import load_task
     from tvjax.extractor import TaskVectorExtractor, fit_together
-    from tvjax.fit import FitConfig
+    from tvjax.fitting import FitConfig
 
     tasks = [load_task(name.strip(), args.seed) for name in args.task.split(",") if name.strip()]  # before the model
     if len(tasks) > 1 and (args.resume or args.checkpoint_dir):
@@ -345,7 +345,7 @@ def _skipped(scores) -> str:
 def cmd_generate(args) -> None:
     import jax
 
-    from tvjax.generate import generate_text
+    from tvjax.generation import generate_text
 
     model, tv = _model_and_task_vector(args)
     if model.tokenizer is None:

@@ -2,14 +2,14 @@
 
 For each task: means of the heads and of the residual stream at the last token of the
 same ICL prompts (one pass), then each method is fitted on the train split (choices on
-the valid split) and scored on the test split by `tvjax.evaluate`:
+the valid split) and scored on the test split by `tvjax.evaluation`:
 
   zero_shot        the plain model
   icl              `shots`-shot prompts
   layer_patching   mean ICL residual state patched in at the best valid layer (Hendel et al. 2023)
   function_vector  top-k heads by indirect effect, summed, added at one layer (Todd et al. 2023)
   reinforce        hard head set searched by REINFORCE (Hojel et al. 2024; Huang et al. 2024)
-  task_vector      the soft task vector (`tvjax.fit`)
+  task_vector      the soft task vector (`tvjax.fitting`)
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tvjax.data import Task, Template, load_task
-from tvjax.evaluate import evaluate
+from tvjax.evaluation import evaluate
 from tvjax.extract import mean_prompts, site_means
-from tvjax.fit import FitConfig, fit
+from tvjax.fitting import FitConfig, fit
 from tvjax.function_vectors import FunctionVectorConfig, function_vector_for
 from tvjax.patching import layer_patch
 from tvjax.reinforce import ReinforceConfig, select_heads

@@ -14,9 +14,9 @@ from tvjax import __version__
 from tvjax.checkpoint import has_checkpoints
 from tvjax.convert import DEFAULT_MODEL, CheckpointError, Model, load
 from tvjax.data import Task, Template, load_task, prompts_for
-from tvjax.evaluate import Scores, evaluate, evaluate_many
+from tvjax.evaluation import Scores, evaluate, evaluate_many
 from tvjax.extract import extract_means, extract_means_many
-from tvjax.fit import FitConfig, FitResult, fit, fit_many
+from tvjax.fitting import FitConfig, FitResult, fit, fit_many
 from tvjax.interventions import HeadBlend
 from tvjax.report import BASELINES
 from tvjax.taskvector import load_task_vector, save_task_vector

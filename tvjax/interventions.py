@@ -155,7 +155,7 @@ def blend_heads(
 class RowBlend(NamedTuple):
     """Soft task vectors, one per row: row `b`'s heads blend with `theta[:, b]` and `mu[:, b]`.
 
-    How many tasks share one batch (`tvjax.fit.fit_many`): each row gathers its own task's
+    How many tasks share one batch (`tvjax.fitting.fit_many`): each row gathers its own task's
     vector (`RowBlend.gather`) and is edited exactly as that task's `HeadBlend` would edit it.
 
     Attributes:

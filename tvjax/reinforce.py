@@ -95,7 +95,7 @@ def select_heads(model, task: Task, mu, settings: ReinforceConfig = ReinforceCon
     """Search a hard head set on zero-shot train prompts; keep the one with the best validation objective.
 
     `mu` `[L, N, H]` may be None when resuming (the checkpoint's are used); `checkpoint_dir`,
-    `resume` and `run_info` as in `tvjax.fit.fit`: the search resumes exactly.
+    `resume` and `run_info` as in `tvjax.fitting.fit`: the search resumes exactly.
     """
     config, params, _ = model
     L, N = config.n_layers, config.n_heads

@@ -11,7 +11,7 @@ projection, whose input is the per-head site (`[B, T, N * H]`, head-major).
 
 At the last prompt token every head output `o` becomes `o + weight * (mu - o)`,
 `weight = sigmoid(theta)`, computed in float32 as in `tvjax.interventions.blend_heads`.
-As in `tvjax.generate`, only the prompt (the forward call that starts from an empty KV
+As in `tvjax.generation`, only the prompt (the forward call that starts from an empty KV
 cache) is edited, never the generated tokens. Dimension letters: B batch, T tokens,
 L layers, N heads, H head dim, D model width.
 

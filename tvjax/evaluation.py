@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from tvjax.batching import bucket_length, chunks, pad_id, pad_left
 from tvjax.data import Task, Template, prompts_for
-from tvjax.generate import generate, until_eos
+from tvjax.generation import generate, until_eos
 from tvjax.interventions import HeadBlend, Intervention, RowBlend
 
 

@@ -69,7 +69,7 @@ def test_best_theta_is_the_one_evaluated_at_best_step(tiny_lm, tiny_task, fitted
 
 
 def test_training_loop_compiles_once(tiny_lm, tiny_task, fitted):
-    from tvjax.fit import _train_step
+    from tvjax.fitting import _train_step
 
     mu, _ = fitted
     before = _train_step._cache_size()
@@ -118,7 +118,7 @@ def three_tasks(tiny_task):
 
 
 def test_many_tasks_fit_together_as_each_alone(tiny_lm, three_tasks):
-    from tvjax.evaluate import evaluate_many
+    from tvjax.evaluation import evaluate_many
     from tvjax.extract import extract_means_many
 
     settings = FitConfig(steps=12, eval_every=4, batch_size=4, learning_rate=0.2, all_answer_tokens=True)
