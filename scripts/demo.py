@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from tqdm.auto import tqdm
+
 import tvjax
 from tvjax.data import prompts_for
 from tvjax.extractor import METHODS, fit_tasks
@@ -30,16 +32,21 @@ def main() -> None:
     print(f"SmolLM2-135M-Instruct: {config.n_layers} layers x {config.n_heads} heads = "
           f"{config.n_layers * config.n_heads} task-vector parameters; loaded in {time.perf_counter() - start:.1f} s")
 
-    rows, timings = {}, {}
-    for tv, scores in fit_tasks(model, args.tasks.split(",")):
-        name, task = tv.task.name, tv.task
-        rows[name], timings[name] = {m: s.as_dict() for m, s in scores.items()}, tv.timings
-        print(f"\n{name} ({len(task.train)} train / {len(task.valid)} valid / {len(task.test)} test pairs): "
-              + ", ".join(f"{m} {100 * s.first_token:.0f}%" for m, s in scores.items()))
-        prompts, _ = prompts_for(model.tokenizer, task, "test", 0, limit=3)
-        ids = [p.ids for p in prompts]
-        for p, plain, steered in zip(prompts, generate_text(model, ids, 6), generate_text(model, ids, 6, tv.blend)):
-            print(f"    {p.pair[0]!r}: zero-shot {_line(plain)!r} -> with the task vector {_line(steered)!r}")
+    rows, timings, tasks = {}, {}, args.tasks.split(",")
+    # one bar over every task's phases (means, fit, three evaluations), with the time left
+    with tqdm(total=len(tasks) * (2 + len(METHODS)), desc="demo", unit="phase", disable=None) as bar:
+        for tv, scores in fit_tasks(model, tasks, progress=bar):
+            name, task = tv.task.name, tv.task
+            rows[name], timings[name] = {m: s.as_dict() for m, s in scores.items()}, tv.timings
+            lines = [f"\n{name} ({len(task.train)} train / {len(task.valid)} valid / {len(task.test)} test pairs): "
+                     + ", ".join(f"{m} {100 * s.first_token:.0f}%" for m, s in scores.items())]
+            prompts, _ = prompts_for(model.tokenizer, task, "test", 0, limit=3)
+            ids = [p.ids for p in prompts]
+            for p, plain, steered in zip(prompts, generate_text(model, ids, 6),
+                                         generate_text(model, ids, 6, tv.blend)):
+                lines.append(f"    {p.pair[0]!r}: zero-shot {_line(plain)!r} -> with the task vector "
+                             f"{_line(steered)!r}")
+            bar.write("\n".join(lines))
 
     print("\nTest-split accuracy, first token / exact match (%):\n")
     print(markdown_table(rows, METHODS))

@@ -55,6 +55,18 @@ def test_bad_input_exits_non_zero_with_a_message(tmp_path, capsys, tiny_lm, tiny
     assert "cannot be applied" in capsys.readouterr().err
 
 
+def test_eval_takes_the_task_the_task_vector_records(tmp_path, capsys, tiny_lm, tiny_lm_dir):
+    c = tiny_lm.config
+    arrays = np.zeros((c.n_layers, c.n_heads)), np.zeros((c.n_layers, c.n_heads, c.head_dim))
+    named = save_task_vector(tmp_path / "a.safetensors", *arrays, c, task="antonym")
+    assert main(["eval", "--model", str(tiny_lm_dir), "--tv", str(named), "--shots", "1", "--split", "valid",
+                 "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "antonym.eval.json").read_text())["task"] == "antonym"
+    unnamed = save_task_vector(tmp_path / "b.safetensors", *arrays, c)
+    assert main(["eval", "--model", str(tiny_lm_dir), "--tv", str(unnamed)]) == 2
+    assert "--task is needed (the task vector records none)" in capsys.readouterr().err
+
+
 def test_generate_queries_end_like_the_fitting_prompts(tmp_path, capsys, tiny_lm, tiny_lm_dir):
     c = tiny_lm.config
     tv = save_task_vector(tmp_path / "numbers.safetensors", np.zeros((c.n_layers, c.n_heads)),

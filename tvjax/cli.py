@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.set_defaults(run=cmd_fit)
 
     ev = sub.add_parser("eval", help="zero-shot, ICL and (with --tv) task-vector accuracy")
-    ev.add_argument("--task", required=True)
+    ev.add_argument("--task", default=None, help="default: the task the task vector records")
     ev.add_argument("--model", default=None, help=model_help + " (default: the one the task vector records)")
     ev.add_argument("--tv", default=None, help="a task-vector file from `tvjax fit`")
     ev.add_argument("--out", default="results", help="directory for <task>.eval.json and <task>.eval.csv")
@@ -310,7 +310,9 @@ def cmd_eval(args) -> None:
     model, tv_file = _model_and_task_vector(args)
     info = tv_file.info if tv_file else {}
     seed = info.get("seed", 0) if args.seed is None else args.seed
-    task = load_task(args.task, seed)
+    if args.task is None and "task" not in info:
+        raise ValueError("--task is needed" + (" (the task vector records none)" if args.tv else ""))
+    task = load_task(args.task or info["task"], seed)
     if info.get("task") not in (None, task.name):
         print(f"warning: the task vector was fitted on task {info['task']!r}, evaluating it on {task.name!r}",
               file=sys.stderr)

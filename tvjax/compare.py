@@ -14,7 +14,6 @@ the valid split) and scored on the test split by `tvjax.evaluation`:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import time
@@ -30,7 +29,7 @@ from tvjax.fitting import FitConfig, fit
 from tvjax.function_vectors import FunctionVectorConfig, function_vector_for
 from tvjax.patching import layer_patch
 from tvjax.reinforce import ReinforceConfig, select_heads
-from tvjax.report import BASELINES, LABELS, METHODS, markdown_table, seconds_table, shared_methods
+from tvjax.report import BASELINES, LABELS, METHODS, markdown_table, seconds_table, shared_methods, timed
 
 TASK_FORMATS = (".json", ".jsonl", ".csv", ".tsv")
 
@@ -46,18 +45,6 @@ class CompareConfig:
     fit: FitConfig = FitConfig()
     function_vector: FunctionVectorConfig = FunctionVectorConfig(sweep=True)
     reinforce: ReinforceConfig = ReinforceConfig()
-
-
-@contextlib.contextmanager
-def _timed(seconds: dict, name: str, progress=None):
-    """Time a phase into `seconds[name]`; a progress bar (if any) shows it, then counts it done."""
-    if progress is not None:
-        progress.set_postfix_str(name)
-    start = time.perf_counter()
-    yield
-    seconds[name] = round(time.perf_counter() - start, 2)
-    if progress is not None:
-        progress.update(1)
 
 
 def phases(methods) -> int:
@@ -78,17 +65,17 @@ def compare_task(model, task: Task, config: CompareConfig = CompareConfig(), met
     methods = check_methods(methods)
     seconds, rankings, chose, interventions = {}, {}, {}, dict.fromkeys(BASELINES)
     if any(m in _FITS for m in methods):
-        with _timed(seconds, "means", progress):
+        with timed(seconds, "means", progress):
             prompts = mean_prompts(model.tokenizer, task, n_prompts=config.n_prompts, shots=config.shots,
                                    seed=config.seed, template=config.template)
             means = site_means(model, prompts, ("heads", "resid"))
     for method in (m for m in methods if m in _FITS):
-        with _timed(seconds, f"fit_{method}", progress):
+        with timed(seconds, f"fit_{method}", progress):
             interventions[method], ranking, chose[method] = _FITS[method](model, task, means, config)
         rankings.update(ranking)
     scores = {}
     for method in methods:
-        with _timed(seconds, f"eval_{method}", progress):
+        with timed(seconds, f"eval_{method}", progress):
             scores[method] = evaluate(model, task, intervention=interventions[method], seed=config.seed,
                                       shots=config.shots if method == "icl" else 0, template=config.template,
                                       desc=f"{method} {task.name}").as_dict()

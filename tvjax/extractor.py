@@ -7,7 +7,6 @@ the functional API (`extract_means`, `fit`, `evaluate`, `save_task_vector`).
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections import Counter
 
 from tvjax import __version__
@@ -18,7 +17,7 @@ from tvjax.evaluation import Scores, evaluate, evaluate_many
 from tvjax.extract import extract_means, extract_means_many
 from tvjax.fitting import FitConfig, FitResult, fit, fit_many
 from tvjax.interventions import HeadBlend
-from tvjax.report import BASELINES
+from tvjax.report import BASELINES, timed
 from tvjax.taskvector import load_task_vector, save_task_vector
 
 
@@ -34,8 +33,9 @@ class TaskVectorExtractor:
 
     def __init__(self, model: Model | str | None = None, task: Task | str = "antonym", *, shots: int = 10,
                  n_prompts: int = 50, fit_config: FitConfig = FitConfig(), template: Template = Template(),
-                 seed: int = 0, model_name: str | None = None):
-        """`model_name` names a `Model` passed in (in saved files); by default its name or 'custom'."""
+                 seed: int = 0, model_name: str | None = None, progress=None):
+        """`model_name` names a `Model` passed in (in saved files); by default its name or 'custom'.
+        `progress`: a tqdm bar advanced once per phase (means, fit, each method's evaluation)."""
         self.model = model if isinstance(model, Model) else load(model)
         if self.model.tokenizer is None:
             raise CheckpointError("this checkpoint has no tokenizer; copy its tokenizer files (tokenizer.json, "
@@ -49,13 +49,13 @@ class TaskVectorExtractor:
         self.result: FitResult | None = None
         self.blend: HeadBlend | None = None
         self.timings: dict[str, float] = {}
+        self.progress = progress
 
     def extract_means(self):
         """Head means `[L, N, H]` from ICL prompts of the train split."""
-        start = time.perf_counter()
-        self.mu = extract_means(self.model, self.task, n_prompts=self.n_prompts, shots=self.shots,
-                                seed=self.seed, template=self.template)
-        self.timings["means"] = time.perf_counter() - start
+        with self._phase("means"):
+            self.mu = extract_means(self.model, self.task, n_prompts=self.n_prompts, shots=self.shots,
+                                    seed=self.seed, template=self.template)
         return self.mu
 
     def fit(self, checkpoint_dir=None, resume: bool = False) -> HeadBlend:
@@ -66,14 +66,13 @@ class TaskVectorExtractor:
         """
         if self.mu is None and not (resume and has_checkpoints(checkpoint_dir)):
             self.extract_means()
-        start = time.perf_counter()
-        self.result = fit(self.model, self.task, self.mu, self.fit_config, template=self.template,
-                          checkpoint_dir=checkpoint_dir, resume=resume,
-                          run_info={"model_name": self.model_name, "shots": self.shots,
-                                    "n_prompts": self.n_prompts, "seed": self.seed})
+        with self._phase("fit"):
+            self.result = fit(self.model, self.task, self.mu, self.fit_config, template=self.template,
+                              checkpoint_dir=checkpoint_dir, resume=resume,
+                              run_info={"model_name": self.model_name, "shots": self.shots,
+                                        "n_prompts": self.n_prompts, "seed": self.seed})
         self.mu = self.result.blend.mu
         self.blend = self.result.blend
-        self.timings["fit"] = time.perf_counter() - start
         return self.blend
 
     def evaluate(self, methods=None, split: str = "test") -> dict[str, Scores]:
@@ -84,11 +83,15 @@ class TaskVectorExtractor:
             raise ValueError("no task vector yet: call fit() or load() first")
         scores = {}
         for method in methods:
-            start = time.perf_counter()
-            scores[method] = evaluate(self.model, self.task, split=split, seed=self.seed, template=self.template,
-                                      desc=f"{method} {self.task.name}", **settings[method])
-            self.timings[f"eval_{method}"] = time.perf_counter() - start
+            with self._phase(f"eval_{method}"):
+                scores[method] = evaluate(self.model, self.task, split=split, seed=self.seed,
+                                          template=self.template, desc=f"{method} {self.task.name}",
+                                          **settings[method])
         return scores
+
+    def _phase(self, name: str):
+        """Time phase `name` into `timings`, shown on the progress bar as '<task> <phase>'."""
+        return timed(self.timings, name, self.progress, label=f"{self.task.name} {name}")
 
     def save(self, path, **extra):
         """Write the task vector file (arrays + metadata: model, task, hyperparameters, version)."""
@@ -119,9 +122,13 @@ METHODS = BASELINES + ("task_vector",)  # what `TaskVectorExtractor.evaluate` sc
 
 
 def fit_tasks(model: Model, tasks, *, methods=METHODS, **settings):
-    """For each task (name, path or Task): means, fit, evaluate. Yields `(extractor, scores)`."""
+    """For each task (name, path or Task): means, fit, evaluate. Yields `(extractor, scores)`.
+
+    `settings` go to `TaskVectorExtractor` (`progress`: a bar over `2 + len(methods)` phases per task).
+    """
     for task in tasks:
         tv = TaskVectorExtractor(model, task, **settings)
+        tv.extract_means()
         tv.fit()
         yield tv, tv.evaluate(methods)
 
@@ -137,23 +144,20 @@ def fit_together(model: Model, tasks, *, methods=METHODS, **settings) -> list[tu
     first = extractors[0]
     tasks = [tv.task for tv in extractors]
     timings: dict[str, float] = {}
-    start = time.perf_counter()
-    mus = extract_means_many(first.model, tasks, n_prompts=first.n_prompts, shots=first.shots, seed=first.seed,
-                             template=first.template)
-    timings["means"] = time.perf_counter() - start
-    start = time.perf_counter()
-    results = fit_many(first.model, tasks, mus, first.fit_config, template=first.template)
-    timings["fit"] = time.perf_counter() - start
+    with timed(timings, "means"):
+        mus = extract_means_many(first.model, tasks, n_prompts=first.n_prompts, shots=first.shots,
+                                 seed=first.seed, template=first.template)
+    with timed(timings, "fit"):
+        results = fit_many(first.model, tasks, mus, first.fit_config, template=first.template)
     for tv, result in zip(extractors, results):
         tv.mu, tv.result, tv.blend = result.blend.mu, result, result.blend
     settings = {"zero_shot": {}, "icl": {"shots": first.shots}, "task_vector": {"blends": [r.blend for r in results]}}
     scores = [{} for _ in tasks]
     for method in methods:
-        start = time.perf_counter()
-        for per_task, score in zip(scores, evaluate_many(first.model, tasks, seed=first.seed, template=first.template,
-                                                         **settings[method])):
-            per_task[method] = score
-        timings[f"eval_{method}"] = time.perf_counter() - start
+        with timed(timings, f"eval_{method}"):
+            for per_task, score in zip(scores, evaluate_many(first.model, tasks, seed=first.seed,
+                                                             template=first.template, **settings[method])):
+                per_task[method] = score
     for tv in extractors:
         tv.timings.update(timings)
     return list(zip(extractors, scores))

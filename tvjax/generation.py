@@ -49,8 +49,10 @@ def generate(
     """Greedy decoding.
 
     Args:
-      params, config: the model.
-      tokens: `[B, T]` left-padded prompts; mask: `[B, T]` bool (default: all real).
+      params: the model's params.
+      tokens: `[B, T]` left-padded prompts.
+      config: the model's config.
+      mask: `[B, T]` bool (default: all real).
       max_new_tokens: tokens to generate per prompt.
       intervention: optional intervention (`HeadBlend`, `ResidualEdit`, `Edit`, your own or a
         tuple of them), applied at the last prompt token only.

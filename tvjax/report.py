@@ -1,6 +1,10 @@
-"""Readable summaries of results: Markdown tables of scores and of seconds per task and method."""
+"""Readable summaries of results: Markdown tables of scores and of seconds per task and method,
+and the timing of phases (with a progress bar over them)."""
 
 from __future__ import annotations
+
+import contextlib
+import time
 
 BASELINES = ("zero_shot", "icl")  # scored without fitting anything: the plain model, `shots`-shot prompts
 # every method `tvjax compare` runs, in table order
@@ -50,3 +54,16 @@ def seconds_table(results: dict[str, dict]) -> str:
         lines.append(f"| {name} | {seconds.get('means', 0):.0f} | " + " | ".join(cell(seconds, m) for m in methods)
                      + " |")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def timed(seconds: dict, name: str, progress=None, label: str | None = None):
+    """Time a phase into `seconds[name]` (2 decimals); a tqdm bar (if any) shows `label` (default
+    `name`) while it runs, then counts it done."""
+    if progress is not None:
+        progress.set_postfix_str(label or name)
+    start = time.perf_counter()
+    yield
+    seconds[name] = round(time.perf_counter() - start, 2)
+    if progress is not None:
+        progress.update(1)
