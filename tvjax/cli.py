@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="zero-shot, ICL and (with --tv) task-vector accuracy")
     ev.add_argument("--task", default=None, help="default: the task the task vector records")
     ev.add_argument("--model", default=None, help=model_help + " (default: the one the task vector records)")
-    ev.add_argument("--tv", default=None, help="a task-vector file from `tvjax fit`")
+    ev.add_argument("--intervention", "--tv", dest="tv", default=None, metavar="FILE",
+                    help="an intervention file: a task vector from `tvjax fit`, or any kind `tvjax compare` writes")
     ev.add_argument("--out", default="results", help="directory for <task>.eval.json and <task>.eval.csv")
     ev.add_argument("--shots", type=int, default=10)
     ev.add_argument("--split", default="test", choices=("train", "valid", "test"))
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--prompt", help="raw prompt text")
     what.add_argument("--query", nargs="+", help="inputs written with the template, e.g. --query fast hot")
     gen.add_argument("--model", default=None, help=model_help + " (default: the one the task vector records)")
-    gen.add_argument("--tv", default=None, help="a task-vector file (applied at the last prompt token)")
+    gen.add_argument("--intervention", "--tv", dest="tv", default=None, metavar="FILE",
+                     help="an intervention file of any kind (applied at the last prompt token)")
     gen.add_argument("--max-new-tokens", type=int, default=16)
     gen.add_argument("--template", default=None, help="for --query (default: the task vector's)")
     _add_scale_flags(gen)
@@ -221,13 +223,14 @@ def _template(args, info: dict | None = None):
 
 
 def _model_and_task_vector(args):
-    """The model of `args` and the task vector of `--tv` (or None), checked against each other.
+    """The model of `args` and the intervention file of `--intervention` (or None), checked against
+    each other.
 
-    Without `--model`, the model is the one the task vector records (read before loading).
+    Without `--model`, the model is the one the file records (read before loading).
     """
-    from tvjax.taskvector import load_task_vector
+    from tvjax.taskvector import load_intervention
 
-    tv = load_task_vector(args.tv) if args.tv else None
+    tv = load_intervention(args.tv) if args.tv else None
     recorded = (tv.info if tv else {}).get("model")
     if args.model is None and recorded is not None:
         if recorded == "custom":
@@ -304,6 +307,7 @@ def cmd_eval(args) -> None:
 
     from tvjax.convert import DEFAULT_MODEL
     from tvjax.data import load_task
+    from tvjax.evaluation import evaluate
     from tvjax.extractor import TaskVectorExtractor
     from tvjax.report import markdown_table
 
@@ -317,11 +321,12 @@ def cmd_eval(args) -> None:
         print(f"warning: the task vector was fitted on task {info['task']!r}, evaluating it on {task.name!r}",
               file=sys.stderr)
     tv = TaskVectorExtractor(model, task, shots=args.shots, template=_template(args, info), seed=seed)
-    methods = list(BASELINES)
-    if args.tv:
-        tv.load(args.tv)
-        methods.append("task_vector")
-    scores = tv.evaluate(methods, split=args.split)
+    scores = tv.evaluate(BASELINES, split=args.split)
+    if tv_file is not None:  # scored under the method that made it (compare's files record it)
+        method = info.get("method", "task_vector")
+        scores[method] = evaluate(model, task, intervention=tv_file.intervention(), split=args.split, seed=seed,
+                                  template=tv.template, desc=method)
+    methods = list(scores)
     if jax.process_index() != 0:
         return
     table = {m: s.as_dict() for m, s in scores.items()}
@@ -356,7 +361,7 @@ def cmd_generate(args) -> None:
     # Queries end like the fitting prompts did (e.g. with the ' ' token before digits).
     prompts = [args.prompt] if args.prompt else [_template(args, info).query(q)[0] + info.get("lead", "")
                                                  for q in args.query]
-    texts = generate_text(model, prompts, args.max_new_tokens, intervention=tv.blend() if tv else None)
+    texts = generate_text(model, prompts, args.max_new_tokens, intervention=tv.intervention() if tv else None)
     if jax.process_index() != 0:
         return
     for prompt, text in zip(prompts, texts):
@@ -374,7 +379,8 @@ def cmd_compare(args) -> None:
     tasks = task_paths(args.tasks) if args.tasks else builtin_names()
     methods = check_methods(METHODS if args.methods is None else [m.strip() for m in args.methods.split(",")])
     config = compare_config(args)
-    results = compare(_load_model(args), tasks, args.out, config, methods, redo=args.redo)
+    results = compare(_load_model(args), tasks, args.out, config, methods, redo=args.redo,
+                      model_name=args.model or DEFAULT_MODEL)
     if jax.process_index() != 0:
         return
     paths = write_report(results, args.out, model=args.model or DEFAULT_MODEL, config=dataclasses.asdict(config))

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from tvjax import __version__
 from tvjax.data import Task, Template, load_task
 from tvjax.evaluation import evaluate
 from tvjax.extract import mean_prompts, site_means
@@ -30,6 +30,7 @@ from tvjax.function_vectors import FunctionVectorConfig, function_vector_for
 from tvjax.patching import layer_patch
 from tvjax.reinforce import ReinforceConfig, select_heads
 from tvjax.report import BASELINES, LABELS, METHODS, markdown_table, seconds_table, shared_methods, timed
+from tvjax.taskvector import save_intervention
 
 TASK_FORMATS = (".json", ".jsonl", ".csv", ".tsv")
 
@@ -54,13 +55,15 @@ def phases(methods) -> int:
 
 
 def compare_task(model, task: Task, config: CompareConfig = CompareConfig(), methods=METHODS, *,
-                 progress=None) -> dict:
+                 progress=None, save_to=None, model_name: str = "custom") -> dict:
     """Fit and score each of `methods` (default: all) on `task`.
 
     Returns a JSON-ready dict: `methods`, `scores[method]` (`Scores.as_dict()`, test split),
     `seconds` per phase (`means`, `fit_<method>`, `eval_<method>`), head `rankings` (`[L, N]`
     lists: soft weights, indirect effects, REINFORCE probabilities) and what each fitted
     method `chose` (layers, heads, best steps). `progress`: a tqdm bar advanced once per phase.
+    With `save_to`, each fitted intervention is saved as `<save_to>/<task>.<method>.safetensors`
+    (`tvjax.taskvector` format, read by `tvjax eval --intervention`), listed in `files`.
     """
     methods = check_methods(methods)
     seconds, rankings, chose, interventions = {}, {}, {}, dict.fromkeys(BASELINES)
@@ -79,8 +82,14 @@ def compare_task(model, task: Task, config: CompareConfig = CompareConfig(), met
             scores[method] = evaluate(model, task, intervention=interventions[method], seed=config.seed,
                                       shots=config.shots if method == "icl" else 0, template=config.template,
                                       desc=f"{method} {task.name}").as_dict()
+    files = {}
+    for method in (m for m in methods if m in _FITS and save_to is not None):
+        files[method] = str(save_intervention(
+            Path(save_to) / f"{task.name}.{method}.safetensors", interventions[method], model.config,
+            model=model_name, task=task.name, method=method, seed=config.seed, template=config.template.text,
+            shots=config.shots, chose=chose[method], scores=scores.get(method), tvjax_version=__version__))
     return {"task": task.name, "methods": list(methods), "scores": scores, "seconds": seconds, "rankings": rankings,
-            "chose": chose}
+            "chose": chose, "files": files}
 
 
 def check_methods(methods) -> tuple[str, ...]:
@@ -137,8 +146,9 @@ def task_paths(spec: str) -> list[str]:
 
 
 def compare(model, tasks: list[str], out, config: CompareConfig = CompareConfig(), methods=METHODS, *,
-            redo: bool = False, log=tqdm.write) -> dict[str, dict]:
-    """`compare_task` for each task, each result kept in `<out>/tasks/<task>.json` (reused unless `redo`).
+            redo: bool = False, log=tqdm.write, model_name: str = "custom") -> dict[str, dict]:
+    """`compare_task` for each task, each result kept in `<out>/tasks/<task>.json` (reused unless `redo`)
+    and each fitted intervention in `<out>/interventions/<task>.<method>.safetensors`.
 
     A progress bar (on a terminal) counts every task's phases, with the time left.
     """
@@ -155,7 +165,8 @@ def compare(model, tasks: list[str], out, config: CompareConfig = CompareConfig(
                 log(f"{task.name}: reusing {path}")
                 continue
             bar.set_description(f"compare {task.name}")
-            result = compare_task(model, task, config, methods, progress=bar)
+            result = compare_task(model, task, config, methods, progress=bar, model_name=model_name,
+                                  save_to=Path(out) / "interventions")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=1))
             results[task.name] = result

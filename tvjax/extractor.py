@@ -113,7 +113,7 @@ class TaskVectorExtractor:
         """Load a task vector file, checked against this model's shape."""
         tv = load_task_vector(path)
         tv.check(self.model.config)
-        self.blend = tv.blend()
+        self.blend = tv.intervention()
         self.mu = tv.mu
         return self.blend
 

@@ -1,9 +1,16 @@
-"""The task-vector file: safetensors arrays plus JSON metadata, readable without JAX.
+"""Intervention files: safetensors arrays plus JSON metadata, readable without JAX.
 
-One `.safetensors` file holds `theta` `[L, N]` (blend logits) and `mu` `[L, N, H]`
-(head means), float32; its header metadata holds `format`, `format_version`, the
-model's shape (`family`, `n_layers`, `n_heads`, `head_dim`, `d_model`) and free-form
-JSON `info` (model name, task, hyperparameters, scores, tvjax version).
+One `.safetensors` file holds one intervention, of one of two kinds:
+
+- `head_blend` (the soft task vector, and REINFORCE's hard head sets): `theta` `[L, N]`
+  (blend logits; `+inf` replaces a head by its mean exactly) and `mu` `[L, N, H]` (head means);
+- `residual_edit` (function vectors, ICL layer patches): `add` `[L, D]`, `target` `[L, D]`
+  and `weight` `[L]`, the arrays of `tvjax.ResidualEdit`.
+
+All float32. The header metadata holds `format`, `format_version`, `kind`, the model's shape
+(`family`, `n_layers`, `n_heads`, `head_dim`, `d_model`) and free-form JSON `info` (model
+name, task, method, hyperparameters, scores, tvjax version). Version 1 files (no `kind`) are
+head blends.
 """
 
 from __future__ import annotations
@@ -19,21 +26,33 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 FORMAT = "tvjax-task-vector"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SHAPE_KEYS = ("family", "n_layers", "n_heads", "head_dim", "d_model")
+KINDS = ("head_blend", "residual_edit")
+INFINITE_ALLOWED = ("theta",)  # +-inf theta: a head exactly replaced by its mean, or exactly untouched
+
+
+def array_shapes(kind: str, model: dict) -> dict[str, tuple[int, ...]]:
+    """The arrays a file of `kind` holds for a model of shape `model`, with their shapes."""
+    L, N, H, D = (model[k] for k in ("n_layers", "n_heads", "head_dim", "d_model"))
+    return {"head_blend": {"theta": (L, N), "mu": (L, N, H)},
+            "residual_edit": {"add": (L, D), "target": (L, D), "weight": (L,)}}[kind]
 
 
 class TaskVectorError(ValueError):
-    """A task-vector file that is unreadable, of another format, or made for another model."""
+    """An intervention file that is unreadable, of another format, or made for another model."""
 
 
 class TaskVector(NamedTuple):
+    """A `head_blend` file: the soft task vector or a hard head set."""
+
     theta: np.ndarray  # [L, N] blend logits
     mu: np.ndarray  # [L, N, H] head means
     model: dict  # the model shape it was fitted on (SHAPE_KEYS)
     info: dict  # free-form metadata
+    kind = "head_blend"
 
-    def blend(self):
+    def intervention(self):
         """As a `tvjax.HeadBlend` (imports JAX)."""
         from tvjax.interventions import HeadBlend
 
@@ -41,13 +60,38 @@ class TaskVector(NamedTuple):
 
     def check(self, config) -> None:
         """Raise `TaskVectorError` naming both shapes if `config` (a ModelConfig) differs."""
-        want = model_shape(config)
-        if self.model != want:
-            raise TaskVectorError(f"task vector made for model {self.model} cannot be applied to model {want}")
+        _check(self.model, config, self.kind)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write this task vector (arrays, model shape, info) to `path` with `save_task_vector`."""
+        """Write this task vector (arrays, model shape, info) to `path`."""
         return save_task_vector(path, self.theta, self.mu, SimpleNamespace(**self.model), **self.info)
+
+
+class ResidualVector(NamedTuple):
+    """A `residual_edit` file: a function vector (`add` at one layer) or a layer patch
+    (`target` with `weight` 1 at one layer); at the edited positions layer `l`'s output `x`
+    becomes `(1 - weight[l]) * x + weight[l] * target[l] + add[l]`."""
+
+    add: np.ndarray  # [L, D]
+    target: np.ndarray  # [L, D]
+    weight: np.ndarray  # [L]
+    model: dict
+    info: dict
+    kind = "residual_edit"
+
+    def intervention(self):
+        """As a `tvjax.ResidualEdit` (imports JAX)."""
+        from tvjax.interventions import ResidualEdit
+
+        return ResidualEdit(self.add, self.target, self.weight)
+
+    def check(self, config) -> None:
+        """Raise `TaskVectorError` naming both shapes if `config` (a ModelConfig) differs."""
+        _check(self.model, config, self.kind)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write this residual edit (arrays, model shape, info) to `path`."""
+        return save_residual_edit(path, self, SimpleNamespace(**self.model), **self.info)
 
 
 def model_shape(config) -> dict:
@@ -56,24 +100,60 @@ def model_shape(config) -> dict:
 
 def save_task_vector(path: str | os.PathLike, theta, mu, config, **info) -> Path:
     """Write `theta` `[L, N]` and `mu` `[L, N, H]` fitted on `config`'s model to `path` (atomically)."""
+    return _save(path, "head_blend", {"theta": theta, "mu": mu}, model_shape(config), info)
+
+
+def save_residual_edit(path: str | os.PathLike, edit, config, **info) -> Path:
+    """Write a `ResidualEdit` (or anything with `add`, `target`, `weight`) made on `config`'s model."""
+    return _save(path, "residual_edit", {k: getattr(edit, k) for k in ("add", "target", "weight")},
+                 model_shape(config), info)
+
+
+def save_intervention(path: str | os.PathLike, intervention, config, **info) -> Path:
+    """Write a `HeadBlend` or a `ResidualEdit` made on `config`'s model to `path`."""
+    if all(hasattr(intervention, k) for k in ("theta", "mu")):
+        return save_task_vector(path, intervention.theta, intervention.mu, config, **info)
+    if all(hasattr(intervention, k) for k in ("add", "target", "weight")):
+        return save_residual_edit(path, intervention, config, **info)
+    raise TaskVectorError(f"cannot save an intervention of type {type(intervention).__name__}: the file format holds a HeadBlend "
+                          f"(theta, mu) or a ResidualEdit (add, target, weight)")
+
+
+def load_intervention(path: str | os.PathLike) -> TaskVector | ResidualVector:
+    """Read an intervention file of either kind (`.kind` says which; `.intervention()` applies it)."""
+    kind, arrays, model, info = _read(Path(path))
+    if kind == "head_blend":
+        return TaskVector(arrays["theta"], arrays["mu"], model, info)
+    return ResidualVector(arrays["add"], arrays["target"], arrays["weight"], model, info)
+
+
+def load_task_vector(path: str | os.PathLike) -> TaskVector:
+    """Read a `head_blend` file (a soft task vector or a hard head set)."""
+    loaded = load_intervention(path)
+    if not isinstance(loaded, TaskVector):
+        raise TaskVectorError(f"{path} holds a {loaded.kind} (a function vector or a layer patch), not a task "
+                              f"vector; read it with tvjax.load_intervention")
+    return loaded
+
+
+def _save(path, kind: str, arrays: dict, model: dict, info: dict) -> Path:
     path = Path(path)
-    theta, mu = np.asarray(theta, np.float32), np.asarray(mu, np.float32)
-    shape = model_shape(config)
-    if theta.shape != (shape["n_layers"], shape["n_heads"]) or mu.shape != theta.shape + (shape["head_dim"],):
-        raise TaskVectorError(f"theta {theta.shape} / mu {mu.shape} do not fit model {shape}")
-    check_values(path, theta, mu)
-    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "model": json.dumps(shape),
+    arrays = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
+    want = array_shapes(kind, model)
+    if {k: v.shape for k, v in arrays.items()} != want:
+        raise TaskVectorError(f"{kind} arrays {_shapes(arrays)} do not fit model {model}, which needs {want}")
+    check_values(path, arrays)
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "kind": kind, "model": json.dumps(model),
                 "info": json.dumps(info, default=str)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
-    save_file({"theta": theta, "mu": mu}, str(tmp), metadata=metadata)
+    save_file(arrays, str(tmp), metadata=metadata)
     os.replace(tmp, path)
     return path
 
 
-def load_task_vector(path: str | os.PathLike) -> TaskVector:
-    """Read a task-vector file written by `save_task_vector`."""
-    path = Path(path)
+def _read(path: Path) -> tuple[str, dict, dict, dict]:
+    """`(kind, arrays, model, info)` of an intervention file, every check passed."""
     if not path.is_file():
         raise TaskVectorError(f"no task-vector file at {path}")
     try:
@@ -82,40 +162,57 @@ def load_task_vector(path: str | os.PathLike) -> TaskVector:
             arrays = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise TaskVectorError(f"{path} is not a readable task-vector file (truncated?): {e}") from e
-    if metadata.get("format") != FORMAT or {"theta", "mu"} - arrays.keys():
+    if metadata.get("format") != FORMAT:
         raise TaskVectorError(f"{path} is not a tvjax task vector (format {metadata.get('format')!r})")
     if int(metadata.get("format_version", 0)) > FORMAT_VERSION:
         raise TaskVectorError(f"{path} has format version {metadata['format_version']}; this tvjax reads up to "
                               f"{FORMAT_VERSION}: upgrade tvjax")
+    kind = metadata.get("kind", "head_blend")
+    if kind not in KINDS:
+        raise TaskVectorError(f"{path}: unknown kind {kind!r}; kinds: {', '.join(KINDS)}")
     model, info = (_json_entry(path, metadata, key) for key in ("model", "info"))
     missing = [k for k in SHAPE_KEYS if k not in model]
     if missing:
         raise TaskVectorError(f"{path}: the model metadata lacks {', '.join(missing)} (it has {sorted(model)}); "
-                              f"write the file with tvjax.save_task_vector")
-    theta, mu = arrays["theta"], arrays["mu"]
-    want = (model["n_layers"], model["n_heads"])
-    if theta.shape != want or mu.shape != want + (model["head_dim"],):
-        raise TaskVectorError(f"{path}: arrays theta {theta.shape}, mu {mu.shape} disagree with the model metadata "
-                              f"{model}, which needs theta {want}, mu {want + (model['head_dim'],)}")
-    check_values(path, theta, mu)
-    return TaskVector(theta, mu, model, info)
+                              f"write the file with tvjax.save_intervention")
+    want = array_shapes(kind, model)
+    if {k: v.shape for k, v in arrays.items()} != want:
+        raise TaskVectorError(f"{path}: {kind} arrays {_shapes(arrays)} disagree with the model metadata {model}, "
+                              f"which needs {_shapes(want)}")
+    check_values(path, arrays)
+    return kind, arrays, model, info
 
 
-def check_values(path, theta: np.ndarray, mu: np.ndarray) -> None:
-    """Refuse NaN anywhere and infinite means; theta may be +-inf (a hard head set: exactly the mean or
-    exactly the head)."""
-    for name, array, bad in (("theta", theta, np.isnan(theta)), ("mu", mu, ~np.isfinite(mu))):
+def check_values(path, arrays: dict[str, np.ndarray]) -> None:
+    """Refuse NaN anywhere and infinite values, except in theta, which may be +-inf (a hard head
+    set: exactly the mean or exactly the head)."""
+    for name, array in arrays.items():
+        bad = np.isnan(array) if name in INFINITE_ALLOWED else ~np.isfinite(array)
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise TaskVectorError(f"{path}: {name} has {int(bad.sum())} {'NaN' if name == 'theta' else 'non-finite'} "
-                                  f"value(s), the first at {where}; a task vector needs finite means and no NaN")
+            raise TaskVectorError(f"{path}: {name} has {int(bad.sum())} "
+                                  f"{'NaN' if name in INFINITE_ALLOWED else 'non-finite'} value(s), the first at "
+                                  f"{where}; an intervention needs finite values (theta may be +-inf) and no NaN")
+
+
+def _check(model: dict, config, kind: str) -> None:
+    want = model_shape(config)
+    if model != want:
+        raise TaskVectorError(f"{kind} made for model {model} cannot be applied to model {want}")
+
+
+def _shapes(arrays: dict) -> str:
+    """`theta (2, 3), mu (2, 3, 4)`: names in the kind's order (theta before mu), then any others."""
+    order = [k for kind in KINDS for k in array_shapes(kind, dict.fromkeys(SHAPE_KEYS, 0))]
+    names = sorted(arrays, key=lambda k: (order.index(k) if k in order else len(order), k))
+    return ", ".join(f"{k} {tuple(getattr(arrays[k], 'shape', arrays[k]))}" for k in names)
 
 
 def _json_entry(path: Path, metadata: dict, key: str) -> dict:
     """The metadata entry `key`, parsed as a JSON object."""
     if key not in metadata:
         raise TaskVectorError(f"{path}: the metadata lacks {key!r} (it has {sorted(metadata)}); "
-                              f"write the file with tvjax.save_task_vector")
+                              f"write the file with tvjax.save_intervention")
     try:
         value = json.loads(metadata[key])
     except json.JSONDecodeError as e:

@@ -1,16 +1,20 @@
-"""A tvjax task vector on a Hugging Face transformers PyTorch model (no JAX needed).
+"""tvjax interventions on a Hugging Face transformers PyTorch model (no JAX needed).
 
 Hooks in the style of PyTorch hook libraries: an `Intervention(targets, hook)` context
 manager registers a `Hook` on every target module (`register_forward_hook`) and calls it
 with the target's name; `SaveInputsHook` records what the targets receive;
-`TaskVectorHook` applies the soft task vector on each layer's attention output
-projection, whose input is the per-head site (`[B, T, N * H]`, head-major).
+`TaskVectorHook` applies a head blend (the soft task vector, a hard head set) on each
+layer's attention output projection, whose input is the per-head site (`[B, T, N * H]`,
+head-major); `ResidualHook` applies a residual edit (a function vector, a layer patch) on
+each decoder layer's output, the residual stream.
 
-    with apply_task_vector(hf_model, "antonym.safetensors"):
+    with apply_intervention(hf_model, "antonym.safetensors"):   # any kind of file
         out = hf_model.generate(ids, max_new_tokens=8, do_sample=False)
 
 At the last prompt token every head output `o` becomes `o + weight * (mu - o)`,
-`weight = sigmoid(theta)`, computed in float32 as in `tvjax.interventions.blend_heads`.
+`weight = sigmoid(theta)`, computed in float32 as in `tvjax.interventions.blend_heads`; a
+residual edit makes layer `l`'s output `x` into `(1 - weight[l]) * x + weight[l] *
+target[l] + add[l]`, as `tvjax.ResidualEdit` does.
 As in `tvjax.generation`, only the prompt (the forward call that starts from an empty KV
 cache) is edited, never the generated tokens. Dimension letters: B batch, T tokens,
 L layers, N heads, H head dim, D model width.
@@ -29,7 +33,7 @@ import torch
 
 from tvjax.config import ModelConfig
 from tvjax.convert.architectures import HF_ATTENTION_OUTPUTS, MODEL_TYPES, SUPPORTED, config_from_hf
-from tvjax.taskvector import TaskVector, TaskVectorError, load_task_vector
+from tvjax.taskvector import ResidualVector, TaskVector, TaskVectorError, load_intervention
 from tvjax.taskvector import model_shape as _shape
 
 # the KV cache keyword of Hugging Face forwards (renamed from `past_key_values` in transformers 5)
@@ -88,32 +92,17 @@ class SaveInputsHook(Hook):
         return self.inputs.get(name, [])
 
 
-class TaskVectorHook(Hook):
-    """The soft task vector on the attention output projections of `model`.
-
-    Edits the prompt forward only (the call whose KV cache, passed by keyword as
-    `generate` does, starts empty; a forward pre-hook on `model` checks it), at the
-    last token or at `at`. (`generate(..., use_cache=False)` reruns the whole sequence
-    each step, and each step's last token would be edited.)
-
-    Args:
-      model: a Hugging Face transformers model of a supported architecture.
-      weight: `[L, N]` blend weights (sigmoid of theta), in [0, 1].
-      mu: `[L, N, H]` head means.
-      at: optional `[B]` position to edit in each row (default: the last token).
+class PromptHook(Hook):
+    """A hook that edits the prompt forward only, at one position per row: the call whose KV
+    cache (passed by keyword, as `generate` does) starts empty, which a forward pre-hook on
+    `model` checks, at the last token or at `at` `[B]`. (`generate(..., use_cache=False)`
+    reruns the whole sequence each step, and each step's last token would be edited.)
+    Subclasses set `self.layer` (target name -> layer index) and implement `__call__`.
     """
 
-    def __init__(self, model: torch.nn.Module, weight, mu, at=None):
-        shape = model_shape(model.config)
-        self.model, self.n_heads = model, shape["n_heads"]
-        self.weight = torch.as_tensor(weight, dtype=torch.float32)
-        self.mu = torch.as_tensor(mu, dtype=torch.float32)
-        want = (shape["n_layers"], shape["n_heads"], shape["head_dim"])
-        if self.weight.shape != want[:2] or self.mu.shape != want:
-            raise TaskVectorError(f"got weight {tuple(self.weight.shape)}, mu {tuple(self.mu.shape)}; "
-                                  f"model {shape} needs weight {want[:2]}, mu {want}")
+    def __init__(self, model: torch.nn.Module, at=None):
+        self.model = model
         self.at = None if at is None else torch.as_tensor(at, dtype=torch.long)
-        self.layer = {name: l for l, name in enumerate(attention_outputs(model))}
         self.prefill = True
 
     def attach(self, targets):
@@ -124,14 +113,42 @@ class TaskVectorHook(Hook):
         cache = next((kwargs[k] for k in CACHE_KWARGS if kwargs.get(k) is not None), None)
         self.prefill = cache is None or cache.get_seq_length() == 0
 
+    def positions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(rows, at)`, each `[B]`: the edited position of each row of `x` `[B, T, ...]`."""
+        B, T = x.shape[:2]
+        rows = torch.arange(B, device=x.device)
+        return rows, torch.full((B,), T - 1, device=x.device) if self.at is None else self.at.to(x.device)
+
+
+class TaskVectorHook(PromptHook):
+    """A head blend (soft task vector, hard head set) on the attention output projections of `model`.
+
+    Args:
+      model: a Hugging Face transformers model of a supported architecture.
+      weight: `[L, N]` blend weights (sigmoid of theta), in [0, 1].
+      mu: `[L, N, H]` head means.
+      at: optional `[B]` position to edit in each row (default: the last token).
+    """
+
+    def __init__(self, model: torch.nn.Module, weight, mu, at=None):
+        super().__init__(model, at)
+        shape = model_shape(model.config)
+        self.n_heads = shape["n_heads"]
+        self.weight = torch.as_tensor(weight, dtype=torch.float32)
+        self.mu = torch.as_tensor(mu, dtype=torch.float32)
+        want = (shape["n_layers"], shape["n_heads"], shape["head_dim"])
+        if self.weight.shape != want[:2] or self.mu.shape != want:
+            raise TaskVectorError(f"got weight {tuple(self.weight.shape)}, mu {tuple(self.mu.shape)}; "
+                                  f"model {shape} needs weight {want[:2]}, mu {want}")
+        self.layer = {name: l for l, name in enumerate(attention_outputs(model))}
+
     def __call__(self, module, inputs, output, name):
         """Recompute the projection at the edited token from blended heads (`[B, T, D]` out)."""
         if not self.prefill:
             return None
         x = inputs[0]  # [B, T, N * H]
-        B, T, _ = x.shape
-        rows = torch.arange(B, device=x.device)
-        at = torch.full((B,), T - 1, device=x.device) if self.at is None else self.at.to(x.device)
+        B = x.shape[0]
+        rows, at = self.positions(x)
         l = self.layer[name]
         o = x[rows, at].reshape(B, self.n_heads, -1).float()  # [B, N, H]
         w = self.weight[l].to(x.device)[:, None]  # [N, 1]
@@ -140,6 +157,58 @@ class TaskVectorHook(Hook):
         output = output.clone()
         output[rows, at] = edited[:, 0]
         return output
+
+
+class ResidualHook(PromptHook):
+    """A residual edit (function vector, layer patch) on the decoder layers' outputs of `model`.
+
+    At the edited position layer `l`'s output `x` `[D]` becomes `(1 - weight[l]) * x +
+    weight[l] * target[l] + add[l]`, in float32; layers with `weight = 0` and `add = 0` are
+    not touched.
+
+    Args:
+      model: a Hugging Face transformers model of a supported architecture.
+      add: `[L, D]` vectors added.
+      target: `[L, D]` states patched in, with weight `weight`.
+      weight: `[L]`.
+      at: optional `[B]` position to edit in each row (default: the last token).
+    """
+
+    def __init__(self, model: torch.nn.Module, add, target, weight, at=None):
+        super().__init__(model, at)
+        shape = model_shape(model.config)
+        self.add, self.target, self.weight = (torch.as_tensor(a, dtype=torch.float32) for a in (add, target, weight))
+        L, D = shape["n_layers"], shape["d_model"]
+        got = tuple(tuple(a.shape) for a in (self.add, self.target, self.weight))
+        if got != ((L, D), (L, D), (L,)):
+            raise TaskVectorError(f"got add, target, weight of shapes {got}; model {shape} needs {(L, D)}, "
+                                  f"{(L, D)}, {(L,)}")
+        edited = (self.weight != 0) | (self.add != 0).any(-1)
+        self.layer = {name: l for l, name in enumerate(decoder_layers(model)) if edited[l]}
+
+    def targets(self) -> dict[str, torch.nn.Module]:
+        """The decoder layers this edit touches."""
+        return {name: module for name, module in decoder_layers(self.model).items() if name in self.layer}
+
+    def __call__(self, module, inputs, output, name):
+        if not self.prefill:
+            return None
+        hidden = output[0] if isinstance(output, tuple) else output  # [B, T, D]
+        rows, at = self.positions(hidden)
+        l = self.layer[name]
+        x = hidden[rows, at].float()
+        w = self.weight[l].to(x.device)
+        new = (1 - w) * x + w * self.target[l].to(x.device) + self.add[l].to(x.device)
+        hidden = hidden.clone()
+        hidden[rows, at] = new.to(hidden.dtype)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+def decoder_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Each decoder layer (its output is the residual stream), by qualified module name, in order."""
+    layers, _ = HF_ATTENTION_OUTPUTS[_model_config(model.config).family]
+    names = {module: name for name, module in model.named_modules()}
+    return {names[layer]: layer for layer in model.base_model.get_submodule(layers)}
 
 
 def attention_outputs(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -158,15 +227,20 @@ def model_shape(config) -> dict:
     return _shape(_model_config(config))
 
 
-def apply_task_vector(model: torch.nn.Module, task_vector: str | os.PathLike | TaskVector) -> Intervention:
-    """An `Intervention` applying a task vector (a file or a loaded `TaskVector`) to `model`.
+def apply_intervention(model: torch.nn.Module, intervention: str | os.PathLike | TaskVector | ResidualVector
+                       ) -> Intervention:
+    """An `Intervention` applying an intervention file of any kind (or a loaded one) to `model`:
+    a head blend on the attention output projections, a residual edit on the decoder layers.
 
     Raises `TaskVectorError` naming both shapes if it was made for another model.
     """
-    tv = task_vector if isinstance(task_vector, TaskVector) else load_task_vector(task_vector)
-    tv.check(_model_config(model.config))
-    weight = torch.sigmoid(torch.as_tensor(tv.theta, dtype=torch.float32))
-    return Intervention(attention_outputs(model), TaskVectorHook(model, weight, tv.mu))
+    loaded = intervention if isinstance(intervention, (TaskVector, ResidualVector)) else load_intervention(intervention)
+    loaded.check(_model_config(model.config))
+    if isinstance(loaded, ResidualVector):
+        hook = ResidualHook(model, loaded.add, loaded.target, loaded.weight)
+        return Intervention(hook.targets(), hook)
+    weight = torch.sigmoid(torch.as_tensor(loaded.theta, dtype=torch.float32))
+    return Intervention(attention_outputs(model), TaskVectorHook(model, weight, loaded.mu))
 
 
 def from_torch(weight, mu, model, **info) -> TaskVector:
