@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from tvjax.batching import bucket_length, chunks, pad_id, pad_left
 from tvjax.config import ModelConfig
 from tvjax.data import Prompt, Task, Template, prompts_for
+from tvjax.interventions import site_of
 from tvjax.model import forward
 from tvjax.sharding import constrain, on_mesh, put
 
@@ -25,7 +26,9 @@ def head_means(model, prompts: list[Prompt], batch_size: int = 8, desc: str = "m
 def site_means(model, prompts: list[Prompt], sites: tuple[str, ...] = ("heads",), batch_size: int = 8,
                desc: str = "means", groups=None) -> dict[str, np.ndarray]:
     """Mean of each site's value at each prompt's last token, in one pass: float32 `{site: [L, ...]}`
-    (heads `[L, N, H]`; attn, mlp, resid `[L, D]`; see `tvjax.interventions.SITES`).
+    (heads and q `[L, N, H]`, k and v `[L, K, H]`, mlp_hidden `[L, F]`, the residual sites, attn
+    and mlp `[L, D]`; see `tvjax.interventions.SITES`). `pattern` has no mean over prompts of
+    different lengths and is refused.
 
     With `groups` (`[P]` ints from 0, one per prompt, e.g. each prompt's task), the mean of
     each group from the same batched passes: `{site: [G, L, ...]}`. The prompts then go in
@@ -33,6 +36,10 @@ def site_means(model, prompts: list[Prompt], sites: tuple[str, ...] = ("heads",)
     prompts are not padded to long ones'; without groups every batch has one shape.
     """
     config, params, tokenizer = model
+    sites = tuple(dict.fromkeys(site_of(s) for s in sites))
+    if "pattern" in sites:
+        raise ValueError("site_means cannot average 'pattern': its key axis is as long as each prompt; capture it "
+                         "with tvjax.forward or tvjax.run_with_cache")
     group = np.zeros(len(prompts), int) if groups is None else np.asarray(groups)
     if groups is not None:
         order = np.argsort([len(p.ids) for p in prompts], kind="stable")
@@ -45,7 +52,7 @@ def site_means(model, prompts: list[Prompt], sites: tuple[str, ...] = ("heads",)
                                                disable=None)):
             length = shared or bucket_length(max(len(p.ids) for p in chunk))
             tokens, mask = put(pad_left([p.ids for p in chunk], pad_id(tokenizer), length), "BT")
-            values = _last_token_sites(params, tokens, mask, config=config, sites=tuple(sites))
+            values = _last_token_sites(params, tokens, mask, config=config, sites=sites)
             rows = group[i * batch_size:i * batch_size + real]
             for s in sites:
                 value = np.asarray(values[s][:real], np.float64)

@@ -11,12 +11,23 @@ The protocol (`Intervention`) is open: any pytree with a `site`, `check(config)`
 head replacement), `ResidualEdit` (function vectors, layer patching) and `Edit` (your
 function on a named site).
 
-Sites: the named places, in every layer, where interventions act and `forward` captures:
+Sites: the named places, in every layer, where interventions act and `forward` captures,
+in the order a layer computes them (TransformerLens hook names in brackets are accepted too):
 
-  heads  `[B, T, N, H]`  each head's attention output, before the output projection
-  attn   `[B, T, D]`     the attention block's output (after the output projection)
-  mlp    `[B, T, D]`     the MLP block's output
-  resid  `[B, T, D]`     the residual stream leaving the layer (the layer's output)
+  resid_pre   `[B, T, D]`     the residual stream entering the layer      (hook_resid_pre)
+  q           `[B, T, N, H]`  queries, before rotary embeddings           (attn.hook_q)
+  k, v        `[B, T, K, H]`  keys (before rotary) and values, per kv head (attn.hook_k, attn.hook_v)
+  pattern     `[B, T, N, S]`  attention probabilities of each query       (attn.hook_pattern)
+  heads       `[B, T, N, H]`  each head's output, before the output projection (attn.hook_z)
+  attn        `[B, T, D]`     the attention block's output                (hook_attn_out)
+  resid_mid   `[B, T, D]`     resid_pre + attn; the MLP's input stream    (hook_resid_mid)
+  mlp_hidden  `[B, T, F]`     the MLP's hidden activations                (mlp.hook_post)
+  mlp         `[B, T, D]`     the MLP block's output                      (hook_mlp_out)
+  resid       `[B, T, D]`     the residual stream leaving the layer       (hook_resid_post)
+
+In a parallel-residual model (GPT-NeoX) the MLP reads resid_pre, not resid_mid; an edit of
+resid_mid then reaches the layer's output but not the MLP. Edited k and v are what the KV
+cache keeps.
 
 An intervention edits its site at the edited positions (`edit_mask`, by default each
 row's last token) and leaves every other position as it was.
@@ -33,15 +44,36 @@ import jax.numpy as jnp
 
 from tvjax.config import ModelConfig
 
-SITES = ("heads", "attn", "mlp", "resid")
+SITES = ("resid_pre", "q", "k", "v", "pattern", "heads", "attn", "resid_mid", "mlp_hidden", "mlp", "resid")
+HOOK_NAMES = {"hook_resid_pre": "resid_pre", "attn.hook_q": "q", "attn.hook_k": "k", "attn.hook_v": "v",
+              "attn.hook_pattern": "pattern", "attn.hook_z": "heads", "hook_attn_out": "attn",
+              "hook_resid_mid": "resid_mid", "mlp.hook_post": "mlp_hidden", "hook_mlp_out": "mlp",
+              "hook_resid_post": "resid"}  # TransformerLens -> tvjax
+
+
+def site_of(name: str) -> str:
+    """The site a name means: a site itself, or a TransformerLens hook name without the layer."""
+    if not name:
+        raise ValueError(f"empty site name; sites: {', '.join(SITES)}")
+    site = HOOK_NAMES.get(name, name)
+    if site not in SITES:
+        raise ValueError(f"unknown site {name!r}; sites: {', '.join(SITES)} (or TransformerLens names: "
+                         f"{', '.join(HOOK_NAMES)})")
+    return site
+
+
+def parse_name(name: str) -> tuple[str, int | None]:
+    """`(site, layer)` of a site name (`layer` None: every layer) or a TransformerLens name with
+    its layer, `blocks.{l}.attn.hook_z` -> `('heads', l)`."""
+    parts = name.split(".", 2)
+    if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit():
+        return site_of(parts[2]), int(parts[1])
+    return site_of(name), None
 
 
 def check_site(site) -> None:
     """Raise a ValueError naming the known sites when `site` is not one of them."""
-    if not site:
-        raise ValueError(f"empty site name; sites: {', '.join(SITES)}")
-    if site not in SITES:
-        raise ValueError(f"unknown site {site!r}; sites: {', '.join(SITES)}")
+    site_of(site)
 
 
 class Intervention(Protocol):
@@ -260,7 +292,8 @@ def check_layer(config: ModelConfig, layer: int) -> None:
 class Edit:
     """Edit a named site with your own function, inside the jitted forward.
 
-    At edited positions the site's value `x` (`[B, T, ...]`, see `SITES`) of every layer
+    At edited positions the site's value `x` (`[B, T, ...]`, see `SITES`; a TransformerLens
+    hook name without the layer, such as `attn.hook_z`, names its site) of every layer
     becomes `fn(x, layer, data)` (its other positions are kept), where `layer` is the
     layer index (a traced int32 scalar) and `data` that layer's slice of `data` (a
     pytree whose leaves have a leading `L` axis, or None). `site` and `fn` are static:
@@ -273,6 +306,10 @@ class Edit:
     site: str
     fn: Callable
     data: Any = None
+
+    def __post_init__(self):
+        if self.site in HOOK_NAMES:  # a TransformerLens name: keep the site it means
+            object.__setattr__(self, "site", HOOK_NAMES[self.site])
 
     def check(self, config: ModelConfig) -> None:
         check_site(self.site)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from tvjax.config import ModelConfig
-from tvjax.interventions import Intervention, apply_at, as_interventions, check_site
+from tvjax.interventions import Intervention, apply_at, as_interventions, parse_name, site_of
 from tvjax.rope import apply_rope, inverse_frequencies
 from tvjax.sharding import constrain
 
@@ -61,8 +61,9 @@ class Output(NamedTuple):
     Attributes:
       logits: float32 `[B, T, V]`, or `[B, V]` when `logits_at` was given.
       captured: site name -> its value in every layer (None when nothing was captured):
-        `[B, L, ...]` at `capture_at`, else `[B, L, T, ...]` (heads `[B, L, N, H]`, attn / mlp /
-        resid `[B, L, D]` at `capture_at`).
+        `[B, L, ...]` at `capture_at`, else `[B, L, T, ...]` (at `capture_at`: heads and q
+        `[B, L, N, H]`, k and v `[B, L, K, H]`, pattern `[B, L, N, S]`, mlp_hidden `[B, L, F]`,
+        the others `[B, L, D]`).
       cache: the updated `KVCache` (None when none was passed).
     """
 
@@ -132,21 +133,25 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, attn_mask, edit_heads, kv, write_at):
+    def __call__(self, x, positions, attn_mask, edit, kv, write_at, pattern: bool = False):
         """
         Args:
           x: `[B, T, D]`.  positions: `[B, T]`.  attn_mask: `[B, T, S]` bool.
-          edit_heads: this layer's interventions on the head outputs, `[B, T, N, H] -> [B, T, N, H]`.
+          edit: `edit(site, value)`, this layer's interventions on a site (q, k, v, pattern, heads).
           kv: this layer's cached `(k, v)`, each `[B, S, K, H]`, or None (then S = T).
           write_at: int32 scalar, first cache slot to write.
+          pattern: whether the probabilities are edited or captured (static): only then are they
+            laid out as the `pattern` site `[B, T, N, S]`.
         Returns:
-          out `[B, T, D]`, heads `[B, T, N, H]` (after the edit), updated `(k, v)` or None.
+          out `[B, T, D]`, the sites `{q, k, v, heads[, pattern]}` (after their edits), updated
+          `(k, v)` or None.
         """
         c = self.config
         D, N, K, H, dt = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.jnp_dtype
-        q = Einsum((D, N, H), "BTD,DNH->BTNH", c.qkv_bias, dt, name="q")(x)
-        k = Einsum((D, K, H), "BTD,DKH->BTKH", c.qkv_bias, dt, name="k")(x)
-        v = Einsum((D, K, H), "BTD,DKH->BTKH", c.qkv_bias, dt, name="v")(x)
+        q = edit("q", Einsum((D, N, H), "BTD,DNH->BTNH", c.qkv_bias, dt, name="q")(x))
+        k = edit("k", Einsum((D, K, H), "BTD,DKH->BTKH", c.qkv_bias, dt, name="k")(x))
+        v = edit("v", Einsum((D, K, H), "BTD,DKH->BTKH", c.qkv_bias, dt, name="v")(x))
+        sites = {"q": q, "k": k, "v": v}
         if c.positions == "rope":
             inv_freq = inverse_frequencies(c)
             q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
@@ -160,10 +165,14 @@ class Attention(nn.Module):
         scores = scores / jnp.sqrt(jnp.float32(H))
         scores = jnp.where(attn_mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        if pattern:  # [B, K, G, T, S] <-> [B, T, N, S] (head n = k * G + g, as the heads)
+            S = probs.shape[-1]
+            sites["pattern"] = edit("pattern", probs.reshape(B, N, T, S).transpose(0, 2, 1, 3))
+            probs = sites["pattern"].transpose(0, 2, 1, 3).reshape(B, K, N // K, T, S)
         heads = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
-        heads = edit_heads(constrain(heads, "BTNH"))
+        sites["heads"] = heads = edit("heads", constrain(heads, "BTNH"))
         out = Einsum((N, H, D), "BTNH,NHD->BTD", c.out_bias, dt, name="o")(heads)
-        return out, heads, kv
+        return out, sites, kv
 
 
 class MLP(nn.Module):
@@ -172,7 +181,8 @@ class MLP(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, edit):
+        """`x` `[B, T, D]` -> `(out [B, T, D], hidden [B, T, F])`; `edit(site, value)` edits the hidden site."""
         c = self.config
         D, F, dt = c.d_model, c.mlp_dim, c.jnp_dtype
         act = _ACTIVATIONS[c.activation]
@@ -181,7 +191,8 @@ class MLP(nn.Module):
             h = act(Einsum((D, F), "BTD,DF->BTF", c.mlp_bias, dt, name="gate")(x)) * up
         else:
             h = act(up)
-        return Einsum((F, D), "BTF,FD->BTD", c.mlp_bias, dt, name="down")(constrain(h, "BTF"))
+        h = edit("mlp_hidden", constrain(h, "BTF"))
+        return Einsum((F, D), "BTF,FD->BTD", c.mlp_bias, dt, name="down")(h), h
 
 
 class LayerInputs(NamedTuple):
@@ -219,7 +230,8 @@ class Block(nn.Module):
     """One decoder layer; `nn.scan` feeds it one layer's params, interventions and cache.
 
     Attributes:
-      capture: site names (`tvjax.interventions.SITES`) whose values this layer returns.
+      capture: site names (`tvjax.interventions.SITES`) whose values this layer returns; none
+        captured and none edited compiles to the plain layer.
     """
 
     config: ModelConfig
@@ -237,13 +249,16 @@ class Block(nn.Module):
         """
         c = self.config
         edit = lambda site, value: apply_at(site, value, layer.interventions, layer.index, shared.edit_mask)
-        a, heads, kv = Attention(c, name="attn")(Norm(c, name="ln1")(x), shared.positions, shared.attn_mask,
-                                                 functools.partial(edit, "heads"), layer.kv, shared.write_at)
+        pattern = "pattern" in self.capture or any(i.site == "pattern" for i in layer.interventions)
+        x = edit("resid_pre", x)
+        a, sites, kv = Attention(c, name="attn")(Norm(c, name="ln1")(x), shared.positions, shared.attn_mask, edit,
+                                                 layer.kv, shared.write_at, pattern)
         a = edit("attn", a)
-        mlp_in = x if c.parallel_residual else x + a
-        m = edit("mlp", MLP(c, name="mlp")(Norm(c, name="ln2")(mlp_in)))
-        x = edit("resid", x + a + m)
-        sites = {"heads": heads, "attn": a, "mlp": m, "resid": x}
+        mid = edit("resid_mid", x + a)
+        m, hidden = MLP(c, name="mlp")(Norm(c, name="ln2")(x if c.parallel_residual else mid), edit)
+        m = edit("mlp", m)
+        sites.update(resid_pre=x, attn=a, resid_mid=mid, mlp_hidden=hidden, mlp=m)
+        sites["resid"] = x = edit("resid", mid + m)
         at = shared.capture_at
         captured = {s: sites[s] if at is None else sites[s][jnp.arange(x.shape[0]), at] for s in self.capture}
         return constrain(x, "BTD"), (captured, kv)
@@ -335,8 +350,9 @@ def forward(
         (your function on a named site), your own `tvjax.interventions.Intervention`, a tuple
         of them (applied in order), or None for the plain model.
       edit_mask: `[B, T]` bool, positions the intervention edits (default: the last position).
-      capture: site names (static; `tvjax.interventions.SITES`: heads, attn, mlp, resid) whose
-        values to return for every layer in `Output.captured` (default: heads when `capture_at`
+      capture: site names (static; `tvjax.interventions.SITES`, or TransformerLens names
+        without the layer) whose values to return for every layer in `Output.captured`
+        (default: heads when `capture_at`
         is given, else none). Sites are read after any intervention on them.
       capture_at: `[B]` int, capture at this position per row (default: every position).
       logits_at: `[B]` int, compute logits only at this position per row.
@@ -361,10 +377,31 @@ def forward(
 def _capture_sites(capture, capture_at) -> tuple[str, ...]:
     if capture is None:
         return ("heads",) if capture_at is not None else ()
-    sites = (capture,) if isinstance(capture, str) else tuple(capture)
-    for site in sites:
-        check_site(site)
-    return sites
+    return tuple(dict.fromkeys(site_of(name) for name in ((capture,) if isinstance(capture, str) else capture)))
+
+
+def run_with_cache(model, tokens, names, *, mask=None, intervention=None, capture_at=None):
+    """Logits and a name-indexed cache of activations, as TransformerLens' `run_with_cache`.
+
+    Args:
+      model: a loaded `Model` `(config, params, tokenizer)`.
+      tokens: `[B, T]` int token ids (left-padded with `mask`).
+      names: site names (`heads`, `pattern`, ... or TransformerLens names without the layer,
+        `attn.hook_z`): every layer, `[B, L, T, ...]`; or with the layer,
+        `blocks.{l}.attn.hook_z`: that layer, `[B, T, ...]`.
+      mask: `[B, T]` bool (default: all real).
+      intervention: applied as in `forward` (captured values are read after it).
+      capture_at: `[B]` int: every value at this position per row only (drops the `T` axis).
+    Returns:
+      `(logits [B, T, V], {name: value})`, one forward pass for all names.
+    """
+    config, params = model[0], model[1]
+    parsed = {name: parse_name(name) for name in names}
+    out = forward(params, jnp.asarray(tokens), config=config, mask=None if mask is None else jnp.asarray(mask),
+                  intervention=intervention, capture=tuple(dict.fromkeys(s for s, _ in parsed.values())),
+                  capture_at=capture_at)
+    return out.logits, {name: out.captured[site] if layer is None else out.captured[site][:, layer]
+                        for name, (site, layer) in parsed.items()}
 
 
 def _check_tokens(tokens, mask, edit_mask) -> tuple[int, int]:
