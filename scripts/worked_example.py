@@ -34,7 +34,8 @@ def main(argv=None) -> dict:
                                    fit_config=tvjax.FitConfig(steps=args.steps))
     tv.fit()
     path = tv.save(out / f"{args.task}.safetensors")
-    print(f"saved {path}; test split: {tv.evaluate(('zero_shot', 'task_vector'))}")
+    scores = tv.evaluate(("zero_shot", "task_vector"))
+    print(f"saved {path}; test split: {scores}")
 
     # 2. Where it lives: sigmoid(theta), one weight per head, as a layers x heads map.
     weights = 1 / (1 + np.exp(-np.asarray(tv.blend.theta, np.float64)))  # [L, N]
@@ -73,7 +74,7 @@ def main(argv=None) -> dict:
     answer = model.tokenizer.decode(new[0, ids.shape[1]:], skip_special_tokens=True)
     ours = generate_text(model, [query], 5, tv.blend)[0]
     print(f"{pair[0]!r} -> PyTorch {answer!r}, tvjax {ours!r} (target {pair[1]!r})")
-    return {"file": path, "top_heads": top, "pytorch": answer, "tvjax": ours}
+    return {"file": path, "scores": scores, "top_heads": top, "pytorch": answer, "tvjax": ours}
 
 
 def pattern_plot(rows: np.ndarray, words: list[str], heads: list[tuple[int, int]], path: Path) -> Path:

