@@ -222,7 +222,7 @@ def _template(args, info: dict | None = None):
     return Template(args.template.replace("\\n", "\n").replace("\\t", "\t"))  # shell-typed \n
 
 
-def _model_and_task_vector(args):
+def _model_and_intervention(args):
     """The model of `args` and the intervention file of `--intervention` (or None), checked against
     each other.
 
@@ -311,7 +311,7 @@ def cmd_eval(args) -> None:
     from tvjax.extractor import TaskVectorExtractor
     from tvjax.report import markdown_table
 
-    model, tv_file = _model_and_task_vector(args)
+    model, tv_file = _model_and_intervention(args)
     info = tv_file.info if tv_file else {}
     seed = info.get("seed", 0) if args.seed is None else args.seed
     if args.task is None and "task" not in info:
@@ -354,7 +354,7 @@ def cmd_generate(args) -> None:
 
     from tvjax.generation import generate_text
 
-    model, tv = _model_and_task_vector(args)
+    model, tv = _model_and_intervention(args)
     if model.tokenizer is None:
         raise ValueError("this checkpoint has no tokenizer; copy its tokenizer files into the checkpoint directory")
     info = tv.info if tv else {}

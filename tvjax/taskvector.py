@@ -141,7 +141,7 @@ def _save(path, kind: str, arrays: dict, model: dict, info: dict) -> Path:
     arrays = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
     want = array_shapes(kind, model)
     if {k: v.shape for k, v in arrays.items()} != want:
-        raise TaskVectorError(f"{kind} arrays {_shapes(arrays)} do not fit model {model}, which needs {want}")
+        raise TaskVectorError(f"{kind} arrays {_shapes(arrays, want)} do not fit model {model}, which needs {want}")
     check_values(path, arrays)
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "kind": kind, "model": json.dumps(model),
                 "info": json.dumps(info, default=str)}
@@ -177,8 +177,8 @@ def _read(path: Path) -> tuple[str, dict, dict, dict]:
                               f"write the file with tvjax.save_intervention")
     want = array_shapes(kind, model)
     if {k: v.shape for k, v in arrays.items()} != want:
-        raise TaskVectorError(f"{path}: {kind} arrays {_shapes(arrays)} disagree with the model metadata {model}, "
-                              f"which needs {_shapes(want)}")
+        raise TaskVectorError(f"{path}: {kind} arrays {_shapes(arrays, want)} disagree with the model metadata {model}, "
+                              f"which needs {_shapes(want, want)}")
     check_values(path, arrays)
     return kind, arrays, model, info
 
@@ -201,10 +201,9 @@ def _check(model: dict, config, kind: str) -> None:
         raise TaskVectorError(f"{kind} made for model {model} cannot be applied to model {want}")
 
 
-def _shapes(arrays: dict) -> str:
-    """`theta (2, 3), mu (2, 3, 4)`: names in the kind's order (theta before mu), then any others."""
-    order = [k for kind in KINDS for k in array_shapes(kind, dict.fromkeys(SHAPE_KEYS, 0))]
-    names = sorted(arrays, key=lambda k: (order.index(k) if k in order else len(order), k))
+def _shapes(arrays: dict, want: dict) -> str:
+    """`theta (2, 3), mu (2, 3, 4)`: the arrays in `want`'s order (the kind's), then any others."""
+    names = [k for k in want if k in arrays] + sorted(set(arrays) - set(want))
     return ", ".join(f"{k} {tuple(getattr(arrays[k], 'shape', arrays[k]))}" for k in names)
 
 

@@ -184,11 +184,9 @@ class ResidualHook(PromptHook):
             raise TaskVectorError(f"got add, target, weight of shapes {got}; model {shape} needs {(L, D)}, "
                                   f"{(L, D)}, {(L,)}")
         edited = (self.weight != 0) | (self.add != 0).any(-1)
-        self.layer = {name: l for l, name in enumerate(decoder_layers(model)) if edited[l]}
-
-    def targets(self) -> dict[str, torch.nn.Module]:
-        """The decoder layers this edit touches."""
-        return {name: module for name, module in decoder_layers(self.model).items() if name in self.layer}
+        layers = list(decoder_layers(model).items())
+        self.layer = {name: l for l, (name, _) in enumerate(layers) if edited[l]}
+        self.targets = {name: module for name, module in layers if name in self.layer}  # the layers it touches
 
     def __call__(self, module, inputs, output, name):
         if not self.prefill:
@@ -216,10 +214,8 @@ def attention_outputs(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
     `model`: a Hugging Face model (with or without LM head) of a supported architecture.
     """
-    layers, path = HF_ATTENTION_OUTPUTS[_model_config(model.config).family]
-    names = {module: name for name, module in model.named_modules()}
-    projections = [layer.get_submodule(path) for layer in model.base_model.get_submodule(layers)]
-    return {names[p]: p for p in projections}
+    path = HF_ATTENTION_OUTPUTS[_model_config(model.config).family][1]
+    return {f"{name}.{path}": layer.get_submodule(path) for name, layer in decoder_layers(model).items()}
 
 
 def model_shape(config) -> dict:
@@ -238,7 +234,7 @@ def apply_intervention(model: torch.nn.Module, intervention: str | os.PathLike |
     loaded.check(_model_config(model.config))
     if isinstance(loaded, ResidualVector):
         hook = ResidualHook(model, loaded.add, loaded.target, loaded.weight)
-        return Intervention(hook.targets(), hook)
+        return Intervention(hook.targets, hook)
     weight = torch.sigmoid(torch.as_tensor(loaded.theta, dtype=torch.float32))
     return Intervention(attention_outputs(model), TaskVectorHook(model, weight, loaded.mu))
 
