@@ -31,6 +31,15 @@ TINY_CONFIGS = {
     "llama_bias": lambda: transformers.LlamaConfig(**_LLAMA, attention_bias=True, mlp_bias=True),
     "mistral": lambda: transformers.MistralConfig(**_LLAMA, sliding_window=7),
     "qwen2": lambda: transformers.Qwen2Config(**_LLAMA),
+    "qwen3": lambda: transformers.Qwen3Config(**_LLAMA, head_dim=24),  # head_dim != hidden / heads
+    # Windows shorter than the tests' prompts; soft caps small enough to bite on random weights.
+    "gemma2": lambda: transformers.Gemma2Config(**_LLAMA, head_dim=16, query_pre_attn_scalar=24, sliding_window=5,
+                                                attn_logit_softcapping=1.5, final_logit_softcapping=4.0),
+    "gemma3": lambda: transformers.Gemma3TextConfig(
+        **{**_LLAMA, "num_hidden_layers": 4}, head_dim=16, query_pre_attn_scalar=20, sliding_window=5,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 50.0},
+                         "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}}),
     "gpt2": lambda: transformers.GPT2Config(vocab_size=V, n_embd=64, n_layer=3, n_head=4, n_positions=128,
                                             bos_token_id=1, eos_token_id=2),
     "gpt_neox": lambda: transformers.GPTNeoXConfig(vocab_size=V, hidden_size=64, intermediate_size=96,

@@ -18,20 +18,24 @@ def _tokens(config, B=2, T=9):
 
 
 # Where each family's PyTorch modules hold the sites: the layer stack, q / k / v (or the fused
-# projection), the attention output projection (input: heads, output: attn), the MLP and its down
+# projection), the attention output projection (input: heads), the module whose output is attn (the
+# projection, or Gemma's post-attention norm), the one whose output is mlp, and the MLP's down
 # projection (input: mlp_hidden).
+_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 TORCH_PATHS = {
-    "llama": ("model.layers", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn.o_proj",
-              "mlp", "mlp.down_proj"),
-    "gpt2": ("transformer.h", "attn.c_attn", "attn.c_proj", "mlp", "mlp.c_proj"),
-    "gpt_neox": ("gpt_neox.layers", "attention.query_key_value", "attention.dense", "mlp", "mlp.dense_4h_to_h"),
+    "llama": ("model.layers", _QKV, "self_attn.o_proj", "self_attn.o_proj", "mlp", "mlp.down_proj"),
+    "gpt2": ("transformer.h", "attn.c_attn", "attn.c_proj", "attn.c_proj", "mlp", "mlp.c_proj"),
+    "gpt_neox": ("gpt_neox.layers", "attention.query_key_value", "attention.dense", "attention.dense", "mlp",
+                 "mlp.dense_4h_to_h"),
+    "gemma3": ("model.layers", _QKV, "self_attn.o_proj", "post_attention_layernorm", "post_feedforward_layernorm",
+               "mlp.down_proj"),
 }
 TORCH_PATHS["qwen2"] = TORCH_PATHS["llama"]
 
 
 def _torch_sites(hf, family, config, tokens) -> dict[str, np.ndarray]:
     """Every site of every layer, `[B, L, T, ...]`, read from PyTorch hooks on the transformers model."""
-    layers_path, qkv, o, mlp, down = TORCH_PATHS[family]
+    layers_path, qkv, o, attn, mlp, down = TORCH_PATHS[family]
     saved, handles = {}, []
 
     def keep(site, value):
@@ -43,7 +47,7 @@ def _torch_sites(hf, family, config, tokens) -> dict[str, np.ndarray]:
                                             with_kwargs=True),
             layer.register_forward_hook(lambda m, i, out: keep("resid", out[0] if isinstance(out, tuple) else out)),
             layer.get_submodule(o).register_forward_pre_hook(lambda m, i: keep("heads", i[0])),
-            layer.get_submodule(o).register_forward_hook(lambda m, i, out: keep("attn", out)),
+            layer.get_submodule(attn).register_forward_hook(lambda m, i, out: keep("attn", out)),
             layer.get_submodule(mlp).register_forward_hook(lambda m, i, out: keep("mlp", out)),
             layer.get_submodule(down).register_forward_hook(lambda m, i, out: keep("mlp_hidden", i[0]))]
         if isinstance(qkv, tuple):

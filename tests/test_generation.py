@@ -20,7 +20,8 @@ def _hf_generate(hf, prompt, n):
     return out[0, len(prompt):].numpy()
 
 
-@pytest.mark.parametrize("family", ["llama", "llama3_tied", "mistral", "qwen2", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("family", ["llama", "llama3_tied", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gpt2",
+                                    "gpt_neox"])
 def test_greedy_generation_matches_transformers(tiny_models, family):
     hf, (config, params, _), _ = tiny_models(family)
     prompt = RNG.integers(3, config.vocab_size, size=6).tolist()

@@ -15,13 +15,13 @@ RNG = np.random.default_rng(0)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_logits_match_transformers(tiny_models, family):
     hf, (config, params, _), _ = tiny_models(family)
-    tokens = RNG.integers(3, config.vocab_size, size=(2, 21))  # longer than Mistral's window of 7
+    tokens = RNG.integers(3, config.vocab_size, size=(2, 21))  # longer than the windows (Mistral 7, Gemma 5)
     out = tvjax.forward(params, jnp.asarray(tokens), config=config)
     assert out.logits.shape == (2, 21, config.vocab_size)
     assert_logits_close(out.logits, hf_logits(hf, tokens))
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "qwen3", "gemma2", "gemma3"])
 def test_left_padded_batch_equals_each_prompt_alone(tiny_models, family):
     _, (config, params, _), _ = tiny_models(family)
     prompts = [RNG.integers(3, config.vocab_size, size=n).tolist() for n in (5, 17, 11)]

@@ -23,10 +23,16 @@ class ModelConfig:
     """Architecture of a decoder-only transformer; differences are fields, not classes.
 
     Attributes:
-      family: weight-naming family the checkpoint came from ('llama', 'gpt2', 'gpt_neox').
+      family: weight-naming family the checkpoint came from: 'llama' (also Mistral, Qwen2/3 and
+        Gemma 2/3), 'gpt2' or 'gpt_neox'.
       vocab_size: V.  d_model: D.  n_layers: L.  n_heads: N.  n_kv_heads: K.
       head_dim: H.  mlp_dim: F.
       norm: 'rms' (RMSNorm, no bias) or 'layer' (LayerNorm with bias).
+      norm_plus_one: RMSNorm scales by `1 + weight`, multiplied in float32 before the cast (Gemma).
+      post_norms: a norm on the attention and the MLP outputs before each joins the residual
+        (Gemma 2/3's sandwich norms); the `attn` and `mlp` sites are read after them.
+      qk_norm: RMSNorm over each head's `H` dims on queries and keys, before rotary (Qwen3, Gemma 3).
+      embed_scale: token embeddings are multiplied by `sqrt(d_model)` in the model dtype (Gemma).
       activation: MLP nonlinearity; 'gelu_new' is the tanh approximation.
       gated_mlp: SwiGLU-style `down(act(gate(x)) * up(x))` instead of `down(act(up(x)))`.
       qkv_bias / out_bias / mlp_bias: which projections carry a bias.
@@ -36,7 +42,16 @@ class ModelConfig:
       rope_theta: rotary base.  rotary_dim: leading dims of each head that rotate (partial rotary).
       rope_scaling: Hugging Face rope scaling dict as sorted (key, value) pairs; supported
         rope types: 'default', 'linear', 'llama3'.
-      sliding_window: keys further back than this many positions are masked (Mistral).
+      sliding_window: keys further back than this many positions are masked (Mistral: every
+        layer; with `local_layers`, only those layers).
+      local_layers: per layer, whether it is a sliding-window (local) layer; empty: every layer
+        alike (Gemma 2 alternates, Gemma 3 has five local layers to one global).
+      local_rope_theta: rotary base of the local layers, without rope scaling (Gemma 3); None:
+        every layer uses `rope_theta` and `rope_scaling`.
+      query_pre_attn_scalar: attention scores are scaled by `query_pre_attn_scalar ** -0.5`
+        instead of `head_dim ** -0.5` (Gemma).
+      attn_softcap / logit_softcap: `cap * tanh(x / cap)` on the attention scores / the
+        final logits (Gemma 2); None: no capping.
       tie_embeddings: the LM head is the transposed token embedding.
       dtype: parameter and activation dtype ('float32' or 'bfloat16'); norms, softmax,
         blend math and logits are float32.
@@ -54,6 +69,10 @@ class ModelConfig:
     mlp_dim: int
     norm: str = "rms"
     norm_eps: float = 1e-5
+    norm_plus_one: bool = False
+    post_norms: bool = False
+    qk_norm: bool = False
+    embed_scale: bool = False
     activation: str = "silu"
     gated_mlp: bool = True
     qkv_bias: bool = False
@@ -66,6 +85,11 @@ class ModelConfig:
     rotary_dim: int | None = None
     rope_scaling: tuple = ()
     sliding_window: int | None = None
+    local_layers: tuple[bool, ...] = ()
+    local_rope_theta: float | None = None
+    query_pre_attn_scalar: float | None = None
+    attn_softcap: float | None = None
+    logit_softcap: float | None = None
     tie_embeddings: bool = True
     dtype: str = "float32"
     remat: str | None = None
@@ -90,6 +114,13 @@ class ModelConfig:
             )
         if self.rotary_dim is not None and (self.rotary_dim % 2 or self.rotary_dim > self.head_dim):
             raise ValueError(f"rotary_dim={self.rotary_dim} must be even and <= head_dim={self.head_dim}")
+        if self.local_layers and (len(self.local_layers) != self.n_layers or self.sliding_window is None):
+            raise ValueError(f"local_layers needs one flag per layer ({self.n_layers}) and a sliding_window, "
+                             f"got {len(self.local_layers)} flags and sliding_window={self.sliding_window}")
+        if self.local_rope_theta is not None and not self.local_layers:
+            raise ValueError("local_rope_theta needs local_layers (which layers are local)")
+        if self.norm_plus_one and self.norm != "rms":
+            raise ValueError("norm_plus_one applies to RMSNorm only (norm='rms')")
 
     @property
     def rope_dim(self) -> int:

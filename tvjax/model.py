@@ -108,19 +108,28 @@ class Einsum(nn.Module):
 
 
 class Norm(nn.Module):
-    """RMSNorm or LayerNorm over `D`, computed in float32 (`[..., D] -> [..., D]`)."""
+    """RMSNorm or LayerNorm over the last axis, computed in float32 (`[..., D] -> [..., D]`).
+
+    Attributes:
+      axis: the normalised dimension's letter: `D` (the residual stream) or `H` (q/k norms).
+    """
 
     config: ModelConfig
+    axis: str = "D"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.config
-        scale = _param(self, "scale", nn.initializers.ones, (c.d_model,), c.jnp_dtype, "D")
+        size = {"D": c.d_model, "H": c.head_dim}[self.axis]
+        init = nn.initializers.zeros if c.norm_plus_one else nn.initializers.ones
+        scale = _param(self, "scale", init, (size,), c.jnp_dtype, self.axis)
         x32 = x.astype(jnp.float32)
         if c.norm == "rms":
             y = x32 * jax.lax.rsqrt(jnp.mean(x32**2, axis=-1, keepdims=True) + c.norm_eps)
+            if c.norm_plus_one:  # Gemma: (1 + w) multiplied in float32, then cast
+                return (y * (1 + scale.astype(jnp.float32))).astype(x.dtype)
             return scale * y.astype(x.dtype)
-        bias = _param(self, "bias", nn.initializers.zeros, (c.d_model,), c.jnp_dtype, "D")
+        bias = _param(self, "bias", nn.initializers.zeros, (size,), c.jnp_dtype, self.axis)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean((x32 - mean) ** 2, axis=-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + c.norm_eps)
@@ -133,15 +142,16 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, attn_mask, edit, kv, write_at, pattern: bool = False):
+    def __call__(self, x, positions, attn_mask, edit, kv, write_at, pattern: bool = False, local=None):
         """
         Args:
-          x: `[B, T, D]`.  positions: `[B, T]`.  attn_mask: `[B, T, S]` bool.
+          x: `[B, T, D]`.  positions: `[B, T]`.  attn_mask: `[B, T, S]` bool (this layer's).
           edit: `edit(site, value)`, this layer's interventions on a site (q, k, v, pattern, heads).
           kv: this layer's cached `(k, v)`, each `[B, S, K, H]`, or None (then S = T).
           write_at: int32 scalar, first cache slot to write.
           pattern: whether the probabilities are edited or captured (static): only then are they
             laid out as the `pattern` site `[B, T, N, S]`.
+          local: bool scalar, this is a sliding-window layer (with `config.local_rope_theta`).
         Returns:
           out `[B, T, D]`, the sites `{q, k, v, heads[, pattern]}` (after their edits), updated
           `(k, v)` or None.
@@ -152,8 +162,12 @@ class Attention(nn.Module):
         k = edit("k", Einsum((D, K, H), "BTD,DKH->BTKH", c.qkv_bias, dt, name="k")(x))
         v = edit("v", Einsum((D, K, H), "BTD,DKH->BTKH", c.qkv_bias, dt, name="v")(x))
         sites = {"q": q, "k": k, "v": v}
+        if c.qk_norm:
+            q, k = Norm(c, "H", name="q_norm")(q), Norm(c, "H", name="k_norm")(k)
         if c.positions == "rope":
             inv_freq = inverse_frequencies(c)
+            if c.local_rope_theta is not None:
+                inv_freq = jnp.where(local, inverse_frequencies(c, local=True), inv_freq)
             q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         if kv is not None:
             k = jax.lax.dynamic_update_slice(kv[0], k, (0, write_at, 0, 0))
@@ -162,7 +176,9 @@ class Attention(nn.Module):
         B, T = x.shape[:2]
         q = q.reshape(B, T, K, N // K, H)
         scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
-        scores = scores / jnp.sqrt(jnp.float32(H))
+        scores = scores / jnp.sqrt(jnp.float32(c.query_pre_attn_scalar or H))
+        if c.attn_softcap is not None:
+            scores = jnp.tanh(scores / c.attn_softcap) * c.attn_softcap
         scores = jnp.where(attn_mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
         if pattern:  # [B, K, G, T, S] <-> [B, T, N, S] (head n = k * G + g, as the heads)
@@ -202,11 +218,13 @@ class LayerInputs(NamedTuple):
       interventions: a tuple of interventions, each leaf one layer's slice.
       kv: this layer's cached `(k, v)`, each `[B, S, K, H]`, or None without a cache.
       index: the layer's index (int32 scalar), or None without interventions.
+      local: bool scalar, a sliding-window layer (None unless `config.local_layers`).
     """
 
     interventions: tuple = ()
     kv: tuple[jax.Array, jax.Array] | None = None
     index: jax.Array | None = None
+    local: jax.Array | None = None
 
 
 class SharedInputs(NamedTuple):
@@ -214,6 +232,7 @@ class SharedInputs(NamedTuple):
 
     Attributes:
       positions: `[B, T]` int32.  attn_mask: `[B, T, S]` bool.
+      local_mask: `[B, T, S]` bool, the sliding-window layers' mask (None unless `config.local_layers`).
       edit_mask: `[B, T]` bool, where interventions act (None without interventions).
       capture_at: `[B]` int, the position captured per row (None: every position).
       write_at: int32 scalar, the first cache slot the new tokens fill.
@@ -221,6 +240,7 @@ class SharedInputs(NamedTuple):
 
     positions: jax.Array
     attn_mask: jax.Array
+    local_mask: jax.Array | None
     edit_mask: jax.Array | None
     capture_at: jax.Array | None
     write_at: jax.Array
@@ -251,11 +271,18 @@ class Block(nn.Module):
         edit = lambda site, value: apply_at(site, value, layer.interventions, layer.index, shared.edit_mask)
         pattern = "pattern" in self.capture or any(i.site == "pattern" for i in layer.interventions)
         x = edit("resid_pre", x)
-        a, sites, kv = Attention(c, name="attn")(Norm(c, name="ln1")(x), shared.positions, shared.attn_mask, edit,
-                                                 layer.kv, shared.write_at, pattern)
+        attn_mask = shared.attn_mask
+        if c.local_layers:
+            attn_mask = jnp.where(layer.local, shared.local_mask, attn_mask)
+        a, sites, kv = Attention(c, name="attn")(Norm(c, name="ln1")(x), shared.positions, attn_mask, edit,
+                                                 layer.kv, shared.write_at, pattern, layer.local)
+        if c.post_norms:
+            a = Norm(c, name="post_attn_norm")(a)
         a = edit("attn", a)
         mid = edit("resid_mid", x + a)
         m, hidden = MLP(c, name="mlp")(Norm(c, name="ln2")(x if c.parallel_residual else mid), edit)
+        if c.post_norms:
+            m = Norm(c, name="post_mlp_norm")(m)
         m = edit("mlp", m)
         sites.update(resid_pre=x, attn=a, resid_mid=mid, mlp_hidden=hidden, mlp=m)
         sites["resid"] = x = edit("resid", mid + m)
@@ -279,7 +306,10 @@ class Decoder(nn.Module):
         embed_init = nn.with_logical_partitioning(_INIT, tuple("VD"))
         embed = nn.Embed(c.vocab_size, c.d_model, dtype=c.jnp_dtype, param_dtype=c.jnp_dtype,
                          embedding_init=embed_init, name="embed")
-        x = constrain(embed(tokens), "BTD")
+        x = embed(tokens)
+        if c.embed_scale:  # in the model dtype, as transformers does
+            x = x * jnp.float32(c.d_model**0.5).astype(x.dtype)
+        x = constrain(x, "BTD")
         offset = jnp.zeros((B,), jnp.int32) if cache is None else cache.mask.sum(-1, dtype=jnp.int32)
         positions = jnp.maximum(offset[:, None] + jnp.cumsum(mask, axis=-1, dtype=jnp.int32) - 1, 0)
         if c.positions == "learned":
@@ -298,9 +328,14 @@ class Decoder(nn.Module):
         stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=(0, nn.broadcast), length=c.n_layers,
                         metadata_params={nn.PARTITION_NAME: "L"})
-        shared = SharedInputs(positions, _attention_mask(c, key_mask, write_at, T), edit_mask, capture_at, write_at)
+        window = None if c.local_layers else c.sliding_window
+        local_mask = _attention_mask(key_mask, write_at, T, c.sliding_window) if c.local_layers else None
+        shared = SharedInputs(positions, _attention_mask(key_mask, write_at, T, window), local_mask, edit_mask,
+                              capture_at, write_at)
         index = jnp.arange(c.n_layers, dtype=jnp.int32) if interventions else None
-        x, (captured, kv) = stack(c, self.capture, name="layers")(x, LayerInputs(interventions, kv, index), shared)
+        local = jnp.asarray(c.local_layers) if c.local_layers else None
+        layers = LayerInputs(interventions, kv, index, local)
+        x, (captured, kv) = stack(c, self.capture, name="layers")(x, layers, shared)
         x = Norm(c, name="final_norm")(x)
         if logits_at is not None:
             x = x[jnp.arange(B), logits_at]  # [B, D]
@@ -310,18 +345,20 @@ class Decoder(nn.Module):
             logits = Einsum((c.d_model, c.vocab_size), "...D,DV->...V", False, c.jnp_dtype, name="lm_head")(x)
         captured = {s: jnp.swapaxes(v, 0, 1) for s, v in captured.items()} or None  # [L, B, ...] -> [B, L, ...]
         new_cache = None if cache is None else KVCache(kv[0], kv[1], key_mask, cache.end + T)
-        logits = constrain(logits, "BTV" if logits.ndim == 3 else "BV")
-        return Output(logits.astype(jnp.float32), captured, new_cache)
+        logits = constrain(logits, "BTV" if logits.ndim == 3 else "BV").astype(jnp.float32)
+        if c.logit_softcap is not None:
+            logits = jnp.tanh(logits / c.logit_softcap) * c.logit_softcap
+        return Output(logits, captured, new_cache)
 
 
-def _attention_mask(config: ModelConfig, key_mask: jax.Array, write_at: jax.Array, T: int) -> jax.Array:
-    """`[B, T, S]` bool: key is real, not in the future, and inside the sliding window."""
+def _attention_mask(key_mask: jax.Array, write_at: jax.Array, T: int, window: int | None) -> jax.Array:
+    """`[B, T, S]` bool: key is real, not in the future, and inside the sliding `window` (None: any)."""
     S = key_mask.shape[1]
     q_slot = write_at + jnp.arange(T)[:, None]  # [T, 1]
     k_slot = jnp.arange(S)[None, :]  # [1, S]
     allowed = k_slot <= q_slot
-    if config.sliding_window is not None:
-        allowed &= q_slot - k_slot < config.sliding_window
+    if window is not None:
+        allowed &= q_slot - k_slot < window
     return key_mask[:, None, :] & allowed[None]
 
 

@@ -10,11 +10,15 @@ import numpy as np
 from tvjax.config import ROPE_TYPES, ModelConfig
 
 
-def inverse_frequencies(config: ModelConfig) -> np.ndarray:
-    """Per-pair rotation frequencies, float32 `[R // 2]` with R = config.rope_dim."""
+def inverse_frequencies(config: ModelConfig, local: bool = False) -> np.ndarray:
+    """Per-pair rotation frequencies, float32 `[R // 2]` with R = config.rope_dim.
+
+    `local`: those of the sliding-window layers (`config.local_rope_theta`, no scaling).
+    """
     dim = config.rope_dim
-    inv_freq = 1.0 / (np.float32(config.rope_theta) ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
-    scaling = dict(config.rope_scaling)
+    theta = config.local_rope_theta if local else config.rope_theta
+    inv_freq = 1.0 / (np.float32(theta) ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    scaling = {} if local else dict(config.rope_scaling)
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind == "default":
         return inv_freq

@@ -16,7 +16,17 @@ import numpy as np
 from tvjax.config import ROPE_TYPES, ModelConfig
 
 # model_type -> family (weight-naming scheme)
-MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "gpt2": "gpt2", "gpt_neox": "gpt_neox"}
+MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama", "gemma2": "llama",
+               "gemma3_text": "llama", "gpt2": "gpt2", "gpt_neox": "gpt_neox"}
+GEMMA = ("gemma2", "gemma3_text")
+# config.json fields older transformers left out when they equalled the class default
+_DEFAULTS = {
+    "gemma2": {"head_dim": 256, "query_pre_attn_scalar": 256, "sliding_window": 4096, "tie_word_embeddings": True,
+               "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0, "rms_norm_eps": 1e-6},
+    "gemma3_text": {"head_dim": 256, "query_pre_attn_scalar": 256, "sliding_window": 4096,
+                    "tie_word_embeddings": True, "rms_norm_eps": 1e-6, "rope_theta": 1e6, "rope_local_base_freq": 10000.0},
+    "qwen3": {"head_dim": 128},
+}
 SUPPORTED = ", ".join(sorted(MODEL_TYPES))
 # family -> (attribute of the layer list in a transformers base model, path of the attention output
 # projection in one layer: its input is the per-head site `[B, T, N * H]`, head-major)
@@ -47,6 +57,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
 
 
 def _config_from_hf(hf: dict, model_type: str) -> ModelConfig:
+    hf = {**_DEFAULTS.get(model_type, {}), **hf}
     rope = _rope_parameters(hf)
     eos = hf.get("eos_token_id")
     tokens = {"bos_token_id": _first(hf.get("bos_token_id")), "pad_token_id": _first(hf.get("pad_token_id")),
@@ -64,9 +75,10 @@ def _config_from_hf(hf: dict, model_type: str) -> ModelConfig:
         )
     D, N = hf["hidden_size"], hf["num_attention_heads"]
     H = hf.get("head_dim") or D // N
+    act = hf.get("hidden_activation") or hf.get("hidden_act") or ("gelu_pytorch_tanh" if model_type in GEMMA else "silu")
     common = dict(
         vocab_size=hf["vocab_size"], d_model=D, n_layers=hf["num_hidden_layers"], n_heads=N,
-        head_dim=H, mlp_dim=hf["intermediate_size"], activation=_activation(hf.get("hidden_act", "silu")),
+        head_dim=H, mlp_dim=hf["intermediate_size"], activation=_activation(act),
         max_positions=hf.get("max_position_embeddings", 2048), rope_theta=float(rope.pop("rope_theta")),
         tie_embeddings=hf.get("tie_word_embeddings", False), **tokens,
     )
@@ -78,18 +90,50 @@ def _config_from_hf(hf: dict, model_type: str) -> ModelConfig:
             mlp_bias=True, parallel_residual=hf.get("use_parallel_residual", True),
             rotary_dim=int(H * partial), rope_scaling=_scaling(rope), **common,
         )
-    window = hf.get("sliding_window") if model_type == "mistral" or hf.get("use_sliding_window") else None
+    windowed = model_type in ("mistral",) + GEMMA or hf.get("use_sliding_window")
+    window, local_layers = _windows(hf, model_type) if windowed else (None, ())
+    local_rope = rope.pop("local_rope_theta", None)
     bias = hf.get("attention_bias", False)
+    gemma = model_type in GEMMA
     return ModelConfig(
         family="llama", n_kv_heads=hf.get("num_key_value_heads") or N, norm="rms",
         norm_eps=hf.get("rms_norm_eps", 1e-6), qkv_bias=model_type == "qwen2" or bias, out_bias=bias,
-        mlp_bias=hf.get("mlp_bias", False), sliding_window=window, rope_scaling=_scaling(rope), **common,
+        mlp_bias=hf.get("mlp_bias", False), sliding_window=window, local_layers=local_layers,
+        local_rope_theta=local_rope if local_layers else None, rope_scaling=_scaling(rope),
+        norm_plus_one=gemma, post_norms=gemma, embed_scale=gemma, qk_norm=model_type in ("qwen3", "gemma3_text"),
+        query_pre_attn_scalar=hf.get("query_pre_attn_scalar") if gemma else None,
+        attn_softcap=hf.get("attn_logit_softcapping") if model_type == "gemma2" else None,
+        logit_softcap=hf.get("final_logit_softcapping") if gemma else None, **common,
     )
+
+
+def _windows(hf: dict, model_type: str) -> tuple[int | None, tuple[bool, ...]]:
+    """`(sliding_window, local_layers)`: which layers use the window, from `layer_types` or the
+    family's pattern (Gemma 2 alternates from layer 0; Gemma 3 has every `sliding_window_pattern`-th
+    layer global); `()` when every layer is alike."""
+    window, L = hf.get("sliding_window"), hf["num_hidden_layers"]
+    types = hf.get("layer_types")
+    if types is None and model_type in GEMMA:
+        every = 2 if model_type == "gemma2" else hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", 6))
+        types = ["full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(L)]
+    if types is None and model_type != "mistral" and "max_window_layers" in hf:  # Qwen2/3
+        types = ["sliding_attention" if i >= hf["max_window_layers"] else "full_attention" for i in range(L)]
+    local = tuple(t == "sliding_attention" for t in types) if types is not None else (True,) * L
+    if window is None or not any(local):
+        return None, ()
+    return window, () if all(local) else local
 
 
 def _rope_parameters(hf: dict) -> dict:
     """Rope settings from either transformers>=5 `rope_parameters` or the older fields."""
     rope = dict(hf.get("rope_parameters") or {})
+    if "full_attention" in rope:  # per layer type (Gemma 3): global layers, and the local layers' base
+        local = rope.get("sliding_attention") or {}
+        if local.get("rope_type", "default") != "default":
+            raise UnsupportedArchitecture(f"rope scaling on sliding-window layers ({local}) is not supported")
+        rope = {**(rope["full_attention"] or {}), "local_rope_theta": local.get("rope_theta", 10000.0)}
+    elif "rope_local_base_freq" in hf:
+        rope["local_rope_theta"] = hf["rope_local_base_freq"]
     rope.update({k: v for k, v in (hf.get("rope_scaling") or {}).items() if k not in rope})
     rope.setdefault("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000.0)))
     if "rotary_pct" in hf:
@@ -144,7 +188,7 @@ def _llama(c: ModelConfig) -> tuple[WeightTable, WeightTable]:
     p = "model.layers.{i}."
     layer = {
         ("ln1", "scale"): (p + "input_layernorm.weight", _same),
-        ("ln2", "scale"): (p + "post_attention_layernorm.weight", _same),
+        ("ln2", "scale"): (p + ("pre_feedforward" if c.post_norms else "post_attention") + "_layernorm.weight", _same),
         ("attn", "q", "kernel"): (p + "self_attn.q_proj.weight", _linear(N, H)),
         ("attn", "k", "kernel"): (p + "self_attn.k_proj.weight", _linear(K, H)),
         ("attn", "v", "kernel"): (p + "self_attn.v_proj.weight", _linear(K, H)),
@@ -153,6 +197,12 @@ def _llama(c: ModelConfig) -> tuple[WeightTable, WeightTable]:
         ("mlp", "up", "kernel"): (p + "mlp.up_proj.weight", _linear(c.mlp_dim)),
         ("mlp", "down", "kernel"): (p + "mlp.down_proj.weight", _linear(D)),
     }
+    if c.post_norms:  # Gemma: post_attention_layernorm is the attention output's norm
+        layer[("post_attn_norm", "scale")] = (p + "post_attention_layernorm.weight", _same)
+        layer[("post_mlp_norm", "scale")] = (p + "post_feedforward_layernorm.weight", _same)
+    if c.qk_norm:
+        for name in ("q", "k"):
+            layer[("attn", f"{name}_norm", "scale")] = (p + f"self_attn.{name}_norm.weight", _same)
     if c.qkv_bias:
         for name, heads in (("q", N), ("k", K), ("v", K)):
             layer[("attn", name, "bias")] = (p + f"self_attn.{name}_proj.bias", _bias(heads, H))
