@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TVJAX_COMPILE_CACHE", "off")  # CLI runs in tests leave the user's compile cache alone
+# Subprocesses (all on tiny models) compile with most XLA optimisations off; in this process the
+# `_compile_for_the_model_size` fixture decides per test.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -50,6 +53,17 @@ TINY_CONFIGS = {
         use_parallel_residual=False, max_position_embeddings=128, bos_token_id=1, eos_token_id=2),
 }
 FAMILIES = sorted(TINY_CONFIGS)
+
+
+@pytest.fixture(autouse=True)
+def _compile_for_the_model_size(request):
+    """Tiny models compile with most XLA optimisations off: their tests spend their time compiling
+    (about 1.5x less test time). Tests on a real model (marked `default_model` or `slow`) keep them:
+    their compute outweighs compiling."""
+    import jax
+
+    real = any(request.node.get_closest_marker(m) for m in ("default_model", "slow"))
+    jax.config.update("jax_disable_most_optimizations", not real)
 
 
 def build_tiny(name: str, directory, seed: int = 0, **save_kwargs):
