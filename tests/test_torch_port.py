@@ -111,7 +111,7 @@ def test_task_vector_for_another_model_names_both_shapes(tiny_models, tmp_path):
     with pytest.raises(TaskVectorError, match=r"made for model \{'family': 'llama'.*cannot be applied to model "
                                               r"\{'family': 'gpt2'"):
         apply_intervention(tiny_models("gpt2")[0], path)
-    with pytest.raises(TaskVectorError, match="no task-vector port for model_type 'bert'; supported: gpt2, "):
+    with pytest.raises(TaskVectorError, match="no task-vector port for model_type 'bert'; supported: gemma2, gemma3_text, gpt2, "):
         model_shape(transformers.AutoConfig.for_model("bert"))
 
 

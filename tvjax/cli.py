@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tvjax", description="Task vectors for language models in JAX.")
     parser.add_argument("--version", action="version", version=f"tvjax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    model_help = "default model (smollm2-135m), a checkpoint directory, a .gguf file or a hub id"
+    model_help = ("default model (smollm2-135m), gemma-3-270m (the gemma extra), a checkpoint directory, "
+                  "a .gguf file or a hub id")
 
     tasks = sub.add_parser("tasks", help="list the built-in tasks")
     tasks.set_defaults(run=cmd_tasks)

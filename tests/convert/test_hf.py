@@ -33,7 +33,7 @@ def test_bfloat16_checkpoint_reads_without_torch_dtypes(tmp_path):
 
 def test_unsupported_architecture_names_the_supported_ones(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
-    with pytest.raises(tvjax.UnsupportedArchitecture, match="bert.*supported model types: gpt2, gpt_neox, llama"):
+    with pytest.raises(tvjax.UnsupportedArchitecture, match="bert.*supported model types: gemma2, gemma3_text, gpt2, gpt_neox, llama, mistral, qwen2, qwen3"):
         tvjax.load(str(tmp_path))
 
 

@@ -48,13 +48,13 @@ def load(name: str | os.PathLike | None = None, *, dtype: str = "float32", mesh:
         (each process reads only its devices' slices); fitting, means and evaluation then
         run on that mesh. None: one device.
     """
-    from tvjax.convert.default import DEFAULT_MODEL, default_model_dir
+    from tvjax.convert.default import DEFAULT_MODEL, EMBEDDED, model_dir
     from tvjax.convert.gguf import read_gguf
     from tvjax.convert.hf import CheckpointError, convert, download
     from tvjax.convert.tokenizer import gguf_tokenizer
 
-    if name is None or name == DEFAULT_MODEL:
-        return _load_directory(default_model_dir(), dtype, mesh)
+    if name is None or name in EMBEDDED:
+        return _load_directory(model_dir(name or DEFAULT_MODEL), dtype, mesh)
     path = Path(name)
     if path.suffix == ".gguf":
         hf_config, tensors = read_gguf(path)
@@ -65,7 +65,7 @@ def load(name: str | os.PathLike | None = None, *, dtype: str = "float32", mesh:
     if path.exists() or str(name).count("/") != 1 or str(name).startswith((".", "/")):
         raise CheckpointError(
             f"{name!r} is not a checkpoint directory, a .gguf file or a hub id (owner/name); "
-            f"use None or {DEFAULT_MODEL!r} for the default model"
+            f"use None or {DEFAULT_MODEL!r} for the default model; embedded models: {', '.join(EMBEDDED)}"
         )
     return _load_directory(download(str(name)), dtype, mesh)
 
