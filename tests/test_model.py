@@ -88,3 +88,18 @@ def test_learned_positions_beyond_the_table_are_an_error(tiny_models):
     _, (config, params, _), _ = tiny_models("gpt2")
     with pytest.raises(ValueError, match="exceed the model's learned position table \\(128\\)"):
         tvjax.forward(params, jnp.zeros((1, 129), jnp.int32), config=config)
+
+
+@pytest.mark.parametrize("family, changes", [
+    ("gemma3", dict(norm_plus_one=False)), ("gemma3", dict(embed_scale=False)), ("gemma3", dict(qk_norm=False)),
+    ("gemma3", dict(local_rope_theta=None)), ("gemma3", dict(sliding_window=1000)),
+    ("gemma3", dict(query_pre_attn_scalar=None)), ("gemma2", dict(attn_softcap=None)),
+    ("gemma2", dict(logit_softcap=None)), ("gemma2", dict(local_layers=())), ("qwen3", dict(qk_norm=False))])
+def test_the_parity_tests_see_each_family_feature(tiny_models, family, changes):
+    """Each feature matters on the tiny configs (windows shorter than the prompt, distinct RoPE bases,
+    caps that bite), so the parity tests above fail if it were implemented wrong."""
+    hf, (config, params, _), _ = tiny_models(family)
+    tokens = RNG.integers(3, config.vocab_size, size=(2, 21))
+    broken = tvjax.forward(params, jnp.asarray(tokens), config=config.replace(**changes)).logits
+    expected = hf_logits(hf, tokens)
+    assert np.abs(broken - expected).max() > 1e-2 * np.abs(expected).max()
