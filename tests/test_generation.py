@@ -62,3 +62,13 @@ def test_rows_stop_at_eos(tiny_models):
     first = list(free).index(eos)
     np.testing.assert_array_equal(stopped[: first + 1], free[: first + 1])
     assert (stopped[first:] == eos).all()
+
+
+def test_a_prefill_in_query_blocks_generates_the_same(tiny_models):
+    _, (config, params, _), _ = tiny_models("gemma3")
+    tokens, mask = pad_left([RNG.integers(3, config.vocab_size, size=n).tolist() for n in (13, 7)])
+    whole = tvjax.generate(params, tokens, config=config.replace(attention_chunk=None), mask=mask, max_new_tokens=8,
+                           eos_token_id=-1)
+    blocks = tvjax.generate(params, tokens, config=config.replace(attention_chunk=4), mask=mask, max_new_tokens=8,
+                            eos_token_id=-1)
+    np.testing.assert_array_equal(blocks, whole)

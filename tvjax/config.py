@@ -16,6 +16,7 @@ ACTIVATIONS = ("silu", "gelu", "gelu_new", "relu")
 POSITIONS = ("rope", "learned")
 ROPE_TYPES = ("default", "linear", "llama3")  # rope scaling
 REMAT_POLICIES = ("full", "dots", "dots_no_batch")
+ATTENTION = ("einsum", "dot_product")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,14 @@ class ModelConfig:
       dtype: parameter and activation dtype ('float32' or 'bfloat16'); norms, softmax,
         blend math and logits are float32.
       remat: per-layer rematerialisation: None, 'full', 'dots' or 'dots_no_batch'.
+      attention: 'einsum' (scores as einsums over kv-head groups, float32 softmax) or
+        'dot_product' (`jax.nn.dot_product_attention`: XLA's, or cuDNN's fused kernel on a GPU
+        in bfloat16). With `attn_softcap` (Gemma 2), which the fused call cannot express, and
+        wherever the `pattern` site is captured or edited, the einsum path runs. The `heads`
+        site is the same either way: read after attention, before the output projection.
+      attention_chunk: with more queries than this in one call (long prompts), attention runs
+        over blocks of this many queries, so its scores and mask grow linearly with the prompt
+        length (`[B, N, chunk, S]`); None: all queries at once.
       bos_token_id / eos_token_id / pad_token_id: special tokens (None when absent).
     """
 
@@ -93,6 +102,8 @@ class ModelConfig:
     tie_embeddings: bool = True
     dtype: str = "float32"
     remat: str | None = None
+    attention: str = "einsum"
+    attention_chunk: int | None = 1024
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None  # several for some chat models
     pad_token_id: int | None = None
@@ -104,6 +115,7 @@ class ModelConfig:
             "positions": (self.positions, POSITIONS),
             "dtype": (self.dtype, ("float32", "bfloat16")),
             "remat": (self.remat, (None,) + REMAT_POLICIES),
+            "attention": (self.attention, ATTENTION),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:
@@ -119,6 +131,8 @@ class ModelConfig:
                              f"got {len(self.local_layers)} flags and sliding_window={self.sliding_window}")
         if self.local_rope_theta is not None and not self.local_layers:
             raise ValueError("local_rope_theta needs local_layers (which layers are local)")
+        if self.attention_chunk is not None and self.attention_chunk < 1:
+            raise ValueError(f"attention_chunk={self.attention_chunk} must be a positive number of queries or None")
         if self.norm_plus_one and self.norm != "rms":
             raise ValueError("norm_plus_one applies to RMSNorm only (norm='rms')")
 

@@ -8,6 +8,8 @@ each layer sees its own slice. Dimension letters are listed in `tvjax.config`.
 from __future__ import annotations
 
 import functools
+import math
+import warnings
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -137,20 +139,21 @@ class Norm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Grouped-query attention; the per-head site is between the value einsum and `o`."""
+    """Grouped-query attention; the per-head site is between the attention and `o`."""
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, attn_mask, edit, kv, write_at, pattern: bool = False, local=None):
+    def __call__(self, x, positions, key_mask, window, edit, kv, write_at, pattern: bool = False, local=None):
         """
         Args:
-          x: `[B, T, D]`.  positions: `[B, T]`.  attn_mask: `[B, T, S]` bool (this layer's).
+          x: `[B, T, D]`.  positions: `[B, T]`.  key_mask: `[B, S]` bool, real keys.
+          window: this layer's sliding window (int, a traced int32 scalar, or None: none).
           edit: `edit(site, value)`, this layer's interventions on a site (q, k, v, pattern, heads).
           kv: this layer's cached `(k, v)`, each `[B, S, K, H]`, or None (then S = T).
-          write_at: int32 scalar, first cache slot to write.
+          write_at: int32 scalar, first cache slot to write (the first query's slot).
           pattern: whether the probabilities are edited or captured (static): only then are they
-            laid out as the `pattern` site `[B, T, N, S]`.
+            laid out as the `pattern` site `[B, T, N, S]`, by the einsum path on all queries at once.
           local: bool scalar, this is a sliding-window layer (with `config.local_rope_theta`).
         Returns:
           out `[B, T, D]`, the sites `{q, k, v, heads[, pattern]}` (after their edits), updated
@@ -173,22 +176,89 @@ class Attention(nn.Module):
             k = jax.lax.dynamic_update_slice(kv[0], k, (0, write_at, 0, 0))
             v = jax.lax.dynamic_update_slice(kv[1], v, (0, write_at, 0, 0))
             kv = (k, v)
-        B, T = x.shape[:2]
-        q = q.reshape(B, T, K, N // K, H)
-        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
-        scores = scores / jnp.sqrt(jnp.float32(c.query_pre_attn_scalar or H))
-        if c.attn_softcap is not None:
-            scores = jnp.tanh(scores / c.attn_softcap) * c.attn_softcap
-        scores = jnp.where(attn_mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        if pattern:  # [B, K, G, T, S] <-> [B, T, N, S] (head n = k * G + g, as the heads)
-            S = probs.shape[-1]
-            sites["pattern"] = edit("pattern", probs.reshape(B, N, T, S).transpose(0, 2, 1, 3))
-            probs = sites["pattern"].transpose(0, 2, 1, 3).reshape(B, K, N // K, T, S)
-        heads = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
+        mask = lambda start, length: attention_mask(key_mask, start, length, window)
+        if pattern:  # every query at once, the probabilities laid out as the site
+            heads, sites["pattern"] = _einsum_attention(q, k, v, mask(write_at, q.shape[1]), c,
+                                                        lambda probs: edit("pattern", probs))
+        else:
+            heads = attend(q, k, v, mask, write_at, c)
         sites["heads"] = heads = edit("heads", constrain(heads, "BTNH"))
         out = Einsum((N, H, D), "BTNH,NHD->BTD", c.out_bias, dt, name="o")(heads)
         return out, sites, kv
+
+
+def attend(q, k, v, mask, write_at, config: ModelConfig) -> jax.Array:
+    """Attention of queries at slots `write_at, write_at + 1, ...`, in blocks of queries.
+
+    Args:
+      q: `[B, T, N, H]` (after rotary).  k, v: `[B, S, K, H]`.
+      mask: `mask(start, length)` -> `[B, length, S]` bool, the keys queries at slots
+        `start ...` see.  write_at: int32 scalar, the first query's slot.
+      config: `attention` picks the implementation; with more than `attention_chunk` queries,
+        blocks of that many run one after another (each recomputed in the backward pass), so
+        the scores and the mask take `[B, N, chunk, S]`, not `[B, N, T, S]`.
+    Returns:
+      The heads `[B, T, N, H]`, in the model dtype.
+    """
+    B, T, N, H = q.shape
+    C = config.attention_chunk
+    if C is None or T <= C:
+        return _attend_block(q, k, v, mask(write_at, T), config)
+    n = -(-T // C)
+    blocks = jnp.pad(q, ((0, 0), (0, n * C - T), (0, 0), (0, 0))).reshape(B, n, C, N, H).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def block(args):
+        q_block, i = args
+        return _attend_block(q_block, k, v, mask(write_at + i * C, C), config)
+
+    heads = jax.lax.map(block, (blocks, jnp.arange(n, dtype=jnp.int32)))  # [n, B, C, N, H]
+    return heads.swapaxes(0, 1).reshape(B, n * C, N, H)[:, :T]
+
+
+def _attend_block(q, k, v, mask, config: ModelConfig) -> jax.Array:
+    """`[B, T, N, H]` heads of queries `q` `[B, T, N, H]` under `mask` `[B, T, S]`."""
+    if config.attention == "dot_product":
+        if config.attn_softcap is None:
+            return _fused_attention(q, k, v, mask, config)
+        warnings.warn("attention='dot_product' cannot express soft-capped scores (attn_softcap); "
+                      "this model's attention runs as einsums", stacklevel=2)
+    return _einsum_attention(q, k, v, mask, config)[0]
+
+
+def _einsum_attention(q, k, v, mask, config: ModelConfig, edit_pattern=None):
+    """Scores, float32 softmax and values as einsums over kv-head groups (`[B, K, G, T, S]`).
+
+    Returns `(heads [B, T, N, H], pattern)`: with `edit_pattern`, the probabilities laid out
+    as the `pattern` site `[B, T, N, S]` go through it (head n = k * G + g, as the heads) and
+    are returned; else pattern is None.
+    """
+    B, T, N, H = q.shape
+    K, S = k.shape[2], k.shape[1]
+    grouped = q.reshape(B, T, K, N // K, H)
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", grouped, k, preferred_element_type=jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(config.query_pre_attn_scalar or H))
+    if config.attn_softcap is not None:
+        scores = jnp.tanh(scores / config.attn_softcap) * config.attn_softcap
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(config.jnp_dtype)
+    pattern = None
+    if edit_pattern is not None:
+        pattern = edit_pattern(probs.reshape(B, N, T, S).transpose(0, 2, 1, 3))
+        probs = pattern.transpose(0, 2, 1, 3).reshape(B, K, N // K, T, S)
+    return jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H), pattern
+
+
+def _fused_attention(q, k, v, mask, config: ModelConfig) -> jax.Array:
+    """`jax.nn.dot_product_attention`: cuDNN's fused kernel on a GPU for 16-bit inputs where it
+    accepts the shapes, XLA's otherwise (scores and softmax in float32 either way)."""
+    scale = 1 / math.sqrt(config.query_pre_attn_scalar or config.head_dim)
+    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+        try:
+            return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale, implementation="cudnn")
+        except Exception as error:  # raised while tracing: no cuDNN, or shapes it does not take
+            warnings.warn(f"cuDNN attention unavailable ({error}); using XLA's", stacklevel=2)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale)
 
 
 class MLP(nn.Module):
@@ -231,16 +301,14 @@ class SharedInputs(NamedTuple):
     """What every layer sees alike.
 
     Attributes:
-      positions: `[B, T]` int32.  attn_mask: `[B, T, S]` bool.
-      local_mask: `[B, T, S]` bool, the sliding-window layers' mask (None unless `config.local_layers`).
+      positions: `[B, T]` int32.  key_mask: `[B, S]` bool, real keys (cached and new).
       edit_mask: `[B, T]` bool, where interventions act (None without interventions).
       capture_at: `[B]` int, the position captured per row (None: every position).
       write_at: int32 scalar, the first cache slot the new tokens fill.
     """
 
     positions: jax.Array
-    attn_mask: jax.Array
-    local_mask: jax.Array | None
+    key_mask: jax.Array
     edit_mask: jax.Array | None
     capture_at: jax.Array | None
     write_at: jax.Array
@@ -271,11 +339,11 @@ class Block(nn.Module):
         edit = lambda site, value: apply_at(site, value, layer.interventions, layer.index, shared.edit_mask)
         pattern = "pattern" in self.capture or any(i.site == "pattern" for i in layer.interventions)
         x = edit("resid_pre", x)
-        attn_mask = shared.attn_mask
-        if c.local_layers:
-            attn_mask = jnp.where(layer.local, shared.local_mask, attn_mask)
-        a, sites, kv = Attention(c, name="attn")(Norm(c, name="ln1")(x), shared.positions, attn_mask, edit,
-                                                 layer.kv, shared.write_at, pattern, layer.local)
+        window = c.sliding_window
+        if c.local_layers:  # only the local layers look back through a window
+            window = jnp.where(layer.local, window, jnp.iinfo(jnp.int32).max)
+        a, sites, kv = Attention(c, name="attn")(Norm(c, name="ln1")(x), shared.positions, shared.key_mask, window,
+                                                 edit, layer.kv, shared.write_at, pattern, layer.local)
         if c.post_norms:
             a = Norm(c, name="post_attn_norm")(a)
         a = edit("attn", a)
@@ -328,10 +396,7 @@ class Decoder(nn.Module):
         stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=(0, nn.broadcast), length=c.n_layers,
                         metadata_params={nn.PARTITION_NAME: "L"})
-        window = None if c.local_layers else c.sliding_window
-        local_mask = _attention_mask(key_mask, write_at, T, c.sliding_window) if c.local_layers else None
-        shared = SharedInputs(positions, _attention_mask(key_mask, write_at, T, window), local_mask, edit_mask,
-                              capture_at, write_at)
+        shared = SharedInputs(positions, key_mask, edit_mask, capture_at, write_at)
         index = jnp.arange(c.n_layers, dtype=jnp.int32) if interventions else None
         local = jnp.asarray(c.local_layers) if c.local_layers else None
         layers = LayerInputs(interventions, kv, index, local)
@@ -351,10 +416,11 @@ class Decoder(nn.Module):
         return Output(logits, captured, new_cache)
 
 
-def _attention_mask(key_mask: jax.Array, write_at: jax.Array, T: int, window: int | None) -> jax.Array:
-    """`[B, T, S]` bool: key is real, not in the future, and inside the sliding `window` (None: any)."""
+def attention_mask(key_mask: jax.Array, start: jax.Array, T: int, window) -> jax.Array:
+    """`[B, T, S]` bool for queries at slots `start ... start + T - 1`: the key is real, not in
+    the future, and inside the sliding `window` (an int or int32 scalar; None: any distance)."""
     S = key_mask.shape[1]
-    q_slot = write_at + jnp.arange(T)[:, None]  # [T, 1]
+    q_slot = start + jnp.arange(T)[:, None]  # [T, 1]
     k_slot = jnp.arange(S)[None, :]  # [1, S]
     allowed = k_slot <= q_slot
     if window is not None:
