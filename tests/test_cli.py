@@ -120,10 +120,15 @@ def test_compare_sets_every_method_setting():
 
 
 def test_generate_and_compare_take_the_scale_flags():
-    scale = ["--mesh", "data=1", "--dtype", "bfloat16", "--remat", "dots", "--distributed"]
+    scale = ["--mesh", "data=1", "--dtype", "bfloat16", "--remat", "dots", "--distributed", "--attention",
+             "dot_product", "--attention-chunk", "none"]
     for argv in (["generate", "--prompt", "hi"], ["compare"]):
         args = build_parser().parse_args(argv + scale)
         assert (args.mesh, args.dtype, args.remat, args.distributed) == ("data=1", "bfloat16", "dots", True)
+        assert (args.attention, args.attention_chunk) == ("dot_product", None)
+    assert build_parser().parse_args(["compare", "--attention-chunk", "256"]).attention_chunk == 256
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["compare", "--attention-chunk", "0"])
 
 
 def test_fit_several_tasks_together(tmp_path, capsys, tiny_lm_dir):

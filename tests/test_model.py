@@ -70,6 +70,54 @@ def test_bfloat16_tracks_float32(tiny_models):
     assert np.abs(low - ref).max() < 0.05 * np.abs(ref).max()
 
 
+def _primitive_input_dtypes(jaxpr, seen=None) -> dict[str, set[str]]:
+    """primitive name -> the dtypes of its array inputs, anywhere in `jaxpr` (scans, remat, jit)."""
+    seen = {} if seen is None else seen
+    for eqn in jaxpr.eqns:
+        seen.setdefault(eqn.primitive.name, set()).update(str(v.aval.dtype) for v in eqn.invars
+                                                         if hasattr(v.aval, "dtype"))
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                if isinstance(sub, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr)):
+                    _primitive_input_dtypes(getattr(sub, "jaxpr", sub), seen)
+    return seen
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_bfloat16_keeps_softmax_norms_blend_and_loss_in_float32(tiny_models, family):
+    """The fit step's loss and gradient on a bfloat16 model, traced: every exp (softmaxes), log
+    (the loss), rsqrt (norms) and reduction runs on float32, on a prompt long enough for query
+    blocks; and the blend rounds to the model dtype once, after float32 math."""
+    from tvjax.interventions import blend_heads
+    from tvjax.model import KVCache
+    from tvjax.rows import Rows, row_losses
+
+    _, (config, _, _), _ = tiny_models(family)
+    config = config.replace(dtype="bfloat16", attention_chunk=4)
+    L, N, K, H = config.n_layers, config.n_heads, config.n_kv_heads, config.head_dim
+    sds = jax.ShapeDtypeStruct
+    params = jax.eval_shape(lambda: tvjax.init_params(config, jax.random.PRNGKey(0)))
+    kv = sds((L, 2, 12, K, H), jnp.bfloat16)
+    rows = Rows(KVCache(kv, kv, sds((2, 12), bool), sds((), jnp.int32)), *(sds((2, 5), t) for t in
+                                                                            (jnp.int32, bool, jnp.int32, bool)))
+
+    def loss(theta, mu, params, rows):
+        return row_losses(params, config, tvjax.HeadBlend(theta, mu), rows).mean()
+
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(sds((L, N), jnp.float32), sds((L, N, H), jnp.float32),
+                                                     params, rows)
+    dtypes = _primitive_input_dtypes(jaxpr.jaxpr)
+    assert "bfloat16" in dtypes["dot_general"]  # the matmuls do run in bfloat16
+    for primitive in ("exp", "log", "rsqrt", "reduce_max", "reduce_sum"):
+        assert "float32" in dtypes[primitive] and "bfloat16" not in dtypes[primitive], (primitive, dtypes[primitive])
+
+    heads = jnp.asarray(RNG.normal(size=(1, 2, N, H)), jnp.bfloat16)
+    theta, mu = jnp.asarray(RNG.normal(size=N), jnp.float32), jnp.asarray(RNG.normal(size=(N, H)), jnp.float32)
+    w = jax.nn.sigmoid(theta)[:, None]
+    expected = (heads.astype(jnp.float32) + w * (mu - heads.astype(jnp.float32))).astype(jnp.bfloat16)
+    np.testing.assert_array_equal(blend_heads(heads, theta, mu, jnp.ones((1, 2), bool)), expected)
+
+
 def test_bad_token_shapes_are_clear(tiny_models):
     _, (config, params, _), _ = tiny_models("llama")
     with pytest.raises(ValueError, match=r"tokens must be \[B, T\]"):

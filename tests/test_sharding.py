@@ -178,6 +178,16 @@ def test_memory_plan_compiles_the_sharded_step_on_abstract_shapes(tiny8_dir):
     assert 0 < plan["arguments"] < plan["total"]
 
 
+def test_memory_plan_of_means_extraction_per_attention_path(tiny8_dir):
+    out = _run([sys.executable, str(HERE.parent / "scripts" / "plan_memory.py"), str(tiny8_dir / "config.json"),
+                "--step", "means", "--mesh", "data=2,fsdp=2,tensor=2", "--batch-size", "4", "--prompt-length", "512",
+                "--attention", "einsum,dot_product", "--attention-chunk", "none,64"], CPU_ENV)
+    plans = {(p["attention"], p["attention_chunk"]): p for p in json.loads(out)}
+    assert len(plans) == 4 and all(p["step"] == "means" and p["prompt_length"] == 512 for p in plans.values())
+    for attention in ("einsum", "dot_product"):  # blocks of 64 queries hold an eighth of the scores
+        assert plans[attention, 64]["temporaries"] < plans[attention, None]["temporaries"] / 2
+
+
 def _run(command, env) -> str:
     return _run_all([command], [env])[0]
 

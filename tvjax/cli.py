@@ -11,7 +11,7 @@ import time
 import typing
 from pathlib import Path
 
-from tvjax.config import REMAT_POLICIES
+from tvjax.config import ATTENTION, REMAT_POLICIES
 from tvjax.data.tasks import TaskError
 from tvjax.report import BASELINES, METHODS
 
@@ -194,6 +194,11 @@ def _add_scale_flags(parser) -> None:
                              "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID describe one explicitly")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="params and activations")
     parser.add_argument("--remat", default=None, choices=REMAT_POLICIES, help="per-layer rematerialisation")
+    parser.add_argument("--attention", default="einsum", choices=ATTENTION,
+                        help="attention implementation: einsums, or jax.nn.dot_product_attention (cuDNN on GPUs)")
+    parser.add_argument("--attention-chunk", default=1024, type=_chunk, metavar="QUERIES",
+                        help="attend in blocks of this many queries on longer prompts, so memory grows linearly "
+                             "with the prompt ('none': all at once; default 1024)")
 
 
 def _add_compile_cache_flag(parser) -> None:
@@ -212,7 +217,16 @@ def _load_model(args):
     initialize_distributed(args.distributed)
     mesh = None if args.mesh is None and jax.device_count() == 1 else make_mesh(args.mesh)
     model = load(args.model, dtype=args.dtype, mesh=mesh)
-    return model._replace(config=model.config.replace(remat=args.remat))
+    return model._replace(config=model.config.replace(remat=args.remat, attention=args.attention,
+                                                      attention_chunk=args.attention_chunk))
+
+
+def _chunk(text: str) -> int | None:
+    if text.lower() == "none":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of queries or 'none'")
+    return int(text)
 
 
 def _template(args, info: dict | None = None):

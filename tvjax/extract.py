@@ -14,7 +14,7 @@ from tvjax.batching import bucket_length, chunks, pad_id, pad_left
 from tvjax.config import ModelConfig
 from tvjax.data import Prompt, Task, Template, prompts_for
 from tvjax.interventions import site_of
-from tvjax.model import forward
+from tvjax.model import forward, param_axes
 from tvjax.sharding import constrain, on_mesh, put
 
 
@@ -69,6 +69,14 @@ def _last_token_sites(params, tokens, mask, *, config: ModelConfig, sites: tuple
     last = jnp.full((tokens.shape[0],), tokens.shape[1] - 1)
     out = forward(params, tokens, config=config, mask=mask, capture=sites, capture_at=last, logits_at=last)
     return constrain(out.captured, None)  # every process reads them
+
+
+def lower_last_token_sites(mesh, params, tokens, mask, *, config: ModelConfig, sites=("heads",)):
+    """The means' forward on `mesh`, lowered for these arrays or `jax.ShapeDtypeStruct`s (memory
+    planning): params as `tvjax.load` places them, `tokens` / `mask` `[B, T]` split like a batch."""
+    with jax.set_mesh(mesh):
+        params = put(params, param_axes(config))
+        return _last_token_sites.lower(params, *put((tokens, mask), "BT"), config=config, sites=sites)
 
 
 def extract_means(model, task: Task, *, n_prompts: int = 50, shots: int = 10, batch_size: int = 8,
