@@ -6,6 +6,7 @@
     python scripts/benchmark.py generate  [--prompts 32 --new 16]       # greedy decoding with a TV
     python scripts/benchmark.py compile                                 # fit-step compile, L and 2L layers
     python scripts/benchmark.py fit-many  [--tasks a,b,c]               # a suite one at a time vs together
+    python scripts/benchmark.py attention [--batch 8] [--length 512]    # tvjax's attention paths, no PyTorch
     python scripts/benchmark.py all
     ... [--compile-cache DIR]    # reuse compiled programs from earlier runs (tvjax's CLI default)
     ... [--profile DIR]          # forward, fit-step, generate: tvjax's top XLA ops (jax.profiler)
@@ -346,11 +347,45 @@ def bench_forward(args) -> None:
            f"(tvjax first call: trace + compile + run {first:.1f} s)", *timed(ours, theirs, args, "forward"))
 
 
+def bench_attention(args) -> None:
+    """The means forward under each attention path (no PyTorch): einsum, dot_product, query blocks."""
+    import jax.numpy as jnp
+
+    import tvjax
+    from tvjax.extract import _last_token_sites
+
+    config, params, _ = tvjax.load()
+    print(f"default model, float32, {_platform()}")
+    tokens = jnp.asarray(np.random.default_rng(0).integers(100, config.vocab_size, size=(args.batch, args.length)))
+    mask = jnp.ones(tokens.shape, bool)
+    paths = {"einsum": dict(attention_chunk=None), "dot_product": dict(attention="dot_product", attention_chunk=None),
+             f"einsum, blocks of {args.length // 4}": dict(attention_chunk=args.length // 4),
+             f"dot_product, blocks of {args.length // 4}": dict(attention="dot_product",
+                                                                attention_chunk=args.length // 4)}
+    runs = {name: (lambda c=config.replace(**changes): _last_token_sites(params, tokens, mask, config=c,
+                                                                         sites=("heads",))["heads"].block_until_ready())
+            for name, changes in paths.items()}
+    for run in runs.values():
+        run()
+    times = {name: [] for name in runs}
+    for _ in range(args.repeats):  # alternated, so machine noise hits every path alike
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    base = statistics.median(times["einsum"])
+    print(f"means forward, batch {args.batch} x {args.length} tokens, heads at the last token:")
+    for name, t in times.items():
+        median = statistics.median(t)
+        print(f"  {name:28s} median {median * 1e3:8.1f} ms  einsum / this {base / median:5.2f}x", flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="workload", required=True)
     workloads = {"forward": bench_forward, "fit-step": bench_fit_step, "fit": bench_fit,
-                 "generate": bench_generate, "compile": bench_compile, "fit-many": bench_fit_many}
+                 "generate": bench_generate, "compile": bench_compile, "fit-many": bench_fit_many,
+                 "attention": bench_attention}
     for name, run in [*workloads.items(), ("all", lambda args: [w(args) for w in workloads.values()])]:
         p = sub.add_parser(name, help=(run.__doc__ or "every workload in turn").splitlines()[0])
         p.add_argument("--task", default="antonym")

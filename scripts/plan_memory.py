@@ -147,8 +147,9 @@ def main() -> None:
         print("| model | attention | query blocks | prompt tokens | arguments | temporaries | total |")
         print("|---|---|---|---|---|---|---|")
         for r in results:
-            print(f"| {r['model']} | {r['attention']} | {r['attention_chunk'] or 'all at once'} | {r['prompt_length']:,}"
-                  f" | {r['arguments'] / GIB:.2f} GiB | {r['temporaries'] / GIB:.2f} GiB | {r['total'] / GIB:.2f} GiB |")
+            blocks = r["attention_chunk"] or "all at once"
+            print(f"| {r['model']} | {r['attention']} | {blocks} | {r['prompt_length']:,} | {r['arguments'] / GIB:.2f}"
+                  f" GiB | {r['temporaries'] / GIB:.2f} GiB | {r['total'] / GIB:.2f} GiB |")
     else:
         print(json.dumps(results, indent=2))
 
