@@ -158,6 +158,7 @@ ATTENTION_PATHS = {"dot_product": dict(attention="dot_product", attention_chunk=
                    "dot_product in chunks of 4": dict(attention="dot_product", attention_chunk=4)}
 
 
+@pytest.mark.filterwarnings("ignore:attention='dot_product' cannot express")  # gemma2, tested below
 @pytest.mark.parametrize("path", ATTENTION_PATHS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_attention_path_gives_the_einsum_logits_and_heads(tiny_models, family, path):
