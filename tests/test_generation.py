@@ -72,3 +72,28 @@ def test_a_prefill_in_query_blocks_generates_the_same(tiny_models):
     blocks = tvjax.generate(params, tokens, config=config.replace(attention_chunk=4), mask=mask, max_new_tokens=8,
                             eos_token_id=-1)
     np.testing.assert_array_equal(blocks, whole)
+
+
+def test_answer_positions_blend_every_generated_token_as_a_reference_loop_does(tiny_models):
+    """positions='answer' with the KV cache equals, step by step, a full forward of the prompt and
+    the tokens generated so far with the blend at the last prompt token and every generated one."""
+    _, (config, params, _), _ = tiny_models("gemma3")
+    rng = np.random.default_rng(7)
+    theta = jnp.asarray(rng.normal(size=(config.n_layers, config.n_heads)) - 1, jnp.float32)
+    mu = jnp.asarray(rng.normal(size=(config.n_layers, config.n_heads, config.head_dim)), jnp.float32)
+    blend = HeadBlend(theta, mu)
+    prompts = [rng.integers(3, config.vocab_size, size=n).tolist() for n in (7, 4)]
+    tokens, mask = pad_left(prompts)
+    ours = tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=8, intervention=blend,
+                          eos_token_id=-1, positions="answer")
+    for row, prompt in enumerate(prompts):
+        sequence = list(prompt)
+        for _ in range(8):
+            edit = jnp.zeros((1, len(sequence)), bool).at[0, len(prompt) - 1:].set(True)
+            logits = tvjax.forward(params, jnp.asarray([sequence]), config=config, intervention=blend,
+                                   edit_mask=edit).logits[0, -1]
+            sequence.append(int(jnp.argmax(logits)))
+        np.testing.assert_array_equal(ours[row], sequence[len(prompt):])
+    last = tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=8, intervention=blend,
+                          eos_token_id=-1)
+    assert not np.array_equal(last, ours), "blending the generated tokens should change this generation"

@@ -142,3 +142,22 @@ def test_bad_residual_edits_are_refused(tmp_path, tiny_lm):
             tvjax.load_intervention(tmp_path / f"{name}.safetensors")
     with pytest.raises(TaskVectorError, match="cannot save an intervention of type Edit"):
         tvjax.save_intervention(tmp_path / "edit.safetensors", tvjax.Edit("heads", lambda x, l, d: x), c)
+
+
+def test_the_edit_positions_travel_with_the_file(tmp_path, tiny_lm, tiny_task):
+    settings = tvjax.FitConfig(steps=2, eval_every=1, batch_size=4, positions="answer")
+    tv = tvjax.TaskVectorExtractor(tiny_lm, tiny_task, shots=2, n_prompts=2, fit_config=settings)
+    tv.fit()
+    loaded = load_task_vector(tv.save(tmp_path / "tv.safetensors"))
+    assert loaded.positions == "answer" and loaded.info["fit"]["positions"] == "answer"
+    other = tvjax.TaskVectorExtractor(tiny_lm, tiny_task, shots=2)
+    other.load(tmp_path / "tv.safetensors")
+    assert other.positions == "answer"
+    assert other.evaluate(("task_vector",)) == tv.evaluate(("task_vector",))
+    assert load_task_vector(save_task_vector(tmp_path / "old.safetensors", loaded.theta, loaded.mu,
+                                             tiny_lm.config)).positions == "last"  # files that do not say
+    bad = save_task_vector(tmp_path / "bad.safetensors", loaded.theta, loaded.mu, tiny_lm.config, positions="all")
+    with pytest.raises(TaskVectorError, match="positions='all'"):
+        load_task_vector(bad).positions
+    with pytest.raises(ValueError, match="positions='every'"):
+        tvjax.FitConfig(positions="every")

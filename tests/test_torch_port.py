@@ -217,3 +217,24 @@ def test_default_model_with_ported_interventions_matches_tvjax(tmp_path):
         assert_logits_close(ours, theirs)
         np.testing.assert_array_equal(new[0, : len(expected)], expected)
         assert np.abs(theirs - hf_logits(hf, np.asarray([ids]))).max() > 0.1, "the edit should change the logits"
+
+
+@pytest.mark.parametrize("kind", RANDOM)
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
+def test_answer_positions_port_to_pytorch_generation(tiny_models, family, kind, tmp_path):
+    """A file fitted with positions='answer' edits every generated token on both sides alike."""
+    hf, (config, params, _), _ = tiny_models(family)
+    rng = np.random.default_rng(8)
+    L, N, H, D = config.n_layers, config.n_heads, config.head_dim, config.d_model
+    intervention = {"head_blend": lambda: tvjax.HeadBlend(rng.normal(size=(L, N)).astype(np.float32) - 1,
+                                                          rng.normal(size=(L, N, H)).astype(np.float32)),
+                    "residual_edit": lambda: tvjax.ResidualEdit.adding(config, 1, 3 * rng.normal(size=D))}[kind]()
+    path = tvjax.save_intervention(tmp_path / "tv.safetensors", intervention, config, positions="answer")
+    prompt = rng.integers(3, config.vocab_size, size=7).tolist()
+    new = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=8, intervention=intervention,
+                         eos_token_id=-1, positions="answer")
+    with apply_intervention(hf, path):
+        np.testing.assert_array_equal(new[0], _hf_generate(hf, prompt, 8))
+    last = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=8, intervention=intervention,
+                          eos_token_id=-1)
+    assert not np.array_equal(new[0], last[0]), "editing the generated tokens should change this generation"

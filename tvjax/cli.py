@@ -340,7 +340,7 @@ def cmd_eval(args) -> None:
     if tv_file is not None:  # scored under the method that made it (compare's files record it)
         method = info.get("method", "task_vector")
         scores[method] = evaluate(model, task, intervention=tv_file.intervention(), split=args.split, seed=seed,
-                                  template=tv.template, desc=method)
+                                  template=tv.template, desc=method, positions=tv_file.positions)
     methods = list(scores)
     if jax.process_index() != 0:
         return
@@ -376,7 +376,8 @@ def cmd_generate(args) -> None:
     # Queries end like the fitting prompts did (e.g. with the ' ' token before digits).
     prompts = [args.prompt] if args.prompt else [_template(args, info).query(q)[0] + info.get("lead", "")
                                                  for q in args.query]
-    texts = generate_text(model, prompts, args.max_new_tokens, intervention=tv.intervention() if tv else None)
+    texts = generate_text(model, prompts, args.max_new_tokens, intervention=tv.intervention() if tv else None,
+                          positions=tv.positions if tv else "last")
     if jax.process_index() != 0:
         return
     for prompt, text in zip(prompts, texts):

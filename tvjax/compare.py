@@ -77,17 +77,20 @@ def compare_task(model, task: Task, config: CompareConfig = CompareConfig(), met
             interventions[method], ranking, chose[method] = _FITS[method](model, task, means, config)
         rankings.update(ranking)
     scores = {}
+    positions = {m: config.fit.positions if m == "task_vector" else "last" for m in methods}  # where each acts
     for method in methods:
         with timed(seconds, f"eval_{method}", progress):
             scores[method] = evaluate(model, task, intervention=interventions[method], seed=config.seed,
                                       shots=config.shots if method == "icl" else 0, template=config.template,
-                                      desc=f"{method} {task.name}").as_dict()
+                                      desc=f"{method} {task.name}",
+                                      positions=positions[method]).as_dict()
     files = {}
     for method in (m for m in methods if m in _FITS and save_to is not None):
         files[method] = str(save_intervention(
             Path(save_to) / f"{task.name}.{method}.safetensors", interventions[method], model.config,
             model=model_name, task=task.name, method=method, seed=config.seed, template=config.template.text,
-            shots=config.shots, chose=chose[method], scores=scores.get(method), tvjax_version=__version__))
+            shots=config.shots, chose=chose[method], scores=scores.get(method), tvjax_version=__version__,
+            positions=positions[method]))
     return {"task": task.name, "methods": list(methods), "scores": scores, "seconds": seconds, "rankings": rankings,
             "chose": chose, "files": files}
 

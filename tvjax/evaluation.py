@@ -32,11 +32,11 @@ class Scores:
 
 def evaluate(model, task: Task, *, intervention: Intervention | tuple | None = None, shots: int = 0,
              split: str = "test", seed: int = 0, batch_size: int = 16, max_new_tokens: int | None = None,
-             template: Template = Template(), desc: str | None = None) -> Scores:
+             template: Template = Template(), desc: str | None = None, positions: str = "last") -> Scores:
     """Score `task`'s `split` with `shots` demonstrations per prompt and an optional intervention.
 
-    The intervention edits the last prompt token of each prompt (then generation continues).
-    `max_new_tokens` defaults to `answer_budget(prompts)`.
+    The intervention edits the last prompt token of each prompt (with `positions='answer'`, also
+    each generated token). `max_new_tokens` defaults to `answer_budget(prompts)`.
     """
     config, params, tokenizer = model
     prompts, skipped = prompts_for(tokenizer, task, split, shots, template=template, seed=seed)
@@ -49,7 +49,7 @@ def evaluate(model, task: Task, *, intervention: Intervention | tuple | None = N
                             leave=False, disable=None):
         tokens, mask = pad_left([p.ids for p in chunk], pad, length)
         new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max_new_tokens,
-                       intervention=intervention)
+                       intervention=intervention, positions=positions)
         for prompt, row in zip(chunk[:real], new[:real]):
             first += int(row[0] == prompt.answer[0])
             exact += int(answer_text(tokenizer, row, config.eos_ids) == prompt.pair[1].strip())
@@ -58,7 +58,7 @@ def evaluate(model, task: Task, *, intervention: Intervention | tuple | None = N
 
 def evaluate_many(model, tasks: Sequence[Task], *, blends: Sequence[HeadBlend] | None = None, shots: int = 0,
                   split: str = "test", seed: int = 0, batch_size: int = 64,
-                  template: Template = Template()) -> list[Scores]:
+                  template: Template = Template(), positions: str = "last") -> list[Scores]:
     """`evaluate` of many tasks in shared batches (decoding reads the weights once per step for all).
 
     Each task's prompts are scored as `evaluate` scores them, with its own blend (`blends[a]`,
@@ -80,7 +80,7 @@ def evaluate_many(model, tasks: Sequence[Task], *, blends: Sequence[HeadBlend] |
         task = np.asarray([a for a, _ in chunk])
         tokens, mask = pad_left([p.ids for _, p in chunk], pad, length)
         new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max(budgets),
-                       intervention=None if blends is None else RowBlend.gather(theta, mu, task))
+                       intervention=None if blends is None else RowBlend.gather(theta, mu, task), positions=positions)
         for (a, prompt), row in zip(chunk[:real], new[:real]):
             first[a] += int(row[0] == prompt.answer[0])
             exact[a] += int(answer_text(tokenizer, row[:budgets[a]], config.eos_ids) == prompt.pair[1].strip())

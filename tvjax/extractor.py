@@ -46,6 +46,7 @@ class TaskVectorExtractor:
         self.shots, self.n_prompts, self.fit_config = shots, n_prompts, fit_config
         self.template, self.seed = template, seed
         self.mu = None
+        self.positions = fit_config.positions  # where the vector acts (a loaded file's own)
         self.result: FitResult | None = None
         self.blend: HeadBlend | None = None
         self.timings: dict[str, float] = {}
@@ -78,7 +79,8 @@ class TaskVectorExtractor:
     def evaluate(self, methods=None, split: str = "test") -> dict[str, Scores]:
         """Scores of each method on `split`: plain zero-shot, `shots`-shot ICL, zero-shot + task vector."""
         methods = METHODS if methods is None else methods
-        settings = {"zero_shot": {}, "icl": {"shots": self.shots}, "task_vector": {"intervention": self.blend}}
+        settings = {"zero_shot": {}, "icl": {"shots": self.shots},
+                    "task_vector": {"intervention": self.blend, "positions": self.positions}}
         if "task_vector" in methods and self.blend is None:
             raise ValueError("no task vector yet: call fit() or load() first")
         scores = {}
@@ -99,7 +101,7 @@ class TaskVectorExtractor:
             raise ValueError("no task vector yet: call fit() or load() first")
         info = {"model": self.model_name, "task": self.task.name, "shots": self.shots, "n_prompts": self.n_prompts,
                 "fit": dataclasses.asdict(self.fit_config), "template": self.template.text, "seed": self.seed,
-                "lead": self.lead(), "tvjax_version": __version__, **extra}
+                "lead": self.lead(), "positions": self.positions, "tvjax_version": __version__, **extra}
         if self.result is not None:
             info.update(best_step=self.result.best_step, best_valid_loss=self.result.best_valid_loss)
         return save_task_vector(path, self.blend.theta, self.blend.mu, self.model.config, **info)
@@ -114,7 +116,7 @@ class TaskVectorExtractor:
         tv = load_task_vector(path)
         tv.check(self.model.config)
         self.blend = tv.intervention()
-        self.mu = tv.mu
+        self.mu, self.positions = tv.mu, tv.positions
         return self.blend
 
 
@@ -151,7 +153,8 @@ def fit_together(model: Model, tasks, *, methods=METHODS, **settings) -> list[tu
         results = fit_many(first.model, tasks, mus, first.fit_config, template=first.template)
     for tv, result in zip(extractors, results):
         tv.mu, tv.result, tv.blend = result.blend.mu, result, result.blend
-    settings = {"zero_shot": {}, "icl": {"shots": first.shots}, "task_vector": {"blends": [r.blend for r in results]}}
+    settings = {"zero_shot": {}, "icl": {"shots": first.shots},
+                "task_vector": {"blends": [r.blend for r in results], "positions": first.positions}}
     scores = [{} for _ in tasks]
     for method in methods:
         with timed(timings, f"eval_{method}"):

@@ -22,6 +22,7 @@ from tvjax.interventions import HeadBlend, RowBlend
 from tvjax.model import param_axes
 from tvjax.rows import ROWS_AXES, Rows, losses, mean_loss, prepare_rows, row_losses, split_rows, take
 from tvjax.sharding import constrain, on_mesh, put
+from tvjax.taskvector import check_positions
 from tvjax.train import batch_indices, initial_means, loop, open_checkpoints, optimizer
 
 
@@ -38,6 +39,11 @@ class FitConfig:
     sparsity: float = 0.0  # penalty weight on mean(sigmoid(theta))
     optimizer: str = "adam"  # any optax optimizer taking a learning rate: adam, adamw, sgd, lion, ...
     all_answer_tokens: bool = False  # loss on every answer token instead of the first
+    positions: str = "last"  # where theta acts: 'last' prompt token, or 'answer': also every answer token
+    # (teacher-forced here, generated in evaluation), with the loss on every answer token
+
+    def __post_init__(self):
+        check_positions(self.positions)
 
 
 class FitResult(NamedTuple):
@@ -105,7 +111,8 @@ def fit(model, task: Task, mu, settings: FitConfig = FitConfig(), *, template: T
                                    settings=settings, run_info=run_info)
     mu = initial_means(mu, checkpoints, config, "fit")
     train, valid = (split_rows(model, task, split, template=template, seed=settings.seed,
-                               all_answer_tokens=settings.all_answer_tokens, batch_size=settings.batch_size)
+                               all_answer_tokens=settings.all_answer_tokens, batch_size=settings.batch_size,
+                               positions=settings.positions)
                     for split in ("train", "valid"))
     theta = jnp.full((L, N), settings.init, jnp.float32)
     state = {"theta": theta, "opt_state": optimizer(settings.optimizer, settings.learning_rate).init(theta),
@@ -180,7 +187,8 @@ def fit_many(model, tasks: Sequence[Task], mus, settings: FitConfig = FitConfig(
         raise ValueError(f"fit_many needs one mean [L, N, H] = {(L, N, H)} per task ({A} tasks), got {mu.shape}")
     prompts = {split: [prompts_for(tokenizer, t, split, 0, template=template, seed=settings.seed)[0] for t in tasks]
                for split in ("train", "valid")}
-    train, valid = (prepare_rows(model, sum(prompts[split], []), settings.all_answer_tokens, settings.batch_size)
+    train, valid = (prepare_rows(model, sum(prompts[split], []), settings.all_answer_tokens, settings.batch_size,
+                                 settings.positions)
                     for split in ("train", "valid"))
     sizes = [len(p) for p in prompts["train"]]
     starts = np.cumsum([0] + sizes[:-1])

@@ -1,4 +1,5 @@
-"""Jit-compiled greedy generation with a KV cache; the intervention edits the last prompt token."""
+"""Jit-compiled greedy generation with a KV cache; the intervention edits the last prompt token
+(and, with positions 'answer', every generated token as it is fed back)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from tvjax.config import ModelConfig
 from tvjax.interventions import Intervention, axes_of
 from tvjax.model import KVCache, Params, forward
 from tvjax.sharding import constrain, on_mesh, put
+from tvjax.taskvector import check_positions
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))
-def _greedy(params, tokens, mask, intervention, eos_ids, *, config: ModelConfig, max_new_tokens: int):
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "every_token"))
+def _greedy(params, tokens, mask, intervention, eos_ids, *, config: ModelConfig, max_new_tokens: int,
+            every_token: bool = False):
     B, T = tokens.shape
     cache = KVCache.empty(config, B, T + max_new_tokens)
     last = jnp.full((B,), T - 1)
@@ -26,7 +29,8 @@ def _greedy(params, tokens, mask, intervention, eos_ids, *, config: ModelConfig,
     def step(carry, _):
         token, done, cache = carry
         out = forward(params, token[:, None], config=config, mask=jnp.ones((B, 1), bool),
-                      logits_at=jnp.zeros((B,), jnp.int32), cache=cache)
+                      intervention=intervention if every_token else None, logits_at=jnp.zeros((B,), jnp.int32),
+                      cache=cache)
         done = done | jnp.isin(token, eos_ids)
         token = jnp.where(done, eos_ids[0], jnp.argmax(out.logits, axis=-1).astype(jnp.int32))
         return (token, done, out.cache), token
@@ -45,6 +49,7 @@ def generate(
     max_new_tokens: int = 16,
     intervention: Intervention | tuple | None = None,
     eos_token_id: int | tuple[int, ...] | None = None,
+    positions: str = "last",
 ) -> np.ndarray:
     """Greedy decoding.
 
@@ -55,9 +60,11 @@ def generate(
       mask: `[B, T]` bool (default: all real).
       max_new_tokens: tokens to generate per prompt.
       intervention: optional intervention (`HeadBlend`, `ResidualEdit`, `Edit`, your own or a
-        tuple of them), applied at the last prompt token only.
+        tuple of them), applied at the last prompt token.
       eos_token_id: id(s) ending a row; after one, the row repeats the first id
         (default: `config.eos_token_id`; -1 never stops).
+      positions: 'last' (the intervention acts at the last prompt token only) or 'answer'
+        (also at every generated token, as it is fed back in).
     Returns:
       `[B, max_new_tokens]` int32 new tokens.
     """
@@ -66,19 +73,22 @@ def generate(
     eos = config.eos_ids if eos_token_id is None else config.replace(eos_token_id=eos_token_id).eos_ids
     with on_mesh(params):
         new = _greedy(params, *put((tokens, mask), "BT"), put(intervention, axes_of(intervention)),
-                      put(np.asarray(eos or (-1,), np.int32), None), config=config, max_new_tokens=max_new_tokens)
+                      put(np.asarray(eos or (-1,), np.int32), None), config=config, max_new_tokens=max_new_tokens,
+                      every_token=check_positions(positions) == "answer" and intervention is not None)
     return np.asarray(new)
 
 
 def generate_text(model, prompts: list[str] | list[list[int]], max_new_tokens: int = 16,
-                  intervention: Intervention | tuple | None = None) -> list[str]:
-    """Greedy completions of `prompts` (texts, or token id lists) as strings, cut at end-of-sequence."""
+                  intervention: Intervention | tuple | None = None, positions: str = "last") -> list[str]:
+    """Greedy completions of `prompts` (texts, or token id lists) as strings, cut at end-of-sequence
+    (`positions` as in `generate`)."""
     config, params, tokenizer = model
     if all(isinstance(p, str) for p in prompts):
         tokens, mask = encode(tokenizer, prompts)
     else:
         tokens, mask = pad_left(prompts, pad_id(tokenizer))
-    new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max_new_tokens, intervention=intervention)
+    new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max_new_tokens, intervention=intervention,
+                   positions=positions)
     return [tokenizer.decode(until_eos(row, config.eos_ids), skip_special_tokens=True) for row in new]
 
 

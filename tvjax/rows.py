@@ -1,10 +1,10 @@
 """Prompt rows: every method's training and scoring data, with cached prefixes.
 
-An intervention edits the last prompt token, so nothing before it depends on the
-intervention. Each prompt's prefix (all but its last token) is run once, without
-gradient, into a KV cache; a row then runs only its suffix (the last prompt token,
-plus the answer tokens when `all_answer_tokens`) on top of its cached prefix, with
-logits only there. Shapes are fixed (bucketed prefixes), so a loop over rows compiles once.
+An intervention edits the last prompt token (and, with positions 'answer', every answer
+token after it), so nothing before it depends on the intervention. Each prompt's prefix
+(all but its last token) is run once, without gradient, into a KV cache; a row then runs
+only its suffix (the last prompt token, plus the answer tokens when `all_answer_tokens`)
+on top of its cached prefix, with logits only there. Shapes are fixed (bucketed prefixes), so a loop over rows compiles once.
 
 Rows live on the params' mesh, split over rows `R` like a batch.
 """
@@ -24,6 +24,7 @@ from tvjax.data import Prompt, Task, Template, prompts_for
 from tvjax.interventions import axes_of
 from tvjax.model import KVCache, forward
 from tvjax.sharding import constrain, on_mesh, put
+from tvjax.taskvector import check_positions
 
 CACHE_AXES = KVCache("LBSKH", "LBSKH", "BS", None)  # sharding letters of a KVCache's fields
 
@@ -35,6 +36,8 @@ class Rows(NamedTuple):
       cache: `KVCache` of the prefixes, k/v `[L, R, S, K, H]`, mask `[R, S]`.
       tokens / mask: `[R, Ts]` suffix tokens (the last prompt token first), right-padded.
       targets / target_mask: `[R, Ts]` next-token targets and which of them count.
+      edit: `[R, Ts]` bool, the suffix positions the intervention edits (None: the first, the
+        last prompt token).
     """
 
     cache: KVCache
@@ -42,14 +45,21 @@ class Rows(NamedTuple):
     mask: jax.Array
     targets: jax.Array
     target_mask: jax.Array
+    edit: jax.Array | None = None
 
 
-ROWS_AXES = Rows(CACHE_AXES, "RT", "RT", "RT", "RT")
+ROWS_AXES = Rows(CACHE_AXES, "RT", "RT", "RT", "RT", "RT")
 
 
-def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, batch_size: int = 16) -> Rows:
-    """Run every prompt's prefix once into a KV cache and lay out suffixes and targets (on the params' mesh)."""
+def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, batch_size: int = 16,
+                 positions: str = "last") -> Rows:
+    """Run every prompt's prefix once into a KV cache and lay out suffixes and targets (on the params' mesh).
+
+    `positions`: 'last' edits the last prompt token; 'answer' also every answer token (the
+    suffix holds the whole answer, teacher-forced, and every answer token is a target).
+    """
     config, params, _ = model
+    all_answer_tokens = all_answer_tokens or check_positions(positions) == "answer"
     if any(len(p.ids) < 2 for p in prompts):
         raise ValueError("every prompt row needs at least 2 tokens (a prefix and the edited last token)")
     suffixes = [[p.ids[-1]] + (p.answer[:-1] if all_answer_tokens else []) for p in prompts]
@@ -64,14 +74,16 @@ def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, 
         cache = KVCache(jnp.concatenate([c.k for c in caches], axis=1)[:, :n],
                         jnp.concatenate([c.v for c in caches], axis=1)[:, :n],
                         jnp.concatenate([c.mask for c in caches])[:n], caches[0].end)
-        return put(Rows(cache, *_right_pad(suffixes, Ts), *_right_pad(targets, Ts)), ROWS_AXES)
+        tokens, present = _right_pad(suffixes, Ts)
+        edit = present if positions == "answer" else present & (jnp.arange(Ts) == 0)
+        return put(Rows(cache, tokens, present, *_right_pad(targets, Ts), edit), ROWS_AXES)
 
 
 def split_rows(model, task: Task, split: str, *, template: Template, seed: int, all_answer_tokens: bool = False,
-               batch_size: int = 16) -> Rows:
+               batch_size: int = 16, positions: str = "last") -> Rows:
     """The zero-shot prompts of `task`'s `split` as rows (`prepare_rows`)."""
     prompts, _ = prompts_for(model.tokenizer, task, split, 0, template=template, seed=seed)
-    return prepare_rows(model, prompts, all_answer_tokens, batch_size)
+    return prepare_rows(model, prompts, all_answer_tokens, batch_size, positions)
 
 
 def _right_pad(rows: list[list[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,8 +104,8 @@ def _prefill(params, tokens, mask, *, config: ModelConfig, length: int) -> KVCac
 
 
 def row_losses(params, config: ModelConfig, intervention, rows: Rows) -> jax.Array:
-    """Mean answer cross-entropy per row `[R]`, with `intervention` on each row's last prompt token."""
-    edit = jnp.zeros(rows.tokens.shape, bool).at[:, 0].set(True)
+    """Mean answer cross-entropy per row `[R]`, with `intervention` at each row's edited positions."""
+    edit = jnp.zeros(rows.tokens.shape, bool).at[:, 0].set(True) if rows.edit is None else rows.edit
     logits = forward(params, rows.tokens, config=config, mask=rows.mask, intervention=intervention, edit_mask=edit,
                      cache=rows.cache).logits  # [R, Ts, V]
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), rows.targets[..., None], axis=-1)[..., 0]
@@ -104,7 +116,8 @@ def take(rows: Rows, index: jax.Array) -> Rows:
     """The rows at `index` (`[B]`)."""
     c = rows.cache
     cache = KVCache(c.k[:, index], c.v[:, index], c.mask[index], c.end)
-    return Rows(cache, rows.tokens[index], rows.mask[index], rows.targets[index], rows.target_mask[index])
+    return Rows(cache, rows.tokens[index], rows.mask[index], rows.targets[index], rows.target_mask[index],
+                None if rows.edit is None else rows.edit[index])
 
 
 def losses(params, intervention, rows: Rows, *, config: ModelConfig) -> jax.Array:

@@ -30,6 +30,9 @@ FORMAT_VERSION = 2
 SHAPE_KEYS = ("family", "n_layers", "n_heads", "head_dim", "d_model")
 KINDS = ("head_blend", "residual_edit")
 INFINITE_ALLOWED = ("theta",)  # +-inf theta: a head exactly replaced by its mean, or exactly untouched
+# Where an intervention acts: the last prompt token only, or also every answer token after it
+# (each generated token; in fitting, each teacher-forced answer token). Files say it in `info`.
+POSITIONS = ("last", "answer")
 
 
 def array_shapes(kind: str, model: dict) -> dict[str, tuple[int, ...]]:
@@ -51,6 +54,11 @@ class TaskVector(NamedTuple):
     model: dict  # the model shape it was fitted on (SHAPE_KEYS)
     info: dict  # free-form metadata
     kind = "head_blend"
+
+    @property
+    def positions(self) -> str:
+        """Where it acts: 'last' (the last prompt token) or 'answer' (that and every answer token)."""
+        return positions_of(self.info)
 
     def intervention(self):
         """As a `tvjax.HeadBlend` (imports JAX)."""
@@ -79,6 +87,11 @@ class ResidualVector(NamedTuple):
     info: dict
     kind = "residual_edit"
 
+    @property
+    def positions(self) -> str:
+        """Where it acts: 'last' (the last prompt token) or 'answer' (that and every answer token)."""
+        return positions_of(self.info)
+
     def intervention(self):
         """As a `tvjax.ResidualEdit` (imports JAX)."""
         from tvjax.interventions import ResidualEdit
@@ -96,6 +109,20 @@ class ResidualVector(NamedTuple):
 
 def model_shape(config) -> dict:
     return {k: getattr(config, k) for k in SHAPE_KEYS}
+
+
+def check_positions(positions: str) -> str:
+    if positions not in POSITIONS:
+        raise ValueError(f"positions={positions!r}: an intervention acts at {' or '.join(map(repr, POSITIONS))}")
+    return positions
+
+
+def positions_of(info: dict) -> str:
+    """Where a file's intervention acts, from its `info` ('last' for files that do not say)."""
+    try:
+        return check_positions(info.get("positions", "last"))
+    except ValueError as e:
+        raise TaskVectorError(f"the file's info: {e}") from None
 
 
 def save_task_vector(path: str | os.PathLike, theta, mu, config, **info) -> Path:

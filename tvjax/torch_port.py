@@ -33,7 +33,7 @@ import torch
 
 from tvjax.config import ModelConfig
 from tvjax.convert.architectures import HF_ATTENTION_OUTPUTS, MODEL_TYPES, SUPPORTED, config_from_hf
-from tvjax.taskvector import ResidualVector, TaskVector, TaskVectorError, load_intervention
+from tvjax.taskvector import ResidualVector, TaskVector, TaskVectorError, check_positions, load_intervention
 from tvjax.taskvector import model_shape as _shape
 
 # the KV cache keyword of Hugging Face forwards (renamed from `past_key_values` in transformers 5)
@@ -93,16 +93,18 @@ class SaveInputsHook(Hook):
 
 
 class PromptHook(Hook):
-    """A hook that edits the prompt forward only, at one position per row: the call whose KV
-    cache (passed by keyword, as `generate` does) starts empty, which a forward pre-hook on
-    `model` checks, at the last token or at `at` `[B]`. (`generate(..., use_cache=False)`
+    """A hook that edits the prompt forward, at one position per row: the call whose KV cache
+    (passed by keyword, as `generate` does) starts empty, which a forward pre-hook on `model`
+    checks, at the last token or at `at` `[B]`. With `positions='answer'` it also edits each
+    later cached step's new token (every generated token). (`generate(..., use_cache=False)`
     reruns the whole sequence each step, and each step's last token would be edited.)
-    Subclasses set `self.layer` (target name -> layer index) and implement `__call__`.
+    Subclasses set `self.layer` (target name -> layer index) and implement `edit`.
     """
 
-    def __init__(self, model: torch.nn.Module, at=None):
+    def __init__(self, model: torch.nn.Module, at=None, positions: str = "last"):
         self.model = model
         self.at = None if at is None else torch.as_tensor(at, dtype=torch.long)
+        self.every_token = check_positions(positions) == "answer"
         self.prefill = True
 
     def attach(self, targets):
@@ -117,7 +119,14 @@ class PromptHook(Hook):
         """`(rows, at)`, each `[B]`: the edited position of each row of `x` `[B, T, ...]`."""
         B, T = x.shape[:2]
         rows = torch.arange(B, device=x.device)
-        return rows, torch.full((B,), T - 1, device=x.device) if self.at is None else self.at.to(x.device)
+        if self.at is None or not self.prefill:
+            return rows, torch.full((B,), T - 1, device=x.device)
+        return rows, self.at.to(x.device)
+
+    def __call__(self, module, inputs, output, name):
+        if not (self.prefill or self.every_token):
+            return None
+        return self.edit(module, inputs, output, name)
 
 
 class TaskVectorHook(PromptHook):
@@ -128,10 +137,11 @@ class TaskVectorHook(PromptHook):
       weight: `[L, N]` blend weights (sigmoid of theta), in [0, 1].
       mu: `[L, N, H]` head means.
       at: optional `[B]` position to edit in each row (default: the last token).
+      positions: 'last' (the prompt forward only) or 'answer' (also every generated token).
     """
 
-    def __init__(self, model: torch.nn.Module, weight, mu, at=None):
-        super().__init__(model, at)
+    def __init__(self, model: torch.nn.Module, weight, mu, at=None, positions: str = "last"):
+        super().__init__(model, at, positions)
         shape = model_shape(model.config)
         self.n_heads = shape["n_heads"]
         self.weight = torch.as_tensor(weight, dtype=torch.float32)
@@ -142,10 +152,8 @@ class TaskVectorHook(PromptHook):
                                   f"model {shape} needs weight {want[:2]}, mu {want}")
         self.layer = {name: l for l, name in enumerate(attention_outputs(model))}
 
-    def __call__(self, module, inputs, output, name):
+    def edit(self, module, inputs, output, name):
         """Recompute the projection at the edited token from blended heads (`[B, T, D]` out)."""
-        if not self.prefill:
-            return None
         x = inputs[0]  # [B, T, N * H]
         B = x.shape[0]
         rows, at = self.positions(x)
@@ -172,10 +180,11 @@ class ResidualHook(PromptHook):
       target: `[L, D]` states patched in, with weight `weight`.
       weight: `[L]`.
       at: optional `[B]` position to edit in each row (default: the last token).
+      positions: 'last' (the prompt forward only) or 'answer' (also every generated token).
     """
 
-    def __init__(self, model: torch.nn.Module, add, target, weight, at=None):
-        super().__init__(model, at)
+    def __init__(self, model: torch.nn.Module, add, target, weight, at=None, positions: str = "last"):
+        super().__init__(model, at, positions)
         shape = model_shape(model.config)
         self.add, self.target, self.weight = (torch.as_tensor(a, dtype=torch.float32) for a in (add, target, weight))
         L, D = shape["n_layers"], shape["d_model"]
@@ -188,9 +197,7 @@ class ResidualHook(PromptHook):
         self.layer = {name: l for l, (name, _) in enumerate(layers) if edited[l]}
         self.targets = {name: module for name, module in layers if name in self.layer}  # the layers it touches
 
-    def __call__(self, module, inputs, output, name):
-        if not self.prefill:
-            return None
+    def edit(self, module, inputs, output, name):
         hidden = output[0] if isinstance(output, tuple) else output  # [B, T, D]
         rows, at = self.positions(hidden)
         l = self.layer[name]
@@ -233,10 +240,10 @@ def apply_intervention(model: torch.nn.Module, intervention: str | os.PathLike |
     loaded = intervention if isinstance(intervention, (TaskVector, ResidualVector)) else load_intervention(intervention)
     loaded.check(_model_config(model.config))
     if isinstance(loaded, ResidualVector):
-        hook = ResidualHook(model, loaded.add, loaded.target, loaded.weight)
+        hook = ResidualHook(model, loaded.add, loaded.target, loaded.weight, positions=loaded.positions)
         return Intervention(hook.targets, hook)
     weight = torch.sigmoid(torch.as_tensor(loaded.theta, dtype=torch.float32))
-    return Intervention(attention_outputs(model), TaskVectorHook(model, weight, loaded.mu))
+    return Intervention(attention_outputs(model), TaskVectorHook(model, weight, loaded.mu, positions=loaded.positions))
 
 
 def from_torch(weight, mu, model, **info) -> TaskVector:
