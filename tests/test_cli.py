@@ -36,7 +36,7 @@ def test_fit_eval_generate_round_trip(tmp_path, capsys, tiny_lm_dir):
     assert "soft TV" in capsys.readouterr().out
     evaluated = json.loads((out_dir / "caps.eval.json").read_text())
     assert evaluated["model"] == model and set(evaluated["scores"]) == {"zero_shot", "icl", "task_vector"}
-    assert (out_dir / "caps.eval.csv").read_text().splitlines()[0] == "method,first_token,exact_match,n,skipped"
+    assert (out_dir / "caps.eval.csv").read_text().splitlines()[0] == "method,first_token,exact_match,contains,n,skipped"
     assert main(["generate", "--model", model, "--tv", str(tv), "--query", "fast", "--max-new-tokens", "3"]) == 0
     assert "'Q: fast\\nA:' -> " in capsys.readouterr().out
 
@@ -94,9 +94,14 @@ def test_fit_resume_continues_from_checkpoints(tmp_path, capsys, tiny_lm_dir):
 
 
 
+OTHER_STRINGS = {"adam": "sgd", "last": "answer"}  # string fields' defaults -> another valid value
+
+
 def _other(value):
     """A value of a config field that is not its default `value`."""
-    return True if isinstance(value, bool) else "sgd" if isinstance(value, str) else 3 if value is None else value + 1
+    if isinstance(value, str):
+        return OTHER_STRINGS[value]
+    return True if isinstance(value, bool) else 3 if value is None else value + 1
 
 
 def test_compare_sets_every_method_setting():

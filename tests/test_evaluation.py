@@ -35,3 +35,17 @@ def test_answer_text_takes_the_first_line_before_eos(tiny_lm):
     ids = tokenizer(" slow\n\nQ: big")["input_ids"]
     assert answer_text(tokenizer, np.asarray(ids), eos_ids=(2,)) == "slow"
     assert answer_text(tokenizer, np.asarray(tokenizer(" Paris")["input_ids"] + [2, 5, 6]), eos_ids=(2,)) == "Paris"
+
+
+def test_a_row_scores_first_token_exact_match_and_contains(tiny_lm):
+    from tvjax.data.prompts import Prompt
+    from tvjax.evaluation import score_row
+
+    tokenizer = tiny_lm.tokenizer
+    paris = tokenizer(" Paris")["input_ids"]
+    prompt = Prompt([5, 6], paris, ("France", "Paris"))
+    rows = {" Paris\n\nQ: Spain": [1, 1, 1], " Paris, France": [1, 0, 1], " Pari": [0, 0, 0], " London": [0, 0, 0],
+            " Parisian\nQ": [1, 0, 1]}
+    for text, expected in rows.items():
+        row = np.asarray(tokenizer(text)["input_ids"] + [2, 7])
+        assert score_row(tokenizer, row, prompt, (2,)).tolist() == expected, text

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--shots", type=int, default=10)
     fit.add_argument("--n-prompts", type=int, default=50, help="ICL prompts averaged for the means")
     fit.add_argument("--template", default=None, help="prompt template with {input} and {output}")
-    add_config_flags(fit.add_argument_group("fitting (tvjax.fitting.FitConfig)"), FitConfig())
+    add_config_flags(fit.add_argument_group("fitting (tvjax.fitting.FitConfig)"), FitConfig(), help=_FIT_HELP)
     fit.add_argument("--checkpoint-dir", default=None,
                      help="save Orbax checkpoints of the fit here (with --resume, default <out>/checkpoints/<task>)")
     fit.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (start one if there is none)")
@@ -116,10 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_FIT_HELP = {"steps": "training steps",
+             "positions": "where the vector acts: 'last' (the last prompt token) or 'answer' (also every answer "
+                          "token, generated or teacher-forced; the loss covers the whole answer)"}
 # `tvjax compare`'s flags for each method's settings: CompareConfig field -> (help group title,
 # `add_config_flags` keywords)
 _METHOD_FLAGS = {
-    "fit": ("soft task vector (tvjax.fitting.FitConfig)", {"help": {"steps": "training steps"}}),
+    "fit": ("soft task vector (tvjax.fitting.FitConfig)", {"help": _FIT_HELP}),
     "function_vector": ("function vector (tvjax.function_vectors.FunctionVectorConfig)", {
         "prefix": "fv-", "aliases": {"k": ["--k"], "n_prompts": ["--fv-prompts"]},
         "help": {"k": "heads summed", "n_prompts": "shuffled-label prompts",
@@ -354,7 +357,7 @@ def cmd_eval(args) -> None:
     paths[0].write_text(json.dumps({"model": args.model or DEFAULT_MODEL, "task": task.name, "split": args.split,
                                     "seed": seed, "shots": args.shots, "task_vector": args.tv, "scores": table},
                                    indent=2))
-    fields = ("first_token", "exact_match", "n", "skipped")
+    fields = ("first_token", "exact_match", "contains", "n", "skipped")
     paths[1].write_text("\n".join(["method," + ",".join(fields)] +
                                   [",".join([m, *(str(s[f]) for f in fields)]) for m, s in table.items()]) + "\n")
     print(f"wrote {paths[0]} and {paths[1]}")

@@ -1,8 +1,9 @@
 """Accuracy on a task: zero-shot, K-shot ICL, or zero-shot with an intervention.
 
-Two scores per prompt, both from one batched greedy generation: first-token accuracy
-(the first generated token is the answer's first token) and exact match (the first
-line of the generation, stripped, equals the answer).
+Three scores per prompt, all from one batched greedy generation: first-token accuracy
+(the first generated token is the answer's first token), exact match (the first line of
+the generation, stripped, equals the answer) and contains (the stripped generation begins
+with the answer, whatever follows it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tvjax.interventions import HeadBlend, Intervention, RowBlend
 class Scores:
     first_token: float  # fraction of prompts whose first generated token is the answer's first token
     exact_match: float  # fraction whose generated first line equals the answer
+    contains: float  # fraction whose generation begins with the answer
     n: int  # prompts scored
     skipped: int  # pairs whose answer does not tokenise (reported, not scored)
 
@@ -43,17 +45,15 @@ def evaluate(model, task: Task, *, intervention: Intervention | tuple | None = N
     length = bucket_length(max(len(p.ids) for p in prompts))
     if max_new_tokens is None:
         max_new_tokens = answer_budget(prompts)
-    first = exact = 0
-    pad = pad_id(tokenizer)
+    hits, pad = np.zeros(3), pad_id(tokenizer)
     for chunk, real in tqdm(list(chunks(prompts, batch_size)), desc=desc or f"eval {task.name}",
                             leave=False, disable=None):
         tokens, mask = pad_left([p.ids for p in chunk], pad, length)
         new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max_new_tokens,
                        intervention=intervention, positions=positions)
         for prompt, row in zip(chunk[:real], new[:real]):
-            first += int(row[0] == prompt.answer[0])
-            exact += int(answer_text(tokenizer, row, config.eos_ids) == prompt.pair[1].strip())
-    return Scores(first / len(prompts), exact / len(prompts), len(prompts), len(skipped))
+            hits += score_row(tokenizer, row, prompt, config.eos_ids)
+    return Scores(*(hits / len(prompts)), len(prompts), len(skipped))
 
 
 def evaluate_many(model, tasks: Sequence[Task], *, blends: Sequence[HeadBlend] | None = None, shots: int = 0,
@@ -74,7 +74,7 @@ def evaluate_many(model, tasks: Sequence[Task], *, blends: Sequence[HeadBlend] |
     length = bucket_length(max(len(p.ids) for _, p in items))
     if blends is not None:
         theta, mu = (np.stack([np.asarray(getattr(b, k), np.float32) for b in blends]) for k in ("theta", "mu"))
-    first, exact, pad = [0] * len(tasks), [0] * len(tasks), pad_id(tokenizer)
+    hits, pad = np.zeros((len(tasks), 3)), pad_id(tokenizer)
     for chunk, real in tqdm(list(chunks(items, batch_size)), desc=f"eval {len(tasks)} tasks", leave=False,
                             disable=None):
         task = np.asarray([a for a, _ in chunk])
@@ -82,9 +82,8 @@ def evaluate_many(model, tasks: Sequence[Task], *, blends: Sequence[HeadBlend] |
         new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max(budgets),
                        intervention=None if blends is None else RowBlend.gather(theta, mu, task), positions=positions)
         for (a, prompt), row in zip(chunk[:real], new[:real]):
-            first[a] += int(row[0] == prompt.answer[0])
-            exact[a] += int(answer_text(tokenizer, row[:budgets[a]], config.eos_ids) == prompt.pair[1].strip())
-    return [Scores(first[a] / len(prompts), exact[a] / len(prompts), len(prompts), len(skipped))
+            hits[a] += score_row(tokenizer, row[:budgets[a]], prompt, config.eos_ids)
+    return [Scores(*(hits[a] / len(prompts)), len(prompts), len(skipped))
             for a, (prompts, skipped) in enumerate(per_task)]
 
 
@@ -94,7 +93,21 @@ def answer_budget(prompts) -> int:
     return -(-(max(len(p.answer) for p in prompts) + 1) // 4) * 4
 
 
+def score_row(tokenizer, row: np.ndarray, prompt, eos_ids: tuple[int, ...]) -> np.ndarray:
+    """`[first token, exact match, contains]` (0 or 1 each) of one generated `row` for `prompt`."""
+    target, text = prompt.pair[1].strip(), generated_text(tokenizer, row, eos_ids)
+    return np.array([row[0] == prompt.answer[0], _first_line(text) == target, text.startswith(target)], float)
+
+
 def answer_text(tokenizer, row: np.ndarray, eos_ids: tuple[int, ...]) -> str:
     """The generated answer: decoded up to end-of-sequence, first line, stripped."""
-    text = tokenizer.decode(until_eos(row, eos_ids), skip_special_tokens=True)
-    return (text.strip().splitlines() or [""])[0].strip()
+    return _first_line(generated_text(tokenizer, row, eos_ids))
+
+
+def generated_text(tokenizer, row: np.ndarray, eos_ids: tuple[int, ...]) -> str:
+    """The generation decoded up to end-of-sequence, stripped."""
+    return tokenizer.decode(until_eos(row, eos_ids), skip_special_tokens=True).strip()
+
+
+def _first_line(text: str) -> str:
+    return (text.splitlines() or [""])[0].strip()
