@@ -40,7 +40,8 @@ def test_batched_rows_equal_one_at_a_time(tiny_lm, tiny_task):
 
 def test_answer_positions_loss_equals_full_forward_with_the_blend_on_every_answer_token(tiny_lm, tiny_task):
     """positions='answer': the cached-prefix rows edit the last prompt token and every teacher-forced
-    answer token, with the loss on every answer token, as a full forward editing those positions."""
+    answer token, with the loss on every answer token and the stop token after them (the
+    template's line break), as a full forward editing those positions."""
     prompts, _ = prompts_for(tiny_lm.tokenizer, tiny_task, "train", 0)
     prompts = prompts[:6]
     assert len({len(p.answer) for p in prompts}) > 1  # rows of different answer lengths share a batch
@@ -52,10 +53,11 @@ def test_answer_positions_loss_equals_full_forward_with_the_blend_on_every_answe
     losses, last = row_losses(tiny_lm.params, c, blend, rows), row_losses(
         tiny_lm.params, c, blend, prepare_rows(tiny_lm, prompts, all_answer_tokens=True))
     for p, loss in zip(prompts, losses):
-        tokens = jnp.asarray([p.ids + p.answer[:-1]])
+        assert p.stop == tuple(tiny_lm.tokenizer("\n\n")["input_ids"][:1])
+        tokens = jnp.asarray([p.ids + p.answer])
         edit = jnp.zeros(tokens.shape, bool).at[0, len(p.ids) - 1:].set(True)
         logp = jax.nn.log_softmax(tvjax.forward(tiny_lm.params, tokens, config=c, intervention=blend,
                                                 edit_mask=edit).logits[0])
-        expected = -np.mean([logp[len(p.ids) - 1 + i, t] for i, t in enumerate(p.answer)])
+        expected = -np.mean([logp[len(p.ids) - 1 + i, t] for i, t in enumerate(p.answer + list(p.stop))])
         np.testing.assert_allclose(loss, expected, rtol=1e-4, atol=1e-5)
     assert np.abs(np.asarray(losses) - np.asarray(last)).max() > 1e-3  # editing the answer tokens matters

@@ -4,7 +4,8 @@ An intervention edits the last prompt token (and, with positions 'answer', every
 token after it), so nothing before it depends on the intervention. Each prompt's prefix
 (all but its last token) is run once, without gradient, into a KV cache; a row then runs
 only its suffix (the last prompt token, plus the answer tokens when `all_answer_tokens`)
-on top of its cached prefix, with logits only there. Shapes are fixed (bucketed prefixes), so a loop over rows compiles once.
+on top of its cached prefix, with logits only there. Shapes are fixed (bucketed prefixes),
+so a loop over rows compiles once.
 
 Rows live on the params' mesh, split over rows `R` like a batch.
 """
@@ -55,15 +56,18 @@ def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, 
                  positions: str = "last") -> Rows:
     """Run every prompt's prefix once into a KV cache and lay out suffixes and targets (on the params' mesh).
 
-    `positions`: 'last' edits the last prompt token; 'answer' also every answer token (the
-    suffix holds the whole answer, teacher-forced, and every answer token is a target).
+    `positions`: 'last' edits the last prompt token; 'answer' also every answer token: the
+    suffix holds the whole answer, teacher-forced, and the targets are every answer token
+    and the prompt's `stop` token after them (so that the edited model still ends its answer).
     """
     config, params, _ = model
-    all_answer_tokens = all_answer_tokens or check_positions(positions) == "answer"
     if any(len(p.ids) < 2 for p in prompts):
         raise ValueError("every prompt row needs at least 2 tokens (a prefix and the edited last token)")
-    suffixes = [[p.ids[-1]] + (p.answer[:-1] if all_answer_tokens else []) for p in prompts]
-    targets = [p.answer if all_answer_tokens else p.answer[:1] for p in prompts]
+    if check_positions(positions) == "answer":
+        targets = [p.answer + list(p.stop) for p in prompts]
+    else:
+        targets = [p.answer if all_answer_tokens else p.answer[:1] for p in prompts]
+    suffixes = [[p.ids[-1]] + t[:-1] for p, t in zip(prompts, targets)]
     Tp, Ts = bucket_length(max(len(p.ids) - 1 for p in prompts)), max(map(len, suffixes))
     caches = []
     with on_mesh(params):

@@ -33,6 +33,11 @@ class Template:
     def demonstration(self, pair: Pair) -> str:
         return self.text.replace("{input}", pair[0]).replace("{output}", pair[1])
 
+    @property
+    def after_output(self) -> str:
+        """The text that follows the answer in a demonstration (`'\n\n'` by default)."""
+        return self.text[self.text.index("{output}") + len("{output}"):]
+
     def query(self, x: str) -> tuple[str, str]:
         """`(prompt tail, answer lead)`: the text before `{output}` split off its trailing spaces."""
         before = self.text[: self.text.index("{output}")].replace("{input}", x)
@@ -44,12 +49,15 @@ class Prompt(NamedTuple):
     """One tokenised prompt: `ids` end just before the answer; `answer` are its tokens.
 
     `lead` is the whitespace text moved from the answer into the prompt ('' or e.g. ' ').
+    `stop`: the token that follows the answer in a demonstration (the template's text after
+    `{output}`, e.g. the line break), as a 1-tuple, or `()` when there is none.
     """
 
     ids: list[int]
     answer: list[int]
     pair: Pair
     lead: str = ""
+    stop: tuple[int, ...] = ()
 
 
 def build_texts(template: Template, queries: Sequence[Pair], shots: int, pool: Sequence[Pair],
@@ -71,12 +79,19 @@ def build_texts(template: Template, queries: Sequence[Pair], shots: int, pool: S
     return out
 
 
-def tokenize(tokenizer, texts: Sequence[tuple[str, str, Pair]]) -> tuple[list[Prompt], list[tuple[Pair, str]]]:
-    """Tokenise prompts and answers; returns `(prompts, skipped)` with a reason per skipped pair."""
+def tokenize(tokenizer, texts: Sequence[tuple[str, str, Pair]],
+             after: str = "") -> tuple[list[Prompt], list[tuple[Pair, str]]]:
+    """Tokenise prompts and answers; returns `(prompts, skipped)` with a reason per skipped pair.
+
+    `after`: the text that follows an answer in a demonstration; its first token, when it
+    does not merge with the answer, is each prompt's `stop`.
+    """
     prompts, skipped = [], []
     for prompt, answer, pair in texts:
         ids = tokenizer(prompt)["input_ids"]
         full = tokenizer(prompt + answer)["input_ids"]
+        ended = tokenizer(prompt + answer + after)["input_ids"] if after else full
+        stop = tuple(ended[len(full):len(full) + 1]) if ended[:len(full)] == full else ()
         if full[: len(ids)] != ids:
             skipped.append((pair, "the answer merges with the end of the prompt into other tokens"))
             continue
@@ -87,5 +102,5 @@ def tokenize(tokenizer, texts: Sequence[tuple[str, str, Pair]]) -> tuple[list[Pr
         if not answer_ids:
             skipped.append((pair, "the answer tokenises to nothing but whitespace"))
             continue
-        prompts.append(Prompt(ids, answer_ids, pair, lead))
+        prompts.append(Prompt(ids, answer_ids, pair, lead, stop))
     return prompts, skipped
