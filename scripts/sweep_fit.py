@@ -1,48 +1,129 @@
-"""How the fitting defaults were chosen: a grid over learning rate and initial theta.
+"""How the fitting defaults are chosen: fitting recipes over a task suite, scored on the valid split.
 
-    python scripts/sweep_fit.py [--tasks antonym,country_capital,present_past] [--lrs 0.03,0.1,0.3] [--inits -2,0]
+    python scripts/sweep_fit.py [--tasks antonym,uppercase,...] [--recipe NAME [FIELD=VALUE ...]] ...
+                                [--out results/sweep.json]
 
-For each task the means are extracted once; each setting is fitted with the default
-steps and batch size and scored by its best validation loss (the test split is not
-used). Prints a Markdown table of validation losses, with the mean over tasks.
+A recipe is a name from RECIPES, or a new name followed by overrides of `FitConfig` fields
+(`steps=200 positions=split`) and of the means (`n_prompts=`, `shots=`). The means of every
+task are extracted once per mean set, in shared batches; each recipe fits every task in one
+loop (`fit_many`) and scores them on the valid split (`evaluate_many`), next to 10-shot ICL on
+the same split. The test split is never read. Results go to `--out` as they come (a rerun
+skips the recipes already there), and a Markdown table is printed: per recipe, the mean
+first-token / exact-match / contains accuracy on valid, the exact match per task, and the
+fit time.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
 
 import tvjax
+from tvjax.evaluation import evaluate_many
+from tvjax.extract import extract_means_many
+from tvjax.fitting import fit_many
+
+# The 11 built-in tasks where 10-shot ICL reaches 30% on the default model (docs/task_table.md).
+SUITE = ("antonym,capitalize,comparative,country_capital,first_letter,lowercase,next_number,number_to_word,"
+         "present_past,singular_plural,uppercase")
+RECIPES = {
+    "default": {},
+    "answer": {"positions": "answer"},
+    "split": {"positions": "split"},
+    "published": {"learning_rate": 0.2, "batch_size": 1, "steps": 400, "eval_every": 40},  # init 0: weights 0.5
+}
+MEANS = {"n_prompts": 50, "shots": 10}  # extract_means' defaults
+
+
+def recipe(words: list[str]) -> tuple[str, dict]:
+    """`(name, overrides)` of `NAME [FIELD=VALUE ...]`, values parsed as JSON where they can be."""
+    name, *pairs = words
+    if not pairs:
+        if name not in RECIPES:
+            raise SystemExit(f"unknown recipe {name!r}: give its overrides (FIELD=VALUE) or one of {', '.join(RECIPES)}")
+        return name, RECIPES[name]
+    fields = {f.name for f in dataclasses.fields(tvjax.FitConfig)} | set(MEANS)
+    overrides = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in fields:
+            raise SystemExit(f"recipe {name}: {key!r} is not a FitConfig field or a mean setting ({', '.join(sorted(fields))})")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return name, overrides
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
-    parser.add_argument("--tasks", default="antonym,country_capital,present_past")
-    parser.add_argument("--lrs", default="0.03,0.1,0.3")
-    parser.add_argument("--inits", default="-2,0")
-    parser.add_argument("--steps", type=int, default=tvjax.FitConfig.steps)
+    parser.add_argument("--tasks", default=SUITE)
+    parser.add_argument("--recipe", nargs="+", action="append", metavar="NAME [FIELD=VALUE]",
+                        help=f"repeatable; default: {', '.join(RECIPES)}")
+    parser.add_argument("--out", default="results/sweep.json")
     args = parser.parse_args()
+    recipes = dict(recipe(words) for words in (args.recipe or [[name] for name in RECIPES]))
+    names = args.tasks.split(",")
+    out = Path(args.out)
+    done = json.loads(out.read_text()) if out.is_file() else {}
 
     model = tvjax.load(args.model)
-    grid = list(itertools.product(map(float, args.lrs.split(",")), map(float, args.inits.split(","))))
-    losses = {}
-    for name in args.tasks.split(","):
-        task = tvjax.load_task(name)
-        mu = tvjax.extract_means(model, task)
-        for lr, init in grid:
-            config = dataclasses.replace(tvjax.FitConfig(), learning_rate=lr, init=init, steps=args.steps)
-            result = tvjax.fit(model, task, mu, config)
-            losses[name, lr, init] = result.best_valid_loss
-            print(f"{name} lr={lr} init={init}: best valid loss {result.best_valid_loss:.3f} "
-                  f"at step {result.best_step}", flush=True)
-    tasks = args.tasks.split(",")
-    print("\n| learning rate | init | " + " | ".join(tasks) + " | mean |")
-    print("|---" * (len(tasks) + 3) + "|")
-    for lr, init in grid:
-        row = [losses[t, lr, init] for t in tasks]
-        print(f"| {lr} | {init} | " + " | ".join(f"{x:.3f}" for x in row) + f" | {sum(row) / len(row):.3f} |")
+    tasks = [tvjax.load_task(name) for name in names]
+    if "icl" not in done:
+        scores = evaluate_many(model, tasks, shots=MEANS["shots"], split="valid")
+        done["icl"] = {"scores": {n: s.as_dict() for n, s in zip(names, scores)}}
+        _write(out, done)
+    means = {}
+    for name, overrides in recipes.items():
+        if done.get(name, {}).get("overrides") == overrides and set(done[name]["scores"]) >= set(names):
+            continue
+        mean_set = {k: overrides.get(k, v) for k, v in MEANS.items()}
+        key = tuple(mean_set.values())
+        if key not in means:
+            means[key] = extract_means_many(model, tasks, **mean_set)
+        settings = tvjax.FitConfig(**{k: v for k, v in overrides.items() if k not in MEANS})
+        start = time.perf_counter()
+        results = fit_many(model, tasks, means[key], settings)
+        seconds = time.perf_counter() - start
+        scores = evaluate_many(model, tasks, blends=[r.blend for r in results], split="valid",
+                               positions=settings.positions)
+        done[name] = {"overrides": overrides, "fit_seconds": seconds,
+                      "best_step": {n: r.best_step for n, r in zip(names, results)},
+                      "scores": {n: s.as_dict() for n, s in zip(names, scores)}}
+        _write(out, done)
+        print(f"{name}: fitted in {seconds:.0f} s; valid exact match {_mean(done[name], names, 'exact_match'):.1f}%",
+              flush=True)
+    print(table(done, names))
+
+
+def _write(path: Path, done: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(done, indent=1))
+
+
+def _mean(entry: dict, names: list[str], metric: str) -> float:
+    return 100 * float(np.mean([entry["scores"][n][metric] for n in names]))
+
+
+def table(done: dict, names: list[str]) -> str:
+    """Markdown: one row per recipe (ICL first), mean first token / exact / contains, exact per task."""
+    lines = ["| recipe | overrides | first token / exact / contains | " + " | ".join(names) + " | fit s |",
+             "|---" * (len(names) + 4) + "|"]
+    for name, entry in done.items():
+        if not set(entry["scores"]) >= set(names):
+            continue
+        means = " / ".join(f"{_mean(entry, names, m):.1f}" for m in ("first_token", "exact_match", "contains"))
+        exact = " | ".join(f"{100 * entry['scores'][n]['exact_match']:.0f}" for n in names)
+        overrides = " ".join(f"{k}={v}" for k, v in entry.get("overrides", {}).items()) or "-"
+        seconds = f"{entry['fit_seconds']:.0f}" if "fit_seconds" in entry else "-"
+        lines.append(f"| {name} | {overrides} | {means} | {exact} | {seconds} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
 import tvjax  # noqa: E402
 from tvjax.torch_port import Intervention, TaskVectorHook, attention_outputs  # noqa: E402
 
@@ -180,3 +183,15 @@ def echo_task(tiny_lm):
     kept = [p.pair for p in encoded if p.answer[0] == first[p.pair[0]]]
     assert len(kept) >= 20, f"only {len(kept)} echo pairs"
     return tvjax.Task.from_pairs("echo", kept, seed=0)
+
+
+def positional_blend(theta, mu, theta_answer, start: int, length: int) -> tvjax.Edit:
+    """A reference for the answer positions: an `Edit` blending position `start` with `theta`
+    and every later one with `theta_answer`, from explicit per-position weights `[L, T, N]`."""
+    weight = jnp.where((jnp.arange(length) == start)[None, :, None], jax.nn.sigmoid(theta)[:, None],
+                       jax.nn.sigmoid(theta_answer)[:, None])
+    return tvjax.Edit("heads", _blend_at_positions, {"weight": weight, "mu": mu})
+
+
+def _blend_at_positions(heads, layer, data):
+    return heads + data["weight"][None, :, :, None] * (data["mu"][None, None] - heads)

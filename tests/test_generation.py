@@ -8,7 +8,7 @@ import torch
 import tvjax
 from tvjax import HeadBlend
 from tvjax.batching import pad_left
-from conftest import torch_blend
+from conftest import positional_blend, torch_blend
 
 RNG = np.random.default_rng(2)
 
@@ -74,23 +74,30 @@ def test_a_prefill_in_query_blocks_generates_the_same(tiny_models):
     np.testing.assert_array_equal(blocks, whole)
 
 
-def test_answer_positions_blend_every_generated_token_as_a_reference_loop_does(tiny_models):
-    """positions='answer' with the KV cache equals, step by step, a full forward of the prompt and
-    the tokens generated so far with the blend at the last prompt token and every generated one."""
+@pytest.mark.parametrize("positions", ["answer", "split"])
+def test_answer_positions_blend_every_generated_token_as_a_reference_loop_does(tiny_models, positions):
+    """positions 'answer' / 'split' with the KV cache equals, step by step, a full forward of the
+    prompt and the tokens generated so far with the blend at the last prompt token and every
+    generated one (with 'split', the generated ones by `theta_answer`), from explicit per-position
+    weights."""
     _, (config, params, _), _ = tiny_models("gemma3")
     rng = np.random.default_rng(7)
     theta = jnp.asarray(rng.normal(size=(config.n_layers, config.n_heads)) - 1, jnp.float32)
     mu = jnp.asarray(rng.normal(size=(config.n_layers, config.n_heads, config.head_dim)), jnp.float32)
-    blend = HeadBlend(theta, mu)
+    theta_answer = jnp.asarray(rng.normal(size=(config.n_layers, config.n_heads)) - 1, jnp.float32)
+    if positions == "answer":
+        theta_answer = theta
+    blend = HeadBlend(theta, mu, theta_answer if positions == "split" else None)
     prompts = [rng.integers(3, config.vocab_size, size=n).tolist() for n in (7, 4)]
     tokens, mask = pad_left(prompts)
     ours = tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=8, intervention=blend,
-                          eos_token_id=-1, positions="answer")
+                          eos_token_id=-1, positions=positions)
     for row, prompt in enumerate(prompts):
         sequence = list(prompt)
         for _ in range(8):
             edit = jnp.zeros((1, len(sequence)), bool).at[0, len(prompt) - 1:].set(True)
-            logits = tvjax.forward(params, jnp.asarray([sequence]), config=config, intervention=blend,
+            reference = positional_blend(theta, mu, theta_answer, len(prompt) - 1, len(sequence))
+            logits = tvjax.forward(params, jnp.asarray([sequence]), config=config, intervention=reference,
                                    edit_mask=edit).logits[0, -1]
             sequence.append(int(jnp.argmax(logits)))
         np.testing.assert_array_equal(ours[row], sequence[len(prompt):])

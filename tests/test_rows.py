@@ -3,11 +3,13 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import tvjax
 from tvjax import HeadBlend
 from tvjax.data import prompts_for
 from tvjax.rows import prepare_rows, row_losses
+from conftest import positional_blend
 
 
 def test_cached_prefix_loss_equals_full_forward(tiny_lm, tiny_task):
@@ -38,25 +40,32 @@ def test_batched_rows_equal_one_at_a_time(tiny_lm, tiny_task):
     np.testing.assert_allclose(batched, singles, rtol=1e-5, atol=1e-6)
 
 
-def test_answer_positions_loss_equals_full_forward_with_the_blend_on_every_answer_token(tiny_lm, tiny_task):
-    """positions='answer': the cached-prefix rows edit the last prompt token and every teacher-forced
-    answer token, with the loss on every answer token and the stop token after them (the
-    template's line break), as a full forward editing those positions."""
+@pytest.mark.parametrize("positions", ["answer", "split"])
+def test_answer_positions_loss_equals_full_forward_with_the_blend_on_every_answer_token(tiny_lm, tiny_task,
+                                                                                        positions):
+    """positions 'answer' / 'split': the cached-prefix rows edit the last prompt token and every
+    teacher-forced answer token (with 'split', the answer tokens by their own `theta_answer`), with
+    the loss on every answer token and the stop token after them (the template's line break), as
+    a full forward with explicit per-position blend weights."""
     prompts, _ = prompts_for(tiny_lm.tokenizer, tiny_task, "train", 0)
     prompts = prompts[:6]
     assert len({len(p.answer) for p in prompts}) > 1  # rows of different answer lengths share a batch
     c = tiny_lm.config
     rng = np.random.default_rng(1)
-    blend = HeadBlend(jnp.asarray(rng.normal(size=(c.n_layers, c.n_heads)), jnp.float32),
-                      jnp.asarray(rng.normal(size=(c.n_layers, c.n_heads, c.head_dim)), jnp.float32))
-    rows = prepare_rows(tiny_lm, prompts, positions="answer")
+    theta, theta_answer = (jnp.asarray(rng.normal(size=(c.n_layers, c.n_heads)), jnp.float32) for _ in range(2))
+    mu = jnp.asarray(rng.normal(size=(c.n_layers, c.n_heads, c.head_dim)), jnp.float32)
+    if positions == "answer":
+        theta_answer = theta
+    blend = HeadBlend(theta, mu, theta_answer if positions == "split" else None)
+    rows = prepare_rows(tiny_lm, prompts, positions=positions)
     losses, last = row_losses(tiny_lm.params, c, blend, rows), row_losses(
-        tiny_lm.params, c, blend, prepare_rows(tiny_lm, prompts, all_answer_tokens=True))
+        tiny_lm.params, c, HeadBlend(theta, mu), prepare_rows(tiny_lm, prompts, all_answer_tokens=True))
     for p, loss in zip(prompts, losses):
         assert p.stop == tuple(tiny_lm.tokenizer("\n\n")["input_ids"][:1])
         tokens = jnp.asarray([p.ids + p.answer])
         edit = jnp.zeros(tokens.shape, bool).at[0, len(p.ids) - 1:].set(True)
-        logp = jax.nn.log_softmax(tvjax.forward(tiny_lm.params, tokens, config=c, intervention=blend,
+        reference = positional_blend(theta, mu, theta_answer, len(p.ids) - 1, tokens.shape[1])
+        logp = jax.nn.log_softmax(tvjax.forward(tiny_lm.params, tokens, config=c, intervention=reference,
                                                 edit_mask=edit).logits[0])
         expected = -np.mean([logp[len(p.ids) - 1 + i, t] for i, t in enumerate(p.answer + list(p.stop))])
         np.testing.assert_allclose(loss, expected, rtol=1e-4, atol=1e-5)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tvjax
-from tvjax.taskvector import TaskVectorError, load_task_vector, save_task_vector
+from tvjax.taskvector import FORMAT, TaskVectorError, load_task_vector, model_shape, save_task_vector
 
 
 def test_round_trip_keeps_arrays_and_metadata(tmp_path, tiny_lm):
@@ -144,15 +144,19 @@ def test_bad_residual_edits_are_refused(tmp_path, tiny_lm):
         tvjax.save_intervention(tmp_path / "edit.safetensors", tvjax.Edit("heads", lambda x, l, d: x), c)
 
 
-def test_the_edit_positions_travel_with_the_file(tmp_path, tiny_lm, tiny_task):
-    settings = tvjax.FitConfig(steps=2, eval_every=1, batch_size=4, positions="answer")
+@pytest.mark.parametrize("positions", ["answer", "split"])
+def test_the_edit_positions_travel_with_the_file(tmp_path, tiny_lm, tiny_task, positions):
+    settings = tvjax.FitConfig(steps=2, eval_every=1, batch_size=4, positions=positions)
     tv = tvjax.TaskVectorExtractor(tiny_lm, tiny_task, shots=2, n_prompts=2, fit_config=settings)
     tv.fit()
     loaded = load_task_vector(tv.save(tmp_path / "tv.safetensors"))
-    assert loaded.positions == "answer" and loaded.info["fit"]["positions"] == "answer"
+    assert loaded.positions == positions and loaded.info["fit"]["positions"] == positions
+    assert (loaded.theta_answer is not None) == (positions == "split")
+    if positions == "split":
+        np.testing.assert_array_equal(loaded.theta_answer, tv.blend.theta_answer)
     other = tvjax.TaskVectorExtractor(tiny_lm, tiny_task, shots=2)
     other.load(tmp_path / "tv.safetensors")
-    assert other.positions == "answer"
+    assert other.positions == positions
     assert other.evaluate(("task_vector",)) == tv.evaluate(("task_vector",))
     assert load_task_vector(save_task_vector(tmp_path / "old.safetensors", loaded.theta, loaded.mu,
                                              tiny_lm.config)).positions == "last"  # files that do not say
@@ -161,3 +165,22 @@ def test_the_edit_positions_travel_with_the_file(tmp_path, tiny_lm, tiny_task):
         load_task_vector(bad).positions
     with pytest.raises(ValueError, match="positions='every'"):
         tvjax.FitConfig(positions="every")
+
+
+def test_split_files_hold_answer_logits_and_only_they_do(tmp_path, tiny_lm):
+    from safetensors.numpy import save_file
+
+    c = tiny_lm.config
+    theta, mu = np.zeros((c.n_layers, c.n_heads)), np.zeros((c.n_layers, c.n_heads, c.head_dim))
+    with pytest.raises(TaskVectorError, match="positions 'split' needs the answer-token logits theta_answer"):
+        save_task_vector(tmp_path / "a.safetensors", theta, mu, c, positions="split")
+    with pytest.raises(TaskVectorError, match="positions 'last' with theta_answer"):
+        save_task_vector(tmp_path / "b.safetensors", theta, mu, c, theta)
+    with pytest.raises(TaskVectorError, match=r"theta_answer \(2, 3\)"):
+        save_task_vector(tmp_path / "c.safetensors", theta, mu, c, theta[:, :3], positions="split")
+    arrays = {"theta": theta, "mu": mu, "theta_answer": theta}
+    save_file({k: v.astype(np.float32) for k, v in arrays.items()}, str(tmp_path / "d.safetensors"),
+              metadata={"format": FORMAT, "format_version": "2", "kind": "head_blend",
+                        "model": json.dumps(model_shape(c)), "info": "{}"})
+    with pytest.raises(TaskVectorError, match="d.safetensors: positions 'last' with theta_answer"):
+        load_task_vector(tmp_path / "d.safetensors")

@@ -137,15 +137,16 @@ def test_from_torch_round_trip_into_tvjax(tiny_models, tmp_path):
 
 def test_bad_shapes_and_weights_are_clear_errors(tiny_models):
     hf = tiny_models("llama")[0]  # L=3, N=4, H=16
-    with pytest.raises(TaskVectorError, match=r"got weight \(3, 5\), mu \(3, 4, 16\).*needs weight \(3, 4\), "
-                                              r"mu \(3, 4, 16\) or \(3, 4, 1, 16\)"):
+    with pytest.raises(TaskVectorError, match=r"got weight \(3, 5\); .*needs weight \(3, 4\)"):
         from_torch(torch.rand(3, 5), torch.zeros(3, 4, 16), hf)
-    with pytest.raises(TaskVectorError, match=r"got weight \(3, 4\), mu \(3, 4, 2, 16\)"):
+    with pytest.raises(TaskVectorError, match=r"got weight \(3, 5\); .*needs weight \(3, 4\)"):
+        from_torch(torch.rand(3, 4), torch.zeros(3, 4, 16), hf, weight_answer=torch.rand(3, 5))
+    with pytest.raises(TaskVectorError, match=r"got mu \(3, 4, 2, 16\); .*needs mu \(3, 4, 16\) or \(3, 4, 1, 16\)"):
         from_torch(torch.rand(3, 4), torch.zeros(3, 4, 2, 16), hf.config)
     with pytest.raises(TaskVectorError, match=r"must lie in \[0, 1\].*from -0.5"):
         from_torch(torch.full((3, 4), -0.5), torch.zeros(3, 4, 16), hf)
-    with pytest.raises(TaskVectorError, match=r"got weight \(3, 4\), mu \(3, 4, 8\).*needs weight \(3, 4\), "
-                                              r"mu \(3, 4, 16\)"):
+    with pytest.raises(TaskVectorError, match=r"got weight \(3, 4\), weight_answer \(3, 4\), mu \(3, 4, 8\).*"
+                                              r"needs weight and weight_answer \(3, 4\), mu \(3, 4, 16\)"):
         TaskVectorHook(hf, torch.rand(3, 4), torch.zeros(3, 4, 8))
 
 
@@ -238,3 +239,27 @@ def test_answer_positions_port_to_pytorch_generation(tiny_models, family, kind, 
     last = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=8, intervention=intervention,
                           eos_token_id=-1)
     assert not np.array_equal(new[0], last[0]), "editing the generated tokens should change this generation"
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_split_vectors_port_to_pytorch_generation(tiny_models, family, tmp_path):
+    """A vector fitted with positions='split' edits the prompt with theta and every generated token
+    with theta_answer on both sides alike, saved from tvjax or made in PyTorch (`from_torch`)."""
+    hf, (config, params, _), _ = tiny_models(family)
+    rng = np.random.default_rng(9)
+    L, N, H = config.n_layers, config.n_heads, config.head_dim
+    theta, theta_answer = (rng.normal(size=(L, N)).astype(np.float32) - 1 for _ in range(2))
+    blend = tvjax.HeadBlend(theta, rng.normal(size=(L, N, H)).astype(np.float32), theta_answer)
+    path = tvjax.save_intervention(tmp_path / "tv.safetensors", blend, config, positions="split")
+    prompt = rng.integers(3, config.vocab_size, size=7).tolist()
+    new = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=8, intervention=blend,
+                         eos_token_id=-1, positions="split")
+    sigmoid = lambda x: 1 / (1 + np.exp(-x))
+    ported = from_torch(sigmoid(theta), blend.mu, hf, weight_answer=sigmoid(theta_answer))
+    for file in (path, ported):
+        with apply_intervention(hf, file):
+            np.testing.assert_array_equal(new[0], _hf_generate(hf, prompt, 8))
+    same = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=8,
+                          intervention=tvjax.HeadBlend(theta, blend.mu), eos_token_id=-1, positions="answer")
+    assert not np.array_equal(new[0], same[0]), "the answer weights should change this generation"
+

@@ -117,8 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _FIT_HELP = {"steps": "training steps",
-             "positions": "where the vector acts: 'last' (the last prompt token) or 'answer' (also every answer "
-                          "token, generated or teacher-forced; the loss covers the whole answer)"}
+             "positions": "where the vector acts: 'last' (the last prompt token), 'answer' (also every answer "
+                          "token, generated or teacher-forced; the loss covers the whole answer) or 'split' (as "
+                          "'answer', with weights of their own at the answer tokens)"}
 # `tvjax compare`'s flags for each method's settings: CompareConfig field -> (help group title,
 # `add_config_flags` keywords)
 _METHOD_FLAGS = {
@@ -426,9 +427,12 @@ def cmd_plot(args) -> None:
                                             LABELS, out / f"{file.stem}.png"))
         else:
             tv = load_task_vector(file)
-            weights = 1 / (1 + np.exp(-tv.theta.astype(np.float64)))
-            written.append(head_heatmap(weights, out / f"{file.stem}_soft_weights.png",
-                                        f"{tv.info.get('task', file.stem)}: soft_weights", RANKINGS["soft_weights"]))
+            split = tv.theta_answer is not None  # where the task lives: the prompt's last token vs the answer
+            theta = np.stack([tv.theta, tv.theta_answer]) if split else tv.theta
+            written.append(head_heatmap(1 / (1 + np.exp(-theta.astype(np.float64))),
+                                        out / f"{file.stem}_soft_weights.png",
+                                        f"{tv.info.get('task', file.stem)}: soft_weights", RANKINGS["soft_weights"],
+                                        ("last prompt token", "answer tokens") if split else ()))
     print("\n".join(map(str, written)))
 
 

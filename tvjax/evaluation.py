@@ -37,8 +37,8 @@ def evaluate(model, task: Task, *, intervention: Intervention | tuple | None = N
              template: Template = Template(), desc: str | None = None, positions: str = "last") -> Scores:
     """Score `task`'s `split` with `shots` demonstrations per prompt and an optional intervention.
 
-    The intervention edits the last prompt token of each prompt (with `positions='answer'`, also
-    each generated token). `max_new_tokens` defaults to `answer_budget(prompts)`.
+    The intervention edits the last prompt token of each prompt (with `positions` 'answer' or
+    'split', also each generated token). `max_new_tokens` defaults to `answer_budget(prompts)`.
     """
     config, params, tokenizer = model
     prompts, skipped = prompts_for(tokenizer, task, split, shots, template=template, seed=seed)
@@ -73,7 +73,8 @@ def evaluate_many(model, tasks: Sequence[Task], *, blends: Sequence[HeadBlend] |
     budgets = [answer_budget(prompts) for prompts, _ in per_task]
     length = bucket_length(max(len(p.ids) for _, p in items))
     if blends is not None:
-        theta, mu = (np.stack([np.asarray(getattr(b, k), np.float32) for b in blends]) for k in ("theta", "mu"))
+        theta, mu = (np.stack([np.asarray(x, np.float32) for x in xs]) for xs in
+                     zip(*[(b.logits(), b.mu) for b in blends]))
     hits, pad = np.zeros((len(tasks), 3)), pad_id(tokenizer)
     for chunk, real in tqdm(list(chunks(items, batch_size)), desc=f"eval {len(tasks)} tasks", leave=False,
                             disable=None):

@@ -104,7 +104,8 @@ class TaskVectorExtractor:
                 "lead": self.lead(), "positions": self.positions, "tvjax_version": __version__, **extra}
         if self.result is not None:
             info.update(best_step=self.result.best_step, best_valid_loss=self.result.best_valid_loss)
-        return save_task_vector(path, self.blend.theta, self.blend.mu, self.model.config, **info)
+        return save_task_vector(path, self.blend.theta, self.blend.mu, self.model.config, self.blend.theta_answer,
+                                **info)
 
     def lead(self) -> str:
         """Whitespace that ends this task's fitting prompts (e.g. ' ' before digits in SmolLM2)."""

@@ -40,7 +40,8 @@ class FitConfig:
     optimizer: str = "adam"  # any optax optimizer taking a learning rate: adam, adamw, sgd, lion, ...
     all_answer_tokens: bool = False  # loss on every answer token instead of the first
     positions: str = "last"  # where theta acts: 'last' prompt token, or 'answer': also every answer token
-    # (teacher-forced here, generated in evaluation), with the loss on every answer token
+    # (teacher-forced here, generated in evaluation), with the loss on every answer token, or 'split':
+    # as 'answer' with a second theta of its own at the answer tokens (theta [2, L, N], HeadBlend.of)
 
     def __post_init__(self):
         check_positions(self.positions)
@@ -55,7 +56,8 @@ class FitResult(NamedTuple):
 
 def train_step(theta, opt_state, mu, params, rows: Rows, index, sparsity, *, config: ModelConfig,
                learning_rate: float, optimizer_name: str = "adam"):
-    """One optimizer step on `theta` `[L, N]` over the rows at `index` `[B]`; returns (theta, opt_state, loss).
+    """One optimizer step on `theta` `[L, N]` (or `[2, L, N]`, `HeadBlend.of`) over the rows at `index` `[B]`;
+    returns (theta, opt_state, loss).
 
     On a mesh (params from `tvjax.load(..., mesh=...)`) theta, its optimizer state, index
     and loss are replicated, mu, params and rows sharded by `tvjax.sharding`'s table.
@@ -84,7 +86,7 @@ def _train_step(theta, opt_state, mu, params, rows: Rows, index, sparsity, *, co
                 learning_rate: float, optimizer_name: str = "adam"):
 
     def loss_fn(theta):
-        losses = row_losses(params, config, HeadBlend(theta, mu), take(rows, index))
+        losses = row_losses(params, config, HeadBlend.of(theta, mu), take(rows, index))
         return losses.mean() + sparsity * jax.nn.sigmoid(theta).mean()
 
     loss, grad = jax.value_and_grad(loss_fn)(theta)
@@ -114,7 +116,7 @@ def fit(model, task: Task, mu, settings: FitConfig = FitConfig(), *, template: T
                                all_answer_tokens=settings.all_answer_tokens, batch_size=settings.batch_size,
                                positions=settings.positions)
                     for split in ("train", "valid"))
-    theta = jnp.full((L, N), settings.init, jnp.float32)
+    theta = jnp.full(theta_shape(settings, L, N), settings.init, jnp.float32)
     state = {"theta": theta, "opt_state": optimizer(settings.optimizer, settings.learning_rate).init(theta),
              "mu": mu}
 
@@ -127,13 +129,18 @@ def fit(model, task: Task, mu, settings: FitConfig = FitConfig(), *, template: T
         return {"theta": theta, "opt_state": opt_state, "mu": state["mu"]}, loss
 
     def validate(state):
-        loss = float(mean_loss(params, HeadBlend(state["theta"], state["mu"]), valid, config=config))
+        loss = float(mean_loss(params, HeadBlend.of(state["theta"], state["mu"]), valid, config=config))
         return loss, {"valid_loss": loss}
 
     trained = loop(step, validate, state, steps=settings.steps, eval_every=settings.eval_every,
                    keep=lambda state: state["theta"], desc=f"fit {task.name}", checkpoints=checkpoints)
-    return FitResult(HeadBlend(trained.best, trained.state["mu"]), trained.best_step,
+    return FitResult(HeadBlend.of(trained.best, trained.state["mu"]), trained.best_step,
                      trained.at(trained.best_step)["valid_loss"], trained.history)
+
+
+def theta_shape(settings: FitConfig, L: int, N: int) -> tuple[int, ...]:
+    """The fitted logits' shape: `[L, N]`, or `[2, L, N]` with positions 'split' (`HeadBlend.of`)."""
+    return (2, L, N) if settings.positions == "split" else (L, N)
 
 
 def train_step_many(theta, opt_state, mu, params, rows: Rows, index, task, sparsity, *, config: ModelConfig,
@@ -158,7 +165,7 @@ def _train_step_many(theta, opt_state, mu, params, rows: Rows, index, task, spar
 
     def loss_fn(theta):
         per_row = row_losses(params, config, RowBlend.gather(theta, mu, task), take(rows, index))  # [A * B]
-        per_task = per_row.reshape(theta.shape[0], -1).mean(1) + sparsity * jax.nn.sigmoid(theta).mean((1, 2))
+        per_task = per_row.reshape(theta.shape[0], -1).mean(1) + sparsity * jax.nn.sigmoid(theta).mean(range(1, theta.ndim))
         return per_task.sum(), per_task
 
     (_, loss), grad = jax.value_and_grad(loss_fn, has_aux=True)(theta)
@@ -194,7 +201,7 @@ def fit_many(model, tasks: Sequence[Task], mus, settings: FitConfig = FitConfig(
     starts = np.cumsum([0] + sizes[:-1])
     row_task = np.repeat(np.arange(A), settings.batch_size)  # [A * B]
     valid_task = np.repeat(np.arange(A), [len(p) for p in prompts["valid"]])  # [R]
-    theta = jnp.full((A, L, N), settings.init, jnp.float32)
+    theta = jnp.full((A, *theta_shape(settings, L, N)), settings.init, jnp.float32)
     state = {"theta": theta, "opt_state": optimizer(settings.optimizer, settings.learning_rate).init(theta), "mu": mu}
 
     def step(state, n):
@@ -217,6 +224,6 @@ def fit_many(model, tasks: Sequence[Task], mus, settings: FitConfig = FitConfig(
     for a, best_step in enumerate(trained.best_step):
         history = [{"step": h["step"], "train_loss": None if h["train_loss"] is None else h["train_loss"][a],
                     "valid_loss": h["valid_loss"][a]} for h in trained.history]
-        results.append(FitResult(HeadBlend(trained.best[a], mu[a]), best_step,
+        results.append(FitResult(HeadBlend.of(trained.best[a], mu[a]), best_step,
                                  trained.at(best_step)["valid_loss"][a], history))
     return results

@@ -1,5 +1,5 @@
 """Jit-compiled greedy generation with a KV cache; the intervention edits the last prompt token
-(and, with positions 'answer', every generated token as it is fed back)."""
+(and, with positions 'answer' or 'split', every generated token as it is fed back)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from tvjax.batching import encode, pad_id, pad_left
 from tvjax.config import ModelConfig
-from tvjax.interventions import Intervention, axes_of
+from tvjax.interventions import Intervention, at_answer, axes_of
 from tvjax.model import KVCache, Params, forward
 from tvjax.sharding import constrain, on_mesh, put
 from tvjax.taskvector import check_positions
@@ -25,11 +25,12 @@ def _greedy(params, tokens, mask, intervention, eos_ids, *, config: ModelConfig,
     last = jnp.full((B,), T - 1)
     out = forward(params, tokens, config=config, mask=mask, intervention=intervention, logits_at=last, cache=cache)
     first = jnp.argmax(out.logits, axis=-1).astype(jnp.int32)
+    later = at_answer(intervention) if every_token else None  # what edits each generated token
 
     def step(carry, _):
         token, done, cache = carry
         out = forward(params, token[:, None], config=config, mask=jnp.ones((B, 1), bool),
-                      intervention=intervention if every_token else None, logits_at=jnp.zeros((B,), jnp.int32),
+                      intervention=later, logits_at=jnp.zeros((B,), jnp.int32),
                       cache=cache)
         done = done | jnp.isin(token, eos_ids)
         token = jnp.where(done, eos_ids[0], jnp.argmax(out.logits, axis=-1).astype(jnp.int32))
@@ -63,8 +64,9 @@ def generate(
         tuple of them), applied at the last prompt token.
       eos_token_id: id(s) ending a row; after one, the row repeats the first id
         (default: `config.eos_token_id`; -1 never stops).
-      positions: 'last' (the intervention acts at the last prompt token only) or 'answer'
-        (also at every generated token, as it is fed back in).
+      positions: 'last' (the intervention acts at the last prompt token only), 'answer' (also
+        at every generated token, as it is fed back in) or 'split' (as 'answer', a split
+        `HeadBlend` with its `theta_answer` at the generated tokens; see `at_answer`).
     Returns:
       `[B, max_new_tokens]` int32 new tokens.
     """
@@ -74,7 +76,7 @@ def generate(
     with on_mesh(params):
         new = _greedy(params, *put((tokens, mask), "BT"), put(intervention, axes_of(intervention)),
                       put(np.asarray(eos or (-1,), np.int32), None), config=config, max_new_tokens=max_new_tokens,
-                      every_token=check_positions(positions) == "answer" and intervention is not None)
+                      every_token=check_positions(positions) != "last" and intervention is not None)
     return np.asarray(new)
 
 

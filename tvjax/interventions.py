@@ -119,13 +119,19 @@ class HeadBlend(NamedTuple):
     At edited positions every head output `o` becomes `o + sigmoid(theta) * (mu - o)`.
     `theta = +inf` replaces a head by its mean exactly, `-inf` leaves it exactly alone.
 
+    With `theta_answer` (positions 'split'), the first edited position of each row (the last
+    prompt token) blends with `theta` and every later one (the answer tokens) with
+    `theta_answer`; `answer()` is the blend a generated token gets.
+
     Attributes:
       theta: `[L, N]` blend logits (sigmoid(theta) is the weight on the mean).
       mu: `[L, N, H]` per-head mean outputs (before the output projection).
+      theta_answer: `[L, N]` blend logits at the answer tokens, or None (`theta` everywhere).
     """
 
     theta: jax.Array
     mu: jax.Array
+    theta_answer: jax.Array | None = None
     site = "heads"
 
     @classmethod
@@ -139,33 +145,47 @@ class HeadBlend(NamedTuple):
         """Hard replacement: heads where `heads` (`[L, N]` bool) is set become their means `mu` `[L, N, H]`."""
         return cls(jnp.where(jnp.asarray(heads, bool), jnp.inf, -jnp.inf), jnp.asarray(mu, jnp.float32))
 
+    @classmethod
+    def of(cls, theta: jax.Array, mu: jax.Array) -> "HeadBlend":
+        """From fitted logits `theta`: `[L, N]`, or `[2, L, N]` (positions 'split': at the last
+        prompt token, at the answer tokens)."""
+        return cls(theta, mu) if jnp.ndim(theta) == 2 else cls(theta[0], mu, theta[1])
+
+    def logits(self) -> jax.Array:
+        """What `of` takes: theta `[L, N]`, or `[2, L, N]` stacked with `theta_answer`."""
+        return self.theta if self.theta_answer is None else jnp.stack([self.theta, self.theta_answer])
+
     def check(self, config: ModelConfig) -> None:
         check_blend(config, self)
 
     def axes(self) -> "HeadBlend":
         """theta replicated (every process holds the fitted weights), mu split over heads."""
-        return HeadBlend(None, "LNH")
+        return HeadBlend(None, "LNH", None)
+
+    def answer(self) -> "HeadBlend":
+        """The blend at generated answer tokens: `theta_answer`'s if it has one, else itself."""
+        return self if self.theta_answer is None else HeadBlend(self.theta_answer, self.mu)
 
     def apply(self, heads: jax.Array, layer: jax.Array, edit_mask: jax.Array) -> jax.Array:
         """One layer's blend (`self` is that layer's slice) on `heads` `[B, T, N, H]`."""
-        return blend_heads(heads, self.theta, self.mu, edit_mask)
+        return blend_heads(heads, self.theta, self.mu, edit_mask, self.theta_answer)
 
 
 def check_blend(config: ModelConfig, blend: HeadBlend) -> None:
     """Raise a ValueError naming both shapes when `blend` does not fit `config`."""
     L, N, H = config.n_layers, config.n_heads, config.head_dim
-    want = {"theta": (L, N), "mu": (L, N, H)}
-    got = {"theta": tuple(jnp.shape(blend.theta)), "mu": tuple(jnp.shape(blend.mu))}
+    want = {"theta": (L, N), "mu": (L, N, H)} | ({} if blend.theta_answer is None else {"theta_answer": (L, N)})
+    got = {name: tuple(jnp.shape(getattr(blend, name))) for name in want}
     if got != want:
         raise ValueError(
-            f"HeadBlend does not fit this model: got theta {got['theta']}, mu {got['mu']}; "
+            f"HeadBlend does not fit this model: got {', '.join(f'{k} {v}' for k, v in got.items())}; "
             f"the model ({config.family}, L={L} layers, N={N} heads, H={H} head dim) needs "
-            f"theta {want['theta']}, mu {want['mu']}"
+            f"{', '.join(f'{k} {v}' for k, v in want.items())}"
         )
 
 
 def blend_heads(
-    heads: jax.Array, theta: jax.Array, mu: jax.Array, edit_mask: jax.Array
+    heads: jax.Array, theta: jax.Array, mu: jax.Array, edit_mask: jax.Array, theta_answer: jax.Array | None = None
 ) -> jax.Array:
     """Apply one layer's soft task vector to its head outputs.
 
@@ -174,10 +194,15 @@ def blend_heads(
       theta: `[N]` blend logits for this layer (or `[B, N]`, one vector per row).
       mu: `[N, H]` mean head outputs for this layer (or `[B, N, H]`).
       edit_mask: `[B, T]` bool, positions to edit.
+      theta_answer: like `theta`, the logits at each row's edited positions after its first
+        one (None: `theta` there too).
     Returns:
       `[B, T, N, H]` in `heads.dtype`; the blend itself is computed in float32.
     """
     weight = jax.nn.sigmoid(theta.astype(jnp.float32))[..., None, :, None]  # [1, N, 1] or [B, 1, N, 1]
+    if theta_answer is not None:
+        first = (jnp.cumsum(edit_mask, axis=1) == 1)[:, :, None, None]  # [B, T, 1, 1]; masked below
+        weight = jnp.where(first, weight, jax.nn.sigmoid(theta_answer.astype(jnp.float32))[..., None, :, None])
     weight = weight * edit_mask[:, :, None, None].astype(jnp.float32)  # [B, T, N, 1]
     h32 = heads.astype(jnp.float32)
     mu32 = mu.astype(jnp.float32)[..., None, :, :]  # [1, N, H] or [B, 1, N, H]
@@ -193,32 +218,43 @@ class RowBlend(NamedTuple):
     Attributes:
       theta: `[L, B, N]` blend logits.
       mu: `[L, B, N, H]` per-head mean outputs.
+      theta_answer: `[L, B, N]` logits at the answer tokens, or None (as in `HeadBlend`).
     """
 
     theta: jax.Array
     mu: jax.Array
+    theta_answer: jax.Array | None = None
     site = "heads"
 
     @classmethod
     def gather(cls, theta: jax.Array, mu: jax.Array, task: jax.Array) -> "RowBlend":
-        """Row `b` takes task `task[b]`'s vector, from theta `[A, L, N]` and mu `[A, L, N, H]` (`task`: `[B]` int)."""
-        return cls(jnp.swapaxes(jnp.asarray(theta)[task], 0, 1), jnp.swapaxes(jnp.asarray(mu)[task], 0, 1))
+        """Row `b` takes task `task[b]`'s vector, from theta `[A, L, N]` (or `[A, 2, L, N]`, see
+        `HeadBlend.of`) and mu `[A, L, N, H]` (`task`: `[B]` int)."""
+        rows = lambda x: jnp.swapaxes(jnp.asarray(x)[task], 0, 1)  # [A, L, ...] -> [L, B, ...]
+        theta = jnp.asarray(theta)
+        return cls(rows(theta), rows(mu)) if theta.ndim == 3 else cls(rows(theta[:, 0]), rows(mu), rows(theta[:, 1]))
 
     def check(self, config: ModelConfig) -> None:
         L, N, H = config.n_layers, config.n_heads, config.head_dim
         theta, mu = tuple(jnp.shape(self.theta)), tuple(jnp.shape(self.mu))
         B = theta[1] if len(theta) == 3 else None
-        if theta != (L, B, N) or mu != (L, B, N, H):
-            raise ValueError(f"RowBlend does not fit this model: got theta {theta}, mu {mu}; the model (L={L} "
-                             f"layers, N={N} heads, H={H} head dim) needs theta (L, B, N), mu (L, B, N, H)")
+        answer = theta if self.theta_answer is None else tuple(jnp.shape(self.theta_answer))
+        if theta != (L, B, N) or mu != (L, B, N, H) or answer != theta:
+            raise ValueError(f"RowBlend does not fit this model: got theta {theta}, mu {mu}, theta_answer "
+                             f"{answer}; the model (L={L} layers, N={N} heads, H={H} head dim) needs theta and "
+                             f"theta_answer (L, B, N), mu (L, B, N, H)")
 
     def axes(self) -> "RowBlend":
         """Split over rows like the batch, mu over heads too."""
-        return RowBlend("LBN", "LBNH")
+        return RowBlend("LBN", "LBNH", "LBN")
+
+    def answer(self) -> "RowBlend":
+        """The blends at generated answer tokens (see `HeadBlend.answer`)."""
+        return self if self.theta_answer is None else RowBlend(self.theta_answer, self.mu)
 
     def apply(self, heads: jax.Array, layer: jax.Array, edit_mask: jax.Array) -> jax.Array:
         """One layer's blends (`self` is that layer's slice: theta `[B, N]`) on `heads` `[B, T, N, H]`."""
-        return blend_heads(heads, self.theta, self.mu, edit_mask)
+        return blend_heads(heads, self.theta, self.mu, edit_mask, self.theta_answer)
 
 
 class ResidualEdit(NamedTuple):
@@ -333,6 +369,14 @@ def as_interventions(intervention) -> tuple:
         return tuple(intervention)
     raise ValueError(f"expected an intervention (a pytree with site, check and apply, e.g. HeadBlend, "
                      f"ResidualEdit or Edit), a sequence of them or None, got {type(intervention).__name__}")
+
+
+def at_answer(intervention):
+    """What acts at generated answer tokens: each intervention's `answer()` where it has one
+    (a split `HeadBlend`'s answer weights), else the intervention itself."""
+    if intervention is None or not is_intervention(intervention):
+        return None if intervention is None else type(intervention)(map(at_answer, intervention))
+    return intervention.answer() if callable(getattr(intervention, "answer", None)) else intervention
 
 
 def apply_at(site: str, x: jax.Array, interventions: tuple, layer, edit_mask) -> jax.Array:

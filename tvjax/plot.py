@@ -14,27 +14,33 @@ RANKINGS = {  # head rankings -> colour bar label
 }
 
 
-def head_heatmap(scores, path, title: str = "", label: str = "") -> Path:
-    """A `[L, N]` array as a layers (rows, 0 at the top) x heads heatmap; signed values get a diverging map."""
+def head_heatmap(scores, path, title: str = "", label: str = "", panels: tuple[str, ...] = ()) -> Path:
+    """A `[L, N]` array as a layers (rows, 0 at the top) x heads heatmap; signed values get a diverging map.
+
+    With `panels` (one title each), `scores` is `[P, L, N]`: side-by-side heatmaps on one colour
+    scale, e.g. a split task vector's weights at the last prompt token and at the answer tokens.
+    """
     from matplotlib.figure import Figure
 
     scores = np.asarray(scores, np.float32)
-    if scores.ndim != 2:
-        raise ValueError(f"a head heatmap needs a [L, N] array, got shape {scores.shape}")
-    L, N = scores.shape
-    fig = Figure(figsize=(1.6 + 0.35 * N, 1.2 + 0.22 * L))
-    ax = fig.add_subplot()
-    if scores.min() < 0:
-        limit = float(np.abs(scores).max()) or 1.0
-        image = ax.imshow(scores, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
-    else:
-        image = ax.imshow(scores, cmap="viridis", aspect="auto")
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_xticks(range(N))
-    ax.set_yticks(range(0, L, max(1, L // 15)))
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, label=label)
+    if scores.ndim != 2 + bool(panels) or (panels and len(panels) != scores.shape[0]):
+        raise ValueError(f"a head heatmap needs a [L, N] array, or [P, L, N] with P panel titles; got shape "
+                         f"{scores.shape} and {len(panels)} panel titles")
+    stack = scores if panels else scores[None]
+    L, N = stack.shape[1:]
+    limit = float(np.abs(stack).max()) or 1.0
+    colours = dict(cmap="RdBu_r", vmin=-limit, vmax=limit) if stack.min() < 0 else \
+        dict(cmap="viridis", vmin=float(stack.min()), vmax=float(stack.max()))
+    fig = Figure(figsize=(1.6 + 0.35 * N * len(stack), 1.2 + 0.22 * L))
+    axes = fig.subplots(1, len(stack), squeeze=False)[0]
+    for ax, panel, name in zip(axes, stack, panels or (title,)):
+        image = ax.imshow(panel, aspect="auto", **colours)
+        ax.set_xlabel("head")
+        ax.set_xticks(range(N))
+        ax.set_yticks(range(0, L, max(1, L // 15)))
+        ax.set_title(name if not panels else f"{title}\n{name}", fontsize=9)
+    axes[0].set_ylabel("layer")
+    fig.colorbar(image, ax=axes[-1], label=label)  # one scale for every panel
     return _save(fig, path)
 
 

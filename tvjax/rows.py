@@ -1,7 +1,7 @@
 """Prompt rows: every method's training and scoring data, with cached prefixes.
 
-An intervention edits the last prompt token (and, with positions 'answer', every answer
-token after it), so nothing before it depends on the intervention. Each prompt's prefix
+An intervention edits the last prompt token (and, with positions 'answer' or 'split', every
+answer token after it), so nothing before it depends on the intervention. Each prompt's prefix
 (all but its last token) is run once, without gradient, into a KV cache; a row then runs
 only its suffix (the last prompt token, plus the answer tokens when `all_answer_tokens`)
 on top of its cached prefix, with logits only there. Shapes are fixed (bucketed prefixes),
@@ -56,14 +56,14 @@ def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, 
                  positions: str = "last") -> Rows:
     """Run every prompt's prefix once into a KV cache and lay out suffixes and targets (on the params' mesh).
 
-    `positions`: 'last' edits the last prompt token; 'answer' also every answer token: the
-    suffix holds the whole answer, teacher-forced, and the targets are every answer token
-    and the prompt's `stop` token after them (so that the edited model still ends its answer).
+    `positions`: 'last' edits the last prompt token; 'answer' and 'split' also every answer
+    token: the suffix holds the whole answer, teacher-forced, and the targets are every answer
+    token and the prompt's `stop` token after them (so that the edited model still ends its answer).
     """
     config, params, _ = model
     if any(len(p.ids) < 2 for p in prompts):
         raise ValueError("every prompt row needs at least 2 tokens (a prefix and the edited last token)")
-    if check_positions(positions) == "answer":
+    if check_positions(positions) != "last":
         targets = [p.answer + list(p.stop) for p in prompts]
     else:
         targets = [p.answer if all_answer_tokens else p.answer[:1] for p in prompts]
@@ -79,7 +79,7 @@ def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, 
                         jnp.concatenate([c.v for c in caches], axis=1)[:, :n],
                         jnp.concatenate([c.mask for c in caches])[:n], caches[0].end)
         tokens, present = _right_pad(suffixes, Ts)
-        edit = present if positions == "answer" else present & (jnp.arange(Ts) == 0)
+        edit = present if positions != "last" else present & (jnp.arange(Ts) == 0)
         return put(Rows(cache, tokens, present, *_right_pad(targets, Ts), edit), ROWS_AXES)
 
 

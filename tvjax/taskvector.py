@@ -3,7 +3,9 @@
 One `.safetensors` file holds one intervention, of one of two kinds:
 
 - `head_blend` (the soft task vector, and REINFORCE's hard head sets): `theta` `[L, N]`
-  (blend logits; `+inf` replaces a head by its mean exactly) and `mu` `[L, N, H]` (head means);
+  (blend logits; `+inf` replaces a head by its mean exactly) and `mu` `[L, N, H]` (head means),
+  plus `theta_answer` `[L, N]` in a vector fitted with positions 'split' (the logits at the
+  answer tokens);
 - `residual_edit` (function vectors, ICL layer patches): `add` `[L, D]`, `target` `[L, D]`
   and `weight` `[L]`, the arrays of `tvjax.ResidualEdit`.
 
@@ -29,16 +31,18 @@ FORMAT = "tvjax-task-vector"
 FORMAT_VERSION = 2
 SHAPE_KEYS = ("family", "n_layers", "n_heads", "head_dim", "d_model")
 KINDS = ("head_blend", "residual_edit")
-INFINITE_ALLOWED = ("theta",)  # +-inf theta: a head exactly replaced by its mean, or exactly untouched
+INFINITE_ALLOWED = ("theta", "theta_answer")  # +-inf theta: a head exactly replaced by its mean, or exactly untouched
 # Where an intervention acts: the last prompt token only, or also every answer token after it
-# (each generated token; in fitting, each teacher-forced answer token). Files say it in `info`.
-POSITIONS = ("last", "answer")
+# (each generated token; in fitting, each teacher-forced answer token), with the same weights
+# ('answer') or with the file's own `theta_answer` there ('split'). Files say it in `info`.
+POSITIONS = ("last", "answer", "split")
 
 
-def array_shapes(kind: str, model: dict) -> dict[str, tuple[int, ...]]:
-    """The arrays a file of `kind` holds for a model of shape `model`, with their shapes."""
+def array_shapes(kind: str, model: dict, split: bool = False) -> dict[str, tuple[int, ...]]:
+    """The arrays a file of `kind` holds for a model of shape `model` (`split`: a head blend
+    with `theta_answer`), with their shapes."""
     L, N, H, D = (model[k] for k in ("n_layers", "n_heads", "head_dim", "d_model"))
-    return {"head_blend": {"theta": (L, N), "mu": (L, N, H)},
+    return {"head_blend": {"theta": (L, N), "mu": (L, N, H)} | ({"theta_answer": (L, N)} if split else {}),
             "residual_edit": {"add": (L, D), "target": (L, D), "weight": (L,)}}[kind]
 
 
@@ -53,18 +57,20 @@ class TaskVector(NamedTuple):
     mu: np.ndarray  # [L, N, H] head means
     model: dict  # the model shape it was fitted on (SHAPE_KEYS)
     info: dict  # free-form metadata
+    theta_answer: np.ndarray | None = None  # [L, N] logits at the answer tokens (positions 'split')
     kind = "head_blend"
 
     @property
     def positions(self) -> str:
-        """Where it acts: 'last' (the last prompt token) or 'answer' (that and every answer token)."""
+        """Where it acts: 'last' (the last prompt token), 'answer' (that and every answer token)
+        or 'split' (as 'answer', with `theta_answer` at the answer tokens)."""
         return positions_of(self.info)
 
     def intervention(self):
         """As a `tvjax.HeadBlend` (imports JAX)."""
         from tvjax.interventions import HeadBlend
 
-        return HeadBlend(self.theta, self.mu)
+        return HeadBlend(self.theta, self.mu, self.theta_answer)
 
     def check(self, config) -> None:
         """Raise `TaskVectorError` naming both shapes if `config` (a ModelConfig) differs."""
@@ -72,7 +78,8 @@ class TaskVector(NamedTuple):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write this task vector (arrays, model shape, info) to `path`."""
-        return save_task_vector(path, self.theta, self.mu, SimpleNamespace(**self.model), **self.info)
+        return save_task_vector(path, self.theta, self.mu, SimpleNamespace(**self.model), self.theta_answer,
+                                **self.info)
 
 
 class ResidualVector(NamedTuple):
@@ -125,9 +132,11 @@ def positions_of(info: dict) -> str:
         raise TaskVectorError(f"the file's info: {e}") from None
 
 
-def save_task_vector(path: str | os.PathLike, theta, mu, config, **info) -> Path:
-    """Write `theta` `[L, N]` and `mu` `[L, N, H]` fitted on `config`'s model to `path` (atomically)."""
-    return _save(path, "head_blend", {"theta": theta, "mu": mu}, model_shape(config), info)
+def save_task_vector(path: str | os.PathLike, theta, mu, config, theta_answer=None, **info) -> Path:
+    """Write `theta` `[L, N]` and `mu` `[L, N, H]` (and `theta_answer` `[L, N]`, positions 'split')
+    fitted on `config`'s model to `path` (atomically)."""
+    arrays = {"theta": theta, "mu": mu} | ({} if theta_answer is None else {"theta_answer": theta_answer})
+    return _save(path, "head_blend", arrays, model_shape(config), info)
 
 
 def save_residual_edit(path: str | os.PathLike, edit, config, **info) -> Path:
@@ -139,7 +148,8 @@ def save_residual_edit(path: str | os.PathLike, edit, config, **info) -> Path:
 def save_intervention(path: str | os.PathLike, intervention, config, **info) -> Path:
     """Write a `HeadBlend` or a `ResidualEdit` made on `config`'s model to `path`."""
     if all(hasattr(intervention, k) for k in ("theta", "mu")):
-        return save_task_vector(path, intervention.theta, intervention.mu, config, **info)
+        return save_task_vector(path, intervention.theta, intervention.mu, config,
+                                getattr(intervention, "theta_answer", None), **info)
     if all(hasattr(intervention, k) for k in ("add", "target", "weight")):
         return save_residual_edit(path, intervention, config, **info)
     raise TaskVectorError(f"cannot save an intervention of type {type(intervention).__name__}: the file format holds a HeadBlend "
@@ -150,7 +160,7 @@ def load_intervention(path: str | os.PathLike) -> TaskVector | ResidualVector:
     """Read an intervention file of either kind (`.kind` says which; `.intervention()` applies it)."""
     kind, arrays, model, info = _read(Path(path))
     if kind == "head_blend":
-        return TaskVector(arrays["theta"], arrays["mu"], model, info)
+        return TaskVector(arrays["theta"], arrays["mu"], model, info, arrays.get("theta_answer"))
     return ResidualVector(arrays["add"], arrays["target"], arrays["weight"], model, info)
 
 
@@ -166,7 +176,8 @@ def load_task_vector(path: str | os.PathLike) -> TaskVector:
 def _save(path, kind: str, arrays: dict, model: dict, info: dict) -> Path:
     path = Path(path)
     arrays = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
-    want = array_shapes(kind, model)
+    check_split(path, info, arrays)
+    want = array_shapes(kind, model, "theta_answer" in arrays)
     if {k: v.shape for k, v in arrays.items()} != want:
         raise TaskVectorError(f"{kind} arrays {_shapes(arrays, want)} do not fit model {model}, which needs {want}")
     check_values(path, arrays)
@@ -202,12 +213,22 @@ def _read(path: Path) -> tuple[str, dict, dict, dict]:
     if missing:
         raise TaskVectorError(f"{path}: the model metadata lacks {', '.join(missing)} (it has {sorted(model)}); "
                               f"write the file with tvjax.save_intervention")
-    want = array_shapes(kind, model)
+    want = array_shapes(kind, model, kind == "head_blend" and "theta_answer" in arrays)
     if {k: v.shape for k, v in arrays.items()} != want:
         raise TaskVectorError(f"{path}: {kind} arrays {_shapes(arrays, want)} disagree with the model metadata {model}, "
                               f"which needs {_shapes(want, want)}")
     check_values(path, arrays)
+    check_split(path, info, arrays)
     return kind, arrays, model, info
+
+
+def check_split(path, info: dict, arrays: dict) -> None:
+    """A vector with positions 'split' holds `theta_answer`, and only such a vector does."""
+    split = info.get("positions") == "split"
+    if split != ("theta_answer" in arrays):
+        raise TaskVectorError(f"{path}: positions {info.get('positions', 'last')!r} " +
+                              ("needs the answer-token logits theta_answer" if split else
+                               "with theta_answer (answer-token logits): only positions 'split' has them"))
 
 
 def check_values(path, arrays: dict[str, np.ndarray]) -> None:

@@ -95,8 +95,8 @@ class SaveInputsHook(Hook):
 class PromptHook(Hook):
     """A hook that edits the prompt forward, at one position per row: the call whose KV cache
     (passed by keyword, as `generate` does) starts empty, which a forward pre-hook on `model`
-    checks, at the last token or at `at` `[B]`. With `positions='answer'` it also edits each
-    later cached step's new token (every generated token). (`generate(..., use_cache=False)`
+    checks, at the last token or at `at` `[B]`. With `positions` 'answer' or 'split' it also edits
+    each later cached step's new token (every generated token). (`generate(..., use_cache=False)`
     reruns the whole sequence each step, and each step's last token would be edited.)
     Subclasses set `self.layer` (target name -> layer index) and implement `edit`.
     """
@@ -104,7 +104,7 @@ class PromptHook(Hook):
     def __init__(self, model: torch.nn.Module, at=None, positions: str = "last"):
         self.model = model
         self.at = None if at is None else torch.as_tensor(at, dtype=torch.long)
-        self.every_token = check_positions(positions) == "answer"
+        self.every_token = check_positions(positions) != "last"
         self.prefill = True
 
     def attach(self, targets):
@@ -137,19 +137,24 @@ class TaskVectorHook(PromptHook):
       weight: `[L, N]` blend weights (sigmoid of theta), in [0, 1].
       mu: `[L, N, H]` head means.
       at: optional `[B]` position to edit in each row (default: the last token).
-      positions: 'last' (the prompt forward only) or 'answer' (also every generated token).
+      positions: 'last' (the prompt forward only), 'answer' (also every generated token) or
+        'split' (as 'answer', with `weight_answer` at the generated tokens).
+      weight_answer: `[L, N]` blend weights at the generated tokens (positions 'split').
     """
 
-    def __init__(self, model: torch.nn.Module, weight, mu, at=None, positions: str = "last"):
+    def __init__(self, model: torch.nn.Module, weight, mu, at=None, positions: str = "last", weight_answer=None):
         super().__init__(model, at, positions)
         shape = model_shape(model.config)
         self.n_heads = shape["n_heads"]
         self.weight = torch.as_tensor(weight, dtype=torch.float32)
+        self.weight_answer = self.weight if weight_answer is None else torch.as_tensor(weight_answer,
+                                                                                        dtype=torch.float32)
         self.mu = torch.as_tensor(mu, dtype=torch.float32)
         want = (shape["n_layers"], shape["n_heads"], shape["head_dim"])
-        if self.weight.shape != want[:2] or self.mu.shape != want:
-            raise TaskVectorError(f"got weight {tuple(self.weight.shape)}, mu {tuple(self.mu.shape)}; "
-                                  f"model {shape} needs weight {want[:2]}, mu {want}")
+        if self.weight.shape != want[:2] or self.weight_answer.shape != want[:2] or self.mu.shape != want:
+            raise TaskVectorError(f"got weight {tuple(self.weight.shape)}, weight_answer "
+                                  f"{tuple(self.weight_answer.shape)}, mu {tuple(self.mu.shape)}; "
+                                  f"model {shape} needs weight and weight_answer {want[:2]}, mu {want}")
         self.layer = {name: l for l, name in enumerate(attention_outputs(model))}
 
     def edit(self, module, inputs, output, name):
@@ -159,7 +164,7 @@ class TaskVectorHook(PromptHook):
         rows, at = self.positions(x)
         l = self.layer[name]
         o = x[rows, at].reshape(B, self.n_heads, -1).float()  # [B, N, H]
-        w = self.weight[l].to(x.device)[:, None]  # [N, 1]
+        w = (self.weight if self.prefill else self.weight_answer)[l].to(x.device)[:, None]  # [N, 1]
         heads = o + w * (self.mu[l].to(x.device) - o)
         edited = module.forward(heads.to(x.dtype).reshape(B, 1, -1))  # [B, 1, D]
         output = output.clone()
@@ -242,11 +247,13 @@ def apply_intervention(model: torch.nn.Module, intervention: str | os.PathLike |
     if isinstance(loaded, ResidualVector):
         hook = ResidualHook(model, loaded.add, loaded.target, loaded.weight, positions=loaded.positions)
         return Intervention(hook.targets, hook)
-    weight = torch.sigmoid(torch.as_tensor(loaded.theta, dtype=torch.float32))
-    return Intervention(attention_outputs(model), TaskVectorHook(model, weight, loaded.mu, positions=loaded.positions))
+    weight, weight_answer = (None if theta is None else torch.sigmoid(torch.as_tensor(theta, dtype=torch.float32))
+                             for theta in (loaded.theta, loaded.theta_answer))
+    return Intervention(attention_outputs(model), TaskVectorHook(model, weight, loaded.mu, positions=loaded.positions,
+                                                                 weight_answer=weight_answer))
 
 
-def from_torch(weight, mu, model, **info) -> TaskVector:
+def from_torch(weight, mu, model, weight_answer=None, **info) -> TaskVector:
     """A tvjax `TaskVector` from PyTorch blend weights and means fitted on `model`.
 
     Args:
@@ -255,24 +262,34 @@ def from_torch(weight, mu, model, **info) -> TaskVector:
         the mean, as in `blend_heads`).
       mu: `[L, N, H]` or `[L, N, 1, H]` head means.
       model: the Hugging Face model (or its config) they were made for.
+      weight_answer: optional `[L, N]` weights at the answer tokens (then positions 'split').
       info: free-form metadata for the file.
     Returns:
       A `TaskVector`; `.save(path)` writes it, `tvjax.load_task_vector` reads it back.
     """
     shape = model_shape(getattr(model, "config", model))
     L, N, H = shape["n_layers"], shape["n_heads"], shape["head_dim"]
-    weight, mu = _numpy(weight), _numpy(mu)
+    mu = _numpy(mu)
     if mu.shape == (L, N, 1, H):
         mu = mu[:, :, 0]
-    if weight.shape != (L, N) or mu.shape != (L, N, H):
-        raise TaskVectorError(f"got weight {weight.shape}, mu {mu.shape}; model {shape} needs weight {(L, N)}, "
-                              f"mu {(L, N, H)} or {(L, N, 1, H)}")
+    if mu.shape != (L, N, H):
+        raise TaskVectorError(f"got mu {mu.shape}; model {shape} needs mu {(L, N, H)} or {(L, N, 1, H)}")
+    theta, theta_answer = (None if w is None else _logit(w, (L, N), shape) for w in (weight, weight_answer))
+    if theta_answer is not None:
+        info = {**info, "positions": "split"}
+    return TaskVector(theta, mu.astype(np.float32), shape, info, theta_answer)
+
+
+def _logit(weight, want: tuple[int, int], shape: dict) -> np.ndarray:
+    """theta `[L, N]` float32 of blend weights in [0, 1] (0 and 1 become -inf and +inf)."""
+    weight = _numpy(weight)
+    if weight.shape != want:
+        raise TaskVectorError(f"got weight {weight.shape}; model {shape} needs weight {want}")
     if not ((weight >= 0) & (weight <= 1)).all():
         raise TaskVectorError("blend weights must lie in [0, 1] (they are sigmoid(theta)); "
                               f"got values from {np.nanmin(weight)} to {np.nanmax(weight)}")
     with np.errstate(divide="ignore"):
-        theta = np.log(weight) - np.log1p(-weight)
-    return TaskVector(theta.astype(np.float32), mu.astype(np.float32), shape, info)
+        return (np.log(weight) - np.log1p(-weight)).astype(np.float32)
 
 
 def _numpy(x) -> np.ndarray:
