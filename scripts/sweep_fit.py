@@ -1,16 +1,16 @@
 """How the fitting defaults are chosen: fitting recipes over a task suite, scored on the valid split.
 
     python scripts/sweep_fit.py [--tasks antonym,uppercase,...] [--recipe NAME [FIELD=VALUE ...]] ...
-                                [--out results/sweep.json]
+                                [--out results/sweep.json] [--split valid]
 
 A recipe is a name from RECIPES, or a new name followed by overrides of `FitConfig` fields
 (`steps=200 positions=split`) and of the means (`n_prompts=`, `shots=`). The means of every
 task are extracted once per mean set, in shared batches; each recipe fits every task in one
-loop (`fit_many`) and scores them on the valid split (`evaluate_many`), next to 10-shot ICL on
-the same split. The test split is never read. Results go to `--out` as they come (a rerun
-skips the recipes already there), and a Markdown table is printed: per recipe, the mean
-first-token / exact-match / contains accuracy on valid, the exact match per task, and the
-fit time.
+loop (`fit_many`) and scores them on the valid split (`evaluate_many`), next to zero-shot and
+10-shot ICL on the same split. The test split is read only with `--split test`, to report
+recipes already chosen on valid. Results go to `--out` as they come (a rerun skips the
+recipes already there), and a Markdown table is printed: per recipe, the mean first-token /
+exact-match / contains accuracy, the exact match per task, and the fit time.
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--recipe", nargs="+", action="append", metavar="NAME [FIELD=VALUE]",
                         help=f"repeatable; default: {', '.join(RECIPES)}")
     parser.add_argument("--out", default="results/sweep.json")
+    parser.add_argument("--split", default="valid", choices=("valid", "test"),
+                        help="where recipes are scored: choose on valid; test only reports the chosen ones")
     args = parser.parse_args()
     recipes = dict(recipe(words) for words in (args.recipe or [[name] for name in RECIPES]))
     names = args.tasks.split(",")
@@ -75,10 +77,13 @@ def main() -> None:
 
     model = tvjax.load(args.model)
     tasks = [tvjax.load_task(name) for name in names]
-    if "icl" not in done:
-        scores = evaluate_many(model, tasks, shots=MEANS["shots"], split="valid")
-        done["icl"] = {"scores": {n: s.as_dict() for n, s in zip(names, scores)}}
-        _write(out, done)
+    if done.setdefault("split", args.split) != args.split:
+        raise SystemExit(f"{out} holds scores on the {done['split']} split; write the {args.split} split elsewhere")
+    for baseline, shots in (("zero_shot", 0), ("icl", MEANS["shots"])):
+        if not set(done.get(baseline, {}).get("scores", {})) >= set(names):
+            scores = evaluate_many(model, tasks, shots=shots, split=args.split)
+            done[baseline] = {"scores": {n: s.as_dict() for n, s in zip(names, scores)}}
+            _write(out, done)
     means = {}
     for name, overrides in recipes.items():
         if done.get(name, {}).get("overrides") == overrides and set(done[name]["scores"]) >= set(names):
@@ -91,14 +96,14 @@ def main() -> None:
         start = time.perf_counter()
         results = fit_many(model, tasks, means[key], settings)
         seconds = time.perf_counter() - start
-        scores = evaluate_many(model, tasks, blends=[r.blend for r in results], split="valid",
+        scores = evaluate_many(model, tasks, blends=[r.blend for r in results], split=args.split,
                                positions=settings.positions)
         done[name] = {"overrides": overrides, "fit_seconds": seconds,
                       "best_step": {n: r.best_step for n, r in zip(names, results)},
                       "scores": {n: s.as_dict() for n, s in zip(names, scores)}}
         _write(out, done)
-        print(f"{name}: fitted in {seconds:.0f} s; valid exact match {_mean(done[name], names, 'exact_match'):.1f}%",
-              flush=True)
+        print(f"{name}: fitted in {seconds:.0f} s; {args.split} exact match "
+              f"{_mean(done[name], names, 'exact_match'):.1f}%", flush=True)
     print(table(done, names))
 
 
@@ -116,7 +121,7 @@ def table(done: dict, names: list[str]) -> str:
     lines = ["| recipe | overrides | first token / exact / contains | " + " | ".join(names) + " | fit s |",
              "|---" * (len(names) + 4) + "|"]
     for name, entry in done.items():
-        if not set(entry["scores"]) >= set(names):
+        if not isinstance(entry, dict) or not set(entry["scores"]) >= set(names):
             continue
         means = " / ".join(f"{_mean(entry, names, m):.1f}" for m in ("first_token", "exact_match", "contains"))
         exact = " | ".join(f"{100 * entry['scores'][n]['exact_match']:.0f}" for n in names)

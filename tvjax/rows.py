@@ -36,7 +36,8 @@ class Rows(NamedTuple):
     Attributes:
       cache: `KVCache` of the prefixes, k/v `[L, R, S, K, H]`, mask `[R, S]`.
       tokens / mask: `[R, Ts]` suffix tokens (the last prompt token first), right-padded.
-      targets / target_mask: `[R, Ts]` next-token targets and which of them count.
+      targets / target_mask: `[R, Ts]` next-token targets and the weight each has in its row's
+        loss (1 or 0; with positions 'split' the first answer token weighs as much as the rest).
       edit: `[R, Ts]` bool, the suffix positions the intervention edits (None: the first, the
         last prompt token).
     """
@@ -80,7 +81,10 @@ def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, 
                         jnp.concatenate([c.mask for c in caches])[:n], caches[0].end)
         tokens, present = _right_pad(suffixes, Ts)
         edit = present if positions != "last" else present & (jnp.arange(Ts) == 0)
-        return put(Rows(cache, tokens, present, *_right_pad(targets, Ts), edit), ROWS_AXES)
+        targets, weight = _right_pad(targets, Ts)
+        if positions == "split":  # theta serves the first answer token, theta_answer the rest and the stop
+            weight = jnp.where(jnp.arange(Ts) == 0, weight.sum(1, keepdims=True) - 1, weight)
+        return put(Rows(cache, tokens, present, targets, weight.astype(jnp.float32), edit), ROWS_AXES)
 
 
 def split_rows(model, task: Task, split: str, *, template: Template, seed: int, all_answer_tokens: bool = False,
@@ -113,7 +117,7 @@ def row_losses(params, config: ModelConfig, intervention, rows: Rows) -> jax.Arr
     logits = forward(params, rows.tokens, config=config, mask=rows.mask, intervention=intervention, edit_mask=edit,
                      cache=rows.cache).logits  # [R, Ts, V]
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), rows.targets[..., None], axis=-1)[..., 0]
-    return (nll * rows.target_mask).sum(-1) / rows.target_mask.sum(-1)
+    return (nll * rows.target_mask).sum(-1) / rows.target_mask.sum(-1)  # the weighted mean over answer tokens
 
 
 def take(rows: Rows, index: jax.Array) -> Rows:
