@@ -77,8 +77,8 @@ def main() -> None:
 
     model = tvjax.load(args.model)
     tasks = [tvjax.load_task(name) for name in names]
-    if done.setdefault("split", args.split) != args.split:
-        raise SystemExit(f"{out} holds scores on the {done['split']} split; write the {args.split} split elsewhere")
+    if done.setdefault("scored_on", args.split) != args.split:
+        raise SystemExit(f"{out} holds scores on the {done['scored_on']} split; write the {args.split} split elsewhere")
     for baseline, shots in (("zero_shot", 0), ("icl", MEANS["shots"])):
         if not set(done.get(baseline, {}).get("scores", {})) >= set(names):
             scores = evaluate_many(model, tasks, shots=shots, split=args.split)

@@ -22,7 +22,7 @@ from tvjax.plot import head_heatmap
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="antonym")
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=tvjax.FitConfig.steps)
     parser.add_argument("--n-prompts", type=int, default=50)
     parser.add_argument("--out", default="results/example")
     args = parser.parse_args(argv)
