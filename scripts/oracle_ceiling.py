@@ -25,9 +25,7 @@ from tvjax.evaluation import answer_budget, evaluate_many, score_row
 from tvjax.extract import site_means
 from tvjax.interventions import RowBlend
 from tvjax.generation import generate
-
-SUITE = ("antonym,capitalize,comparative,country_capital,first_letter,lowercase,next_number,number_to_word,"
-         "present_past,singular_plural,uppercase")
+from sweep_fit import SUITE
 
 
 def oracle_scores(model, task, split: str, shots: int, batch_size: int = 16) -> np.ndarray:
@@ -41,13 +39,11 @@ def oracle_scores(model, task, split: str, shots: int, batch_size: int = 16) -> 
     heads = site_means(model, icl, ("heads",), groups=np.arange(len(icl)), desc=f"oracle heads {task.name}")["heads"]
     theta = np.full(heads.shape[:3], np.inf, np.float32)  # [P, L, N]: every head replaced
     length, budget, hits = bucket_length(max(len(p.ids) for p in zero)), answer_budget(zero), np.zeros(3)
-    for start in range(0, len(zero), batch_size):
-        chunk = zero[start:start + batch_size]
-        index = np.arange(start, start + len(chunk))
-        tokens, mask = pad_left([p.ids for p in chunk], pad_id(tokenizer), length)
+    for chunk, real in chunks(list(enumerate(zero)), batch_size):  # padded: one compiled shape
+        tokens, mask = pad_left([p.ids for _, p in chunk], pad_id(tokenizer), length)
         new = generate(params, tokens, config=config, mask=mask, max_new_tokens=budget,
-                       intervention=RowBlend.gather(theta, heads, index))
-        hits += sum(score_row(tokenizer, row, p, config.eos_ids) for p, row in zip(chunk, new))
+                       intervention=RowBlend.gather(theta, heads, np.asarray([i for i, _ in chunk])))
+        hits += sum(score_row(tokenizer, row, p, config.eos_ids) for (_, p), row in zip(chunk[:real], new[:real]))
     return hits / len(zero)
 
 

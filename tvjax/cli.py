@@ -428,8 +428,7 @@ def cmd_plot(args) -> None:
         else:
             tv = load_task_vector(file)
             split = tv.theta_answer is not None  # where the task lives: the prompt's last token vs the answer
-            theta = np.stack([tv.theta, tv.theta_answer]) if split else tv.theta
-            written.append(head_heatmap(1 / (1 + np.exp(-theta.astype(np.float64))),
+            written.append(head_heatmap(1 / (1 + np.exp(-tv.logits().astype(np.float64))),
                                         out / f"{file.stem}_soft_weights.png",
                                         f"{tv.info.get('task', file.stem)}: soft_weights", RANKINGS["soft_weights"],
                                         ("last prompt token", "answer tokens") if split else ()))

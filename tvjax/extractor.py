@@ -18,7 +18,7 @@ from tvjax.extract import extract_means, extract_means_many
 from tvjax.fitting import FitConfig, FitResult, fit, fit_many
 from tvjax.interventions import HeadBlend
 from tvjax.report import BASELINES, timed
-from tvjax.taskvector import load_task_vector, save_task_vector
+from tvjax.taskvector import load_task_vector, save_intervention
 
 
 class TaskVectorExtractor:
@@ -104,8 +104,7 @@ class TaskVectorExtractor:
                 "lead": self.lead(), "positions": self.positions, "tvjax_version": __version__, **extra}
         if self.result is not None:
             info.update(best_step=self.result.best_step, best_valid_loss=self.result.best_valid_loss)
-        return save_task_vector(path, self.blend.theta, self.blend.mu, self.model.config, self.blend.theta_answer,
-                                **info)
+        return save_intervention(path, self.blend, self.model.config, **info)
 
     def lead(self) -> str:
         """Whitespace that ends this task's fitting prompts (e.g. ' ' before digits in SmolLM2)."""

@@ -166,7 +166,7 @@ def _train_step_many(theta, opt_state, mu, params, rows: Rows, index, task, spar
 
     def loss_fn(theta):
         per_row = row_losses(params, config, RowBlend.gather(theta, mu, task), take(rows, index))  # [A * B]
-        per_task = per_row.reshape(theta.shape[0], -1).mean(1) + sparsity * jax.nn.sigmoid(theta).mean(range(1, theta.ndim))
+        per_task = per_row.reshape(theta.shape[0], -1).mean(1) + sparsity * jax.nn.sigmoid(theta).mean(tuple(range(1, theta.ndim)))
         return per_task.sum(), per_task
 
     (_, loss), grad = jax.value_and_grad(loss_fn, has_aux=True)(theta)

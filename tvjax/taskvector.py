@@ -66,6 +66,10 @@ class TaskVector(NamedTuple):
         or 'split' (as 'answer', with `theta_answer` at the answer tokens)."""
         return positions_of(self.info)
 
+    def logits(self) -> np.ndarray:
+        """theta `[L, N]`, or `[2, L, N]` stacked with `theta_answer` (as `HeadBlend.logits`)."""
+        return self.theta if self.theta_answer is None else np.stack([self.theta, self.theta_answer])
+
     def intervention(self):
         """As a `tvjax.HeadBlend` (imports JAX)."""
         from tvjax.interventions import HeadBlend
