@@ -6,6 +6,8 @@
     python scripts/benchmark.py generate  [--prompts 32 --new 16]       # greedy decoding with a TV
     python scripts/benchmark.py compile                                 # fit-step compile, L and 2L layers
     python scripts/benchmark.py fit-many  [--tasks a,b,c]               # a suite one at a time vs together
+    python scripts/benchmark.py large-task [--recipe default]           # 1,500 / 200 / 500 pairs end to end
+    python scripts/benchmark.py time-to-accuracy [--out DIR]            # valid accuracy vs fit time per recipe
     python scripts/benchmark.py attention [--batch 8] [--length 512]    # tvjax's attention paths, no PyTorch
     python scripts/benchmark.py all
     ... [--compile-cache DIR]    # reuse compiled programs from earlier runs (tvjax's CLI default)
@@ -21,6 +23,7 @@ compare across machines, not the absolute numbers.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -265,6 +268,104 @@ def bench_fit_many(args) -> None:
           f"ratio {alone.total / together.total:.2f}x", flush=True)
 
 
+def vocabulary_task(tokenizer, sizes=(1500, 200, 500), seed: int = 0):
+    """A large word task from the tokenizer's own vocabulary: a word -> its first letter.
+
+    Words are the vocabulary's single-token lowercase words of 3-10 letters after a space
+    ('Ġhouse'); `sizes` train / valid / test pairs, drawn with `seed`.
+    """
+    import re
+
+    import tvjax
+
+    words = sorted({t[1:] for t in tokenizer.get_vocab() if re.fullmatch(r"Ġ[a-z]{3,10}", t)})
+    n = sum(sizes)
+    if len(words) < n:
+        raise SystemExit(f"the vocabulary has {len(words)} such words; {n} are needed")
+    picked = np.random.default_rng(seed).choice(words, n, replace=False).tolist()
+    return tvjax.Task.from_pairs("vocabulary_first_letter", [(w, w[0]) for w in picked], seed=seed,
+                                 fractions=tuple(k / n for k in sizes))
+
+
+# Recipes `large-task` and `time-to-accuracy` time (FitConfig overrides; "default" is FitConfig's
+# own), and the step counts `time-to-accuracy` fits each for.
+LARGE_RECIPES = {"default": {}, "batch4": {"batch_size": 4}, "batch16": {"steps": 100, **WORKLOAD}}
+CURVE_STEPS = {"default": (50, 100, 200, 400, 800), "batch4": (25, 50, 100, 200, 400),
+               "batch16": (13, 25, 50, 100, 200)}
+
+
+def bench_large_task(args) -> None:
+    """One large task end to end, tvjax alone: load, means, fit, zero-shot and task-vector evaluation.
+
+    The task is `vocabulary_task` (1,500 train / 200 valid / 500 test pairs); evaluation scores
+    the first answer token (one forward per batch, `first_token_only`; the answers are one letter).
+    Prints each phase's seconds and the valid and test first-token accuracy.
+    """
+    import tvjax
+    from tvjax.evaluation import evaluate
+
+    phases = Phases()
+    model = phases.time("load", tvjax.load)
+    task = vocabulary_task(model.tokenizer)
+    settings = tvjax.FitConfig(**LARGE_RECIPES[args.recipe])
+    print(f"default model, {task.name} ({len(task.train)} / {len(task.valid)} / {len(task.test)} pairs), recipe "
+          f"{args.recipe}: {settings.steps} steps of batch {settings.batch_size}, {_platform()}")
+    score = functools.partial(evaluate, model, task, first_token_only=True, batch_size=args.eval_batch)
+    mu = phases.time("means", lambda: tvjax.extract_means(model, task))
+    result = phases.time("fit", lambda: tvjax.fit(model, task, mu, settings))
+    zero = phases.time("zero-shot eval", score)
+    steered = phases.time("task-vector eval", lambda: score(intervention=result.blend))
+    valid = score(intervention=result.blend, split="valid")
+    for phase, seconds in phases.seconds.items():
+        print(f"  {phase:18s} {seconds:6.1f} s")
+    print(f"total {phases.total:.1f} s; first token: zero-shot {zero.first_token:.1%}, task vector "
+          f"{steered.first_token:.1%} (test), {valid.first_token:.1%} (valid); best step {result.best_step}", flush=True)
+
+
+def bench_time_to_accuracy(args) -> None:
+    """Valid first-token accuracy against fit time, per recipe, on the large task (no PyTorch side).
+
+    Each recipe (`LARGE_RECIPES`) fits `vocabulary_task` for each of its `CURVE_STEPS`, one
+    fit per point (row preparation, steps, validation every tenth of the run, the best-valid
+    vector kept: what a user waits for), on the same means. Prints a Markdown table and
+    writes `<out>/time_to_accuracy.png` and `.json`.
+    """
+    import json
+    from pathlib import Path
+
+    from matplotlib.figure import Figure
+
+    import tvjax
+
+    model = tvjax.load()
+    task = vocabulary_task(model.tokenizer)
+    mu = tvjax.extract_means(model, task)
+    curves = {}
+    print(f"default model, {task.name}, {_platform()}\n| recipe | steps | fit s | valid first token |\n|---|---|---|---|")
+    for name, overrides in LARGE_RECIPES.items():
+        for steps in CURVE_STEPS[name]:
+            settings = tvjax.FitConfig(**{**overrides, "steps": steps, "eval_every": max(1, steps // 10)})
+            start = time.perf_counter()
+            result = tvjax.fit(model, task, mu, settings)
+            seconds = time.perf_counter() - start
+            accuracy = next(h for h in result.history if h["step"] == result.best_step)["valid_first_token"]
+            curves.setdefault(name, []).append({"steps": steps, "seconds": seconds, "valid_first_token": accuracy})
+            print(f"| {name} (batch {settings.batch_size}, lr {settings.learning_rate}) | {steps} | {seconds:.1f} | "
+                  f"{100 * accuracy:.1f} |", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "time_to_accuracy.json").write_text(json.dumps({"task": task.name, "curves": curves}, indent=2))
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    for name, points in curves.items():
+        axes.plot([p["seconds"] for p in points], [100 * p["valid_first_token"] for p in points], "o-", label=name)
+    axes.set(xlabel="fit seconds (row preparation + steps + validation)", ylabel="valid first-token accuracy (%)",
+             title=f"time to accuracy: {task.name}")
+    axes.legend()
+    figure.savefig(out / "time_to_accuracy.png", dpi=120, bbox_inches="tight")
+    print(f"wrote {out / 'time_to_accuracy.png'} and {out / 'time_to_accuracy.json'}")
+
+
 class Phases:
     """Wall time of each named phase of a pipeline (first calls: compiles included)."""
 
@@ -389,7 +490,8 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="workload", required=True)
     workloads = {"forward": bench_forward, "fit-step": bench_fit_step, "fit": bench_fit,
                  "generate": bench_generate, "compile": bench_compile, "fit-many": bench_fit_many,
-                 "attention": bench_attention}
+                 "attention": bench_attention, "large-task": bench_large_task,
+                 "time-to-accuracy": bench_time_to_accuracy}
     for name, run in [*workloads.items(), ("all", lambda args: [w(args) for w in workloads.values()])]:
         p = sub.add_parser(name, help=(run.__doc__ or "every workload in turn").splitlines()[0])
         p.add_argument("--task", default="antonym")
@@ -402,6 +504,9 @@ def main(argv=None) -> None:
         p.add_argument("--steps", type=int, default=100, help="fit: training steps")
         p.add_argument("--rounds", type=int, default=3, help="compile: compilations per depth")
         p.add_argument("--tasks", default=None, help="fit-many: comma-separated tasks (default: the built-in suite)")
+        p.add_argument("--recipe", default="default", choices=sorted(LARGE_RECIPES), help="large-task: the fit")
+        p.add_argument("--eval-batch", type=int, default=64, help="large-task: prompts per evaluation batch")
+        p.add_argument("--out", default="results/benchmarks", help="time-to-accuracy: the PNG and JSON")
         p.add_argument("--profile", default=None, metavar="DIR",
                        help="forward, fit-step, generate: also trace tvjax's side and print its top XLA ops")
         p.add_argument("--compile-cache", default=None, metavar="DIR",

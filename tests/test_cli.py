@@ -62,6 +62,10 @@ def test_eval_takes_the_task_the_task_vector_records(tmp_path, capsys, tiny_lm, 
     assert main(["eval", "--model", str(tiny_lm_dir), "--tv", str(named), "--shots", "1", "--split", "valid",
                  "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "antonym.eval.json").read_text())["task"] == "antonym"
+    assert main(["eval", "--model", str(tiny_lm_dir), "--tv", str(named), "--shots", "1", "--split", "valid",
+                 "--out", str(tmp_path), "--first-token-only"]) == 0
+    scores = json.loads((tmp_path / "antonym.eval.json").read_text())["scores"]
+    assert {s["exact_match"] for s in scores.values()} == {None} and " / - |" in capsys.readouterr().out
     unnamed = save_task_vector(tmp_path / "b.safetensors", *arrays, c)
     assert main(["eval", "--model", str(tiny_lm_dir), "--tv", str(unnamed)]) == 2
     assert "--task is needed (the task vector records none)" in capsys.readouterr().err

@@ -3,7 +3,7 @@ import numpy as np
 
 import tvjax
 from tvjax.data import prompts_for
-from tvjax.evaluation import answer_text
+from tvjax.evaluation import answer_text, evaluate_many
 
 
 def test_the_models_own_answers_score_100_percent(tiny_lm, echo_task):
@@ -27,7 +27,11 @@ def test_scores_equal_a_direct_count(tiny_lm, echo_task):
                                    intervention=kwargs.get("intervention")).logits
             hits += int(np.argmax(logits[0, -1]) == p.answer[0])
         assert scores.first_token == hits / len(prompts)
+        first = tvjax.evaluate(tiny_lm, echo_task, batch_size=4, first_token_only=True, **kwargs)
+        assert (first.first_token, first.exact_match, first.contains) == (scores.first_token, None, None)
     assert scores.first_token < 1.0, "this blend should change some answers"
+    many = evaluate_many(tiny_lm, [echo_task, echo_task], blends=[blend, blend], batch_size=8, first_token_only=True)
+    assert many == [first, first]
 
 
 def test_answer_text_takes_the_first_line_before_eos(tiny_lm):

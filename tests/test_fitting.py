@@ -1,6 +1,7 @@
 """Fitting soft task vectors: the mechanics, on a tiny model (checks on the default model:
 `tests/test_worked_example.py`, and the edit positions at the end of this file)."""
 
+import dataclasses
 import importlib.util
 
 import jax
@@ -135,8 +136,9 @@ def test_many_tasks_fit_together_as_each_alone(tiny_lm, three_tasks):
 
 
 def test_split_vectors_fit_and_score_together_as_each_alone(tiny_lm, three_tasks):
-    """positions='split': each task's two logit sets `[2, L, N]` fit in one loop as alone, and
-    score in shared batches as alone."""
+    """positions='split': `theta` fitted as with 'last', then `theta_answer` beside it, frozen;
+    each task's two logit sets `[2, L, N]` fit in one loop as alone, and score in shared batches
+    as alone."""
     from tvjax.evaluation import evaluate_many
     from tvjax.extract import extract_means_many
 
@@ -149,6 +151,12 @@ def test_split_vectors_fit_and_score_together_as_each_alone(tiny_lm, three_tasks
             np.testing.assert_allclose(getattr(many.blend, name), getattr(alone.blend, name), atol=1e-4)
         assert many.best_step == alone.best_step, task.name
         assert np.abs(alone.blend.theta - alone.blend.theta_answer).max() > 1e-3, "fitted apart"
+        # the first stage is the 'last' fit, frozen while theta_answer is fitted
+        last = tvjax.fit(tiny_lm, task, mu, dataclasses.replace(settings, positions="last"))
+        np.testing.assert_array_equal(alone.blend.theta, last.blend.theta)
+        assert [(h["stage"], h["step"]) for h in alone.history] == [
+            (stage, step) for stage in ("last", "answer") for step in (0, 3, 6)]
+        assert alone.history[:3] == [{**h, "stage": "last"} for h in last.history]
     shared = evaluate_many(tiny_lm, three_tasks, blends=[r.blend for r in together], positions="split", batch_size=8)
     assert shared == [tvjax.evaluate(tiny_lm, task, intervention=r.blend, positions="split")
                       for task, r in zip(three_tasks, together)]

@@ -46,8 +46,8 @@ def test_answer_positions_loss_equals_full_forward_with_the_blend_on_every_answe
     """positions 'answer' / 'split': the cached-prefix rows edit the last prompt token and every
     teacher-forced answer token (with 'split', the answer tokens by their own `theta_answer`), with
     the loss on every answer token and the stop token after them (the template's line break), as
-    a full forward with explicit per-position blend weights. With 'split' the first answer token
-    weighs as much as the rest together."""
+    a full forward with explicit per-position blend weights. With 'split' the loss leaves out
+    the first answer token (theta's, fitted in the first stage)."""
     prompts, _ = prompts_for(tiny_lm.tokenizer, tiny_task, "train", 0)
     prompts = prompts[:6]
     assert len({len(p.answer) for p in prompts}) > 1  # rows of different answer lengths share a batch
@@ -69,7 +69,7 @@ def test_answer_positions_loss_equals_full_forward_with_the_blend_on_every_answe
         logp = jax.nn.log_softmax(tvjax.forward(tiny_lm.params, tokens, config=c, intervention=reference,
                                                 edit_mask=edit).logits[0])
         nll = -np.array([logp[len(p.ids) - 1 + i, t] for i, t in enumerate(p.answer + list(p.stop))])
-        # with 'split' the first answer token (theta's) weighs as much as the rest (theta_answer's)
-        expected = nll.mean() if positions == "answer" else (nll[0] + nll[1:].mean()) / 2
+        # with 'split' the loss is theta_answer's: the answer after its first token, and the stop
+        expected = nll.mean() if positions == "answer" else nll[1:].mean()
         np.testing.assert_allclose(loss, expected, rtol=1e-4, atol=1e-5)
     assert np.abs(np.asarray(losses) - np.asarray(last)).max() > 1e-3  # editing the answer tokens matters

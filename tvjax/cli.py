@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=("train", "valid", "test"))
     ev.add_argument("--seed", type=int, default=None, help="split seed (default: the task vector's, else 0)")
     ev.add_argument("--template", default=None, help="default: the task vector's, else the standard one")
+    ev.add_argument("--first-token-only", action="store_true",
+                    help="score the first answer token alone: one forward per batch instead of generating")
     _add_scale_flags(ev)
     _add_compile_cache_flag(ev)
     ev.set_defaults(run=cmd_eval)
@@ -340,11 +342,12 @@ def cmd_eval(args) -> None:
         print(f"warning: the task vector was fitted on task {info['task']!r}, evaluating it on {task.name!r}",
               file=sys.stderr)
     tv = TaskVectorExtractor(model, task, shots=args.shots, template=_template(args, info), seed=seed)
-    scores = tv.evaluate(BASELINES, split=args.split)
+    scores = tv.evaluate(BASELINES, split=args.split, first_token_only=args.first_token_only)
     if tv_file is not None:  # scored under the method that made it (compare's files record it)
         method = info.get("method", "task_vector")
         scores[method] = evaluate(model, task, intervention=tv_file.intervention(), split=args.split, seed=seed,
-                                  template=tv.template, desc=method, positions=tv_file.positions)
+                                  template=tv.template, desc=method, positions=tv_file.positions,
+                                  first_token_only=args.first_token_only)
     methods = list(scores)
     if jax.process_index() != 0:
         return

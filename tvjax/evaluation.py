@@ -3,7 +3,8 @@
 Three scores per prompt, all from one batched greedy generation: first-token accuracy
 (the first generated token is the answer's first token), exact match (the first line of
 the generation, stripped, equals the answer) and contains (the stripped generation begins
-with the answer, whatever follows it).
+with the answer, whatever follows it). `first_token_only` runs one forward per batch
+instead of generating, and scores the first token alone.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from tvjax.interventions import HeadBlend, Intervention, RowBlend
 @dataclasses.dataclass(frozen=True)
 class Scores:
     first_token: float  # fraction of prompts whose first generated token is the answer's first token
-    exact_match: float  # fraction whose generated first line equals the answer
-    contains: float  # fraction whose generation begins with the answer
+    exact_match: float | None  # fraction whose generated first line equals the answer (None: first token only)
+    contains: float | None  # fraction whose generation begins with the answer (None: first token only)
     n: int  # prompts scored
     skipped: int  # pairs whose answer does not tokenise (reported, not scored)
 
@@ -34,16 +35,21 @@ class Scores:
 
 def evaluate(model, task: Task, *, intervention: Intervention | tuple | None = None, shots: int = 0,
              split: str = "test", seed: int = 0, batch_size: int = 16, max_new_tokens: int | None = None,
-             template: Template = Template(), desc: str | None = None, positions: str = "last") -> Scores:
+             template: Template = Template(), desc: str | None = None, positions: str = "last",
+             first_token_only: bool = False) -> Scores:
     """Score `task`'s `split` with `shots` demonstrations per prompt and an optional intervention.
 
     The intervention edits the last prompt token of each prompt (with `positions` 'answer' or
-    'split', also each generated token). `max_new_tokens` defaults to `answer_budget(prompts)`.
+    'split', also each generated token). `max_new_tokens` defaults to `answer_budget(prompts)`;
+    `first_token_only` generates one token (one forward per batch) and leaves exact match and
+    contains None.
     """
     config, params, tokenizer = model
     prompts, skipped = prompts_for(tokenizer, task, split, shots, template=template, seed=seed)
     length = bucket_length(max(len(p.ids) for p in prompts))
-    if max_new_tokens is None:
+    if first_token_only:
+        max_new_tokens = 1
+    elif max_new_tokens is None:
         max_new_tokens = answer_budget(prompts)
     hits, pad = np.zeros(3), pad_id(tokenizer)
     for chunk, real in tqdm(list(chunks(prompts, batch_size)), desc=desc or f"eval {task.name}",
@@ -53,24 +59,25 @@ def evaluate(model, task: Task, *, intervention: Intervention | tuple | None = N
                        intervention=intervention, positions=positions)
         for prompt, row in zip(chunk[:real], new[:real]):
             hits += score_row(tokenizer, row, prompt, config.eos_ids)
-    return Scores(*(hits / len(prompts)), len(prompts), len(skipped))
+    return _scores(hits / len(prompts), len(prompts), len(skipped), first_token_only)
 
 
 def evaluate_many(model, tasks: Sequence[Task], *, blends: Sequence[HeadBlend] | None = None, shots: int = 0,
                   split: str = "test", seed: int = 0, batch_size: int = 64,
-                  template: Template = Template(), positions: str = "last") -> list[Scores]:
+                  template: Template = Template(), positions: str = "last",
+                  first_token_only: bool = False) -> list[Scores]:
     """`evaluate` of many tasks in shared batches (decoding reads the weights once per step for all).
 
     Each task's prompts are scored as `evaluate` scores them, with its own blend (`blends[a]`,
-    applied to its rows through `RowBlend`) and its own generation budget; only the padding
-    (to the longest prompt of all tasks) differs.
+    applied to its rows through `RowBlend`) and its own generation budget (1 with
+    `first_token_only`); only the padding (to the longest prompt of all tasks) differs.
     """
     config, params, tokenizer = model
     if blends is not None and len(blends) != len(tasks):
         raise ValueError(f"evaluate_many needs one blend per task: {len(blends)} blends for {len(tasks)} tasks")
     per_task = [prompts_for(tokenizer, t, split, shots, template=template, seed=seed) for t in tasks]
     items = [(a, p) for a, (prompts, _) in enumerate(per_task) for p in prompts]
-    budgets = [answer_budget(prompts) for prompts, _ in per_task]
+    budgets = [1 if first_token_only else answer_budget(prompts) for prompts, _ in per_task]
     length = bucket_length(max(len(p.ids) for _, p in items))
     if blends is not None:
         theta, mu = (np.stack([np.asarray(x, np.float32) for x in xs]) for xs in
@@ -84,8 +91,14 @@ def evaluate_many(model, tasks: Sequence[Task], *, blends: Sequence[HeadBlend] |
                        intervention=None if blends is None else RowBlend.gather(theta, mu, task), positions=positions)
         for (a, prompt), row in zip(chunk[:real], new[:real]):
             hits[a] += score_row(tokenizer, row[:budgets[a]], prompt, config.eos_ids)
-    return [Scores(*(hits[a] / len(prompts)), len(prompts), len(skipped))
+    return [_scores(hits[a] / len(prompts), len(prompts), len(skipped), first_token_only)
             for a, (prompts, skipped) in enumerate(per_task)]
+
+
+def _scores(rates: np.ndarray, n: int, skipped: int, first_token_only: bool) -> Scores:
+    """`Scores` of `[first token, exact match, contains]` rates; the last two None for a first-token run."""
+    first, exact, contains = rates.tolist()
+    return Scores(first, None, None, n, skipped) if first_token_only else Scores(first, exact, contains, n, skipped)
 
 
 def answer_budget(prompts) -> int:

@@ -76,8 +76,9 @@ class TaskVectorExtractor:
         self.blend = self.result.blend
         return self.blend
 
-    def evaluate(self, methods=None, split: str = "test") -> dict[str, Scores]:
-        """Scores of each method on `split`: plain zero-shot, `shots`-shot ICL, zero-shot + task vector."""
+    def evaluate(self, methods=None, split: str = "test", first_token_only: bool = False) -> dict[str, Scores]:
+        """Scores of each method on `split`: plain zero-shot, `shots`-shot ICL, zero-shot + task vector
+        (`first_token_only`: one forward per batch, the first token scored alone; see `evaluate`)."""
         methods = METHODS if methods is None else methods
         settings = {"zero_shot": {}, "icl": {"shots": self.shots},
                     "task_vector": {"intervention": self.blend, "positions": self.positions}}
@@ -88,7 +89,7 @@ class TaskVectorExtractor:
             with self._phase(f"eval_{method}"):
                 scores[method] = evaluate(self.model, self.task, split=split, seed=self.seed,
                                           template=self.template, desc=f"{method} {self.task.name}",
-                                          **settings[method])
+                                          first_token_only=first_token_only, **settings[method])
         return scores
 
     def _phase(self, name: str):

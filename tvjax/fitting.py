@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import jax
@@ -20,7 +21,7 @@ from tvjax.config import ModelConfig
 from tvjax.data import Task, Template, prompts_for
 from tvjax.interventions import HeadBlend, RowBlend
 from tvjax.model import param_axes
-from tvjax.rows import ROWS_AXES, Rows, losses, mean_loss, prepare_rows, row_losses, split_rows, take
+from tvjax.rows import ROWS_AXES, Rows, prepare_rows, row_losses, scores, split_rows, take
 from tvjax.sharding import constrain, on_mesh, put
 from tvjax.taskvector import check_positions
 from tvjax.train import batch_indices, initial_means, loop, open_checkpoints, optimizer
@@ -43,7 +44,8 @@ class FitConfig:
     all_answer_tokens: bool = False  # loss on every answer token instead of the first
     positions: str = "last"  # where theta acts: 'last' prompt token, or 'answer': also every answer token
     # (teacher-forced here, generated in evaluation), with the loss on every answer token, or 'split':
-    # as 'answer' with a second theta of its own at the answer tokens (theta [2, L, N], HeadBlend.of)
+    # theta fitted as 'last' fits it, then frozen while a second theta of its own at the answer tokens
+    # (theta_answer, HeadBlend.of) is fitted, `steps` more, on every answer token and the stop
 
     def __post_init__(self):
         check_positions(self.positions)
@@ -53,20 +55,21 @@ class FitResult(NamedTuple):
     blend: HeadBlend  # theta with the best validation loss
     best_step: int
     best_valid_loss: float
-    history: list  # dicts: step, train_loss (mean since the last eval), valid_loss
+    history: list  # dicts: step, train_loss (mean since the last eval), valid_loss, valid_first_token (accuracy)
 
 
-def train_step(theta, opt_state, mu, params, rows: Rows, index, sparsity, *, config: ModelConfig,
+def train_step(theta, opt_state, mu, params, rows: Rows, index, sparsity, frozen=None, *, config: ModelConfig,
                learning_rate: float, optimizer_name: str = "adam"):
-    """One optimizer step on `theta` `[L, N]` (or `[2, L, N]`, `HeadBlend.of`) over the rows at `index` `[B]`;
-    returns (theta, opt_state, loss).
+    """One optimizer step on `theta` `[L, N]` over the rows at `index` `[B]`; returns (theta, opt_state, loss).
 
-    On a mesh (params from `tvjax.load(..., mesh=...)`) theta, its optimizer state, index
-    and loss are replicated, mu, params and rows sharded by `tvjax.sharding`'s table.
+    With `frozen` `[L, N]` (positions 'split'), `frozen` is the fixed `theta` at the last prompt
+    token and the fitted `theta` is `theta_answer`. On a mesh (params from `tvjax.load(..., mesh=...)`)
+    theta, its optimizer state, index and loss are replicated, mu, params and rows sharded by
+    `tvjax.sharding`'s table.
     """
     with on_mesh(params):
-        return _train_step(*_placed(theta, opt_state, mu, params, rows, index, sparsity), config=config,
-                           learning_rate=learning_rate, optimizer_name=optimizer_name)
+        return _train_step(*_placed(theta, opt_state, mu, params, rows, index, sparsity), put(frozen, None),
+                           config=config, learning_rate=learning_rate, optimizer_name=optimizer_name)
 
 
 def lower_train_step(mesh, theta, opt_state, mu, params, rows: Rows, index, sparsity, **static):
@@ -82,13 +85,18 @@ def _placed(theta, opt_state, mu, params, rows, index, sparsity) -> tuple:
             put(sparsity, None))
 
 
+def _logits(theta, frozen):
+    """The blend logits: `theta`, or `[..., 2, L, N]` with the frozen last-token logits first."""
+    return theta if frozen is None else jnp.stack([frozen, theta], axis=-3)
+
+
 @functools.partial(jax.jit, static_argnames=("config", "learning_rate", "optimizer_name"),
                    donate_argnames=("theta", "opt_state"))
-def _train_step(theta, opt_state, mu, params, rows: Rows, index, sparsity, *, config: ModelConfig,
+def _train_step(theta, opt_state, mu, params, rows: Rows, index, sparsity, frozen=None, *, config: ModelConfig,
                 learning_rate: float, optimizer_name: str = "adam"):
 
     def loss_fn(theta):
-        losses = row_losses(params, config, HeadBlend.of(theta, mu), take(rows, index))
+        losses = row_losses(params, config, HeadBlend.of(_logits(theta, frozen), mu), take(rows, index))
         return losses.mean() + sparsity * jax.nn.sigmoid(theta).mean()
 
     loss, grad = jax.value_and_grad(loss_fn)(theta)
@@ -100,54 +108,78 @@ def fit(model, task: Task, mu, settings: FitConfig = FitConfig(), *, template: T
         checkpoint_dir=None, resume: bool = False, run_info: dict | None = None) -> FitResult:
     """Fit `theta` on zero-shot train prompts; keep the one with the best validation loss.
 
+    With positions 'split' the fit has two stages: `theta` as positions 'last' fits it, then
+    `theta_answer` with `theta` frozen, so the first answer token keeps the first stage's
+    accuracy and the second learns the rest of the answer and its end. Its history holds both
+    stages (each entry's `stage`: 'last' or 'answer'), its best step is the answer stage's.
+
     Args:
       model: a `tvjax.Model`.  task: the `Task`.  mu: `[L, N, H]` head means (may be None
         when resuming: the checkpoint's are used).
       settings: the `FitConfig` (`config` is always the `ModelConfig`).
-      checkpoint_dir: save an Orbax checkpoint at every validation (see `tvjax.checkpoint`).
+      checkpoint_dir: save an Orbax checkpoint at every validation (see `tvjax.checkpoint`);
+        with positions 'split', each stage in its own subfolder ('last', 'answer').
       resume: continue from the latest checkpoint in `checkpoint_dir` (if there is one).
         The data order is a function of (seed, step), so the resumed run is the same run.
       run_info: extra JSON-able run description (e.g. the model id) that must match on resume.
     """
+    stage = functools.partial(_fit_stage, model, task, template=template, resume=resume, run_info=run_info)
+    if settings.positions != "split":
+        return stage(mu, settings, checkpoint_dir=checkpoint_dir)
+    first = stage(mu, dataclasses.replace(settings, positions="last"), checkpoint_dir=_subdir(checkpoint_dir, "last"))
+    second = stage(first.blend.mu, settings, frozen=first.blend.theta, checkpoint_dir=_subdir(checkpoint_dir, "answer"))
+    return two_stages(first, second)
+
+
+def _subdir(checkpoint_dir, name: str):
+    return None if checkpoint_dir is None else Path(checkpoint_dir) / name
+
+
+def two_stages(first: FitResult, second: FitResult) -> FitResult:
+    """A split fit's result from its stages' (`fit`)."""
+    history = [{**h, "stage": "last"} for h in first.history] + [{**h, "stage": "answer"} for h in second.history]
+    return second._replace(history=history)
+
+
+def _fit_stage(model, task: Task, mu, settings: FitConfig, *, template: Template, checkpoint_dir, resume: bool,
+               run_info: dict | None, frozen=None) -> FitResult:
+    """One loop of `fit`: `theta`, or `theta_answer` beside a `frozen` `theta` `[L, N]`."""
     config, params, _ = model
-    L, N = config.n_layers, config.n_heads
     checkpoints = open_checkpoints(checkpoint_dir, resume, model=model, task=task, template=template, method="fit",
                                    settings=settings, run_info=run_info)
     mu = initial_means(mu, checkpoints, config, "fit")
     train, valid = (split_rows(model, task, split, template=template, seed=settings.seed,
                                all_answer_tokens=settings.all_answer_tokens, positions=settings.positions)
                     for split in ("train", "valid"))
-    theta = jnp.full(theta_shape(settings, L, N), settings.init, jnp.float32)
+    theta = jnp.full((config.n_layers, config.n_heads), settings.init, jnp.float32)
     state = {"theta": theta, "opt_state": optimizer(settings.optimizer, settings.learning_rate).init(theta),
              "mu": mu}
 
     def step(state, n):
         index = batch_indices(train.tokens.shape[0], settings.batch_size, n - 1, settings.seed)
         theta, opt_state, loss = train_step(state["theta"], state["opt_state"], state["mu"], params, train, index,
-                                            settings.sparsity, config=config,
+                                            settings.sparsity, frozen, config=config,
                                             learning_rate=settings.learning_rate,
                                             optimizer_name=settings.optimizer)
         return {"theta": theta, "opt_state": opt_state, "mu": state["mu"]}, loss
 
     def validate(state):
-        loss = float(mean_loss(params, HeadBlend.of(state["theta"], state["mu"]), valid, config=config))
-        return loss, {"valid_loss": loss}
+        losses, hits = scores(params, HeadBlend.of(_logits(state["theta"], frozen), state["mu"]), valid, config=config)
+        loss = float(np.mean(np.asarray(losses, np.float64)))
+        return loss, {"valid_loss": loss, "valid_first_token": float(np.mean(hits))}
 
+    desc = f"fit {task.name}" + ("" if frozen is None else " (answer tokens)")
     trained = loop(step, validate, state, steps=settings.steps, eval_every=settings.eval_every,
-                   keep=lambda state: state["theta"], desc=f"fit {task.name}", checkpoints=checkpoints)
-    return FitResult(HeadBlend.of(trained.best, trained.state["mu"]), trained.best_step,
+                   keep=lambda state: state["theta"], desc=desc, checkpoints=checkpoints)
+    return FitResult(HeadBlend.of(_logits(trained.best, frozen), trained.state["mu"]), trained.best_step,
                      trained.at(trained.best_step)["valid_loss"], trained.history)
 
 
-def theta_shape(settings: FitConfig, L: int, N: int) -> tuple[int, ...]:
-    """The fitted logits' shape: `[L, N]`, or `[2, L, N]` with positions 'split' (`HeadBlend.of`)."""
-    return (2, L, N) if settings.positions == "split" else (L, N)
-
-
-def train_step_many(theta, opt_state, mu, params, rows: Rows, index, task, sparsity, *, config: ModelConfig,
-                    learning_rate: float, optimizer_name: str = "adam"):
+def train_step_many(theta, opt_state, mu, params, rows: Rows, index, task, sparsity, frozen=None, *,
+                    config: ModelConfig, learning_rate: float, optimizer_name: str = "adam"):
     """One optimizer step on the `A` tasks' `theta` `[A, L, N]` over the rows at `index` `[A * B]`
-    (row `i` of task `task[i]`, `B` per task); returns (theta, opt_state, loss `[A]`).
+    (row `i` of task `task[i]`, `B` per task); returns (theta, opt_state, loss `[A]`). `frozen`
+    `[A, L, N]`: as in `train_step`.
 
     Each task's loss (its rows' mean plus its sparsity penalty) depends on its own theta only,
     so the gradient of their sum is each task's own gradient, and an elementwise optimizer
@@ -156,16 +188,17 @@ def train_step_many(theta, opt_state, mu, params, rows: Rows, index, task, spars
     with on_mesh(params):
         return _train_step_many(put(theta, None), put(opt_state, None), put(mu, "ALNH"), params,
                                 put(rows, ROWS_AXES), put(index, None), put(task, None), put(sparsity, None),
-                                config=config, learning_rate=learning_rate, optimizer_name=optimizer_name)
+                                put(frozen, None), config=config, learning_rate=learning_rate, optimizer_name=optimizer_name)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "learning_rate", "optimizer_name"),
                    donate_argnames=("theta", "opt_state"))
-def _train_step_many(theta, opt_state, mu, params, rows: Rows, index, task, sparsity, *, config: ModelConfig,
-                     learning_rate: float, optimizer_name: str = "adam"):
+def _train_step_many(theta, opt_state, mu, params, rows: Rows, index, task, sparsity, frozen=None, *,
+                     config: ModelConfig, learning_rate: float, optimizer_name: str = "adam"):
 
     def loss_fn(theta):
-        per_row = row_losses(params, config, RowBlend.gather(theta, mu, task), take(rows, index))  # [A * B]
+        blend = RowBlend.gather(_logits(theta, frozen), mu, task)
+        per_row = row_losses(params, config, blend, take(rows, index))  # [A * B]
         per_task = per_row.reshape(theta.shape[0], -1).mean(1) + sparsity * jax.nn.sigmoid(theta).mean(tuple(range(1, theta.ndim)))
         return per_task.sum(), per_task
 
@@ -182,17 +215,31 @@ def fit_many(model, tasks: Sequence[Task], mus, settings: FitConfig = FitConfig(
     seeded order), each row blended with its task's vector (`RowBlend`); each task has its
     own optimizer state, validation loss and best step. Equal to fitting each task alone
     with the same seed up to float rounding (prompts are padded to the longest of all tasks).
+    Positions 'split' fits in `fit`'s two stages, one loop each.
 
     Args:
       tasks: `A` tasks.  mus: their head means, `A` arrays `[L, N, H]` (or one `[A, L, N, H]`).
     Returns:
       One `FitResult` per task, in order.
     """
-    config, params, tokenizer = model
+    config = model.config
     A, L, N, H = len(tasks), config.n_layers, config.n_heads, config.head_dim
     mu = jnp.asarray(np.stack([np.asarray(m, np.float32) for m in mus]))
     if mu.shape != (A, L, N, H):
         raise ValueError(f"fit_many needs one mean [L, N, H] = {(L, N, H)} per task ({A} tasks), got {mu.shape}")
+    stage = functools.partial(_fit_many_stage, model, tasks, mu, template=template)
+    if settings.positions != "split":
+        return stage(settings)
+    firsts = stage(dataclasses.replace(settings, positions="last"))
+    seconds = stage(settings, frozen=jnp.stack([r.blend.theta for r in firsts]))
+    return [two_stages(first, second) for first, second in zip(firsts, seconds)]
+
+
+def _fit_many_stage(model, tasks: Sequence[Task], mu, settings: FitConfig, *, template: Template,
+                    frozen=None) -> list[FitResult]:
+    """One loop of `fit_many` (`mu` `[A, L, N, H]`; `frozen` `[A, L, N]` as in `_fit_stage`)."""
+    config, params, tokenizer = model
+    A, L, N = len(tasks), config.n_layers, config.n_heads
     prompts = {split: [prompts_for(tokenizer, t, split, 0, template=template, seed=settings.seed)[0] for t in tasks]
                for split in ("train", "valid")}
     train, valid = (prepare_rows(model, sum(prompts[split], []), settings.all_answer_tokens,
@@ -202,29 +249,33 @@ def fit_many(model, tasks: Sequence[Task], mus, settings: FitConfig = FitConfig(
     starts = np.cumsum([0] + sizes[:-1])
     row_task = np.repeat(np.arange(A), settings.batch_size)  # [A * B]
     valid_task = np.repeat(np.arange(A), [len(p) for p in prompts["valid"]])  # [R]
-    theta = jnp.full((A, *theta_shape(settings, L, N)), settings.init, jnp.float32)
+    theta = jnp.full((A, L, N), settings.init, jnp.float32)
     state = {"theta": theta, "opt_state": optimizer(settings.optimizer, settings.learning_rate).init(theta), "mu": mu}
 
     def step(state, n):
         index = np.concatenate([start + batch_indices(size, settings.batch_size, n - 1, settings.seed)
                                 for start, size in zip(starts, sizes)])
         theta, opt_state, loss = train_step_many(state["theta"], state["opt_state"], state["mu"], params, train,
-                                                 index, row_task, settings.sparsity, config=config,
+                                                 index, row_task, settings.sparsity, frozen, config=config,
                                                  learning_rate=settings.learning_rate,
                                                  optimizer_name=settings.optimizer)
         return {"theta": theta, "opt_state": opt_state, "mu": state["mu"]}, loss
 
     def validate(state):
-        per_row = losses(params, RowBlend.gather(state["theta"], state["mu"], valid_task), valid, config=config)
-        per_task = (np.bincount(valid_task, np.asarray(per_row, np.float64), A) / np.bincount(valid_task, None, A))
-        return per_task.tolist(), {"valid_loss": per_task.tolist()}
+        blend = RowBlend.gather(_logits(state["theta"], frozen), state["mu"], valid_task)
+        per_task = [np.bincount(valid_task, np.asarray(x, np.float64), A) / np.bincount(valid_task, None, A)
+                    for x in scores(params, blend, valid, config=config)]
+        return per_task[0].tolist(), {"valid_loss": per_task[0].tolist(), "valid_first_token": per_task[1].tolist()}
 
+    desc = f"fit {A} tasks" + ("" if frozen is None else " (answer tokens)")
     trained = loop(step, validate, state, steps=settings.steps, eval_every=settings.eval_every,
-                   keep=lambda state: state["theta"], desc=f"fit {A} tasks")
+                   keep=lambda state: state["theta"], desc=desc)
+    best = _logits(trained.best, frozen)
     results = []
     for a, best_step in enumerate(trained.best_step):
         history = [{"step": h["step"], "train_loss": None if h["train_loss"] is None else h["train_loss"][a],
-                    "valid_loss": h["valid_loss"][a]} for h in trained.history]
-        results.append(FitResult(HeadBlend.of(trained.best[a], mu[a]), best_step,
+                    "valid_loss": h["valid_loss"][a], "valid_first_token": h["valid_first_token"][a]}
+                   for h in trained.history]
+        results.append(FitResult(HeadBlend.of(best[a], mu[a]), best_step,
                                  trained.at(best_step)["valid_loss"][a], history))
     return results

@@ -23,14 +23,19 @@ def markdown_table(rows: dict[str, dict], methods, mean: bool = True) -> str:
     for task, scores in rows.items():
         lines.append(f"| {task} | " + " | ".join(_cell(scores[m]) for m in methods) + " |")
     if mean:
-        avg = {m: {k: sum(r[m][k] for r in rows.values()) / len(rows) for k in ("first_token", "exact_match")}
+        avg = {m: {k: _mean([r[m][k] for r in rows.values()]) for k in ("first_token", "exact_match")}
                for m in methods}
         lines.append("| **mean** | " + " | ".join(f"**{_cell(avg[m])}**" for m in methods) + " |")
     return "\n".join(lines)
 
 
+def _mean(values: list) -> float | None:
+    return None if None in values else sum(values) / len(values)
+
+
 def _cell(score: dict) -> str:
-    return f"{100 * score['first_token']:.0f} / {100 * score['exact_match']:.0f}"
+    """`first-token / exact-match` in percent; '-' for a score not measured (first-token-only runs)."""
+    return " / ".join("-" if score[k] is None else f"{100 * score[k]:.0f}" for k in ("first_token", "exact_match"))
 
 
 def shared_methods(results: dict[str, dict]) -> tuple[str, ...]:

@@ -36,8 +36,8 @@ class Rows(NamedTuple):
     Attributes:
       cache: `KVCache` of the prefixes, k/v `[L, R, S, K, H]`, mask `[R, S]`.
       tokens / mask: `[R, Ts]` suffix tokens (the last prompt token first), right-padded.
-      targets / target_mask: `[R, Ts]` next-token targets and the weight each has in its row's
-        loss (1 or 0; with positions 'split' the first answer token weighs as much as the rest).
+      targets / target_mask: `[R, Ts]` next-token targets and which of them count (with positions
+        'split', the ones `theta_answer` serves: all but the first answer token, `fit`'s second stage).
       edit: `[R, Ts]` bool, the suffix positions the intervention edits (None: the first, the
         last prompt token).
     """
@@ -81,10 +81,10 @@ def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, 
                         jnp.concatenate([c.mask for c in caches])[:n], caches[0].end)
         tokens, present = _right_pad(suffixes, Ts)
         edit = present if positions != "last" else present & (jnp.arange(Ts) == 0)
-        targets, weight = _right_pad(targets, Ts)
-        if positions == "split":  # theta serves the first answer token, theta_answer the rest and the stop
-            weight = jnp.where(jnp.arange(Ts) == 0, weight.sum(1, keepdims=True) - 1, weight)
-        return put(Rows(cache, tokens, present, targets, weight.astype(jnp.float32), edit), ROWS_AXES)
+        targets, counted = _right_pad(targets, Ts)
+        if positions == "split":  # the targets theta_answer serves: the answer after its first token, the stop
+            counted = counted & (jnp.arange(Ts) > 0)
+        return put(Rows(cache, tokens, present, targets, counted, edit), ROWS_AXES)
 
 
 def split_rows(model, task: Task, split: str, *, template: Template, seed: int, all_answer_tokens: bool = False,
@@ -113,11 +113,17 @@ def _prefill(params, tokens, mask, *, config: ModelConfig, length: int) -> KVCac
 
 def row_losses(params, config: ModelConfig, intervention, rows: Rows) -> jax.Array:
     """Mean answer cross-entropy per row `[R]`, with `intervention` at each row's edited positions."""
+    return row_scores(params, config, intervention, rows)[0]
+
+
+def row_scores(params, config: ModelConfig, intervention, rows: Rows) -> tuple[jax.Array, jax.Array]:
+    """`row_losses` `[R]` and whether each row's first answer token is the most likely one `[R]` (bool)."""
     edit = jnp.zeros(rows.tokens.shape, bool).at[:, 0].set(True) if rows.edit is None else rows.edit
     logits = forward(params, rows.tokens, config=config, mask=rows.mask, intervention=intervention, edit_mask=edit,
                      cache=rows.cache).logits  # [R, Ts, V]
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), rows.targets[..., None], axis=-1)[..., 0]
-    return (nll * rows.target_mask).sum(-1) / rows.target_mask.sum(-1)  # the weighted mean over answer tokens
+    hit = jnp.argmax(logits[:, 0], axis=-1) == rows.targets[:, 0]
+    return (nll * rows.target_mask).sum(-1) / rows.target_mask.sum(-1), hit
 
 
 def take(rows: Rows, index: jax.Array) -> Rows:
@@ -137,6 +143,17 @@ def losses(params, intervention, rows: Rows, *, config: ModelConfig) -> jax.Arra
 @functools.partial(jax.jit, static_argnames="config")
 def _losses(params, intervention, rows: Rows, *, config: ModelConfig) -> jax.Array:
     return constrain(row_losses(params, config, intervention, rows), None)
+
+
+def scores(params, intervention, rows: Rows, *, config: ModelConfig) -> tuple[jax.Array, jax.Array]:
+    """`row_scores`: losses `[R]` and first-token hits `[R]`, on the params' mesh if any."""
+    with on_mesh(params):
+        return _scores(params, put(intervention, axes_of(intervention)), rows, config=config)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _scores(params, intervention, rows: Rows, *, config: ModelConfig) -> tuple[jax.Array, jax.Array]:
+    return constrain(row_scores(params, config, intervention, rows), None)
 
 
 def mean_loss(params, intervention, rows: Rows, *, config: ModelConfig) -> jax.Array:
