@@ -23,7 +23,6 @@ compare across machines, not the absolute numbers.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import statistics
 import sys
@@ -298,11 +297,12 @@ def bench_large_task(args) -> None:
     """One large task end to end, tvjax alone: load, means, fit, zero-shot and task-vector evaluation.
 
     The task is `vocabulary_task` (1,500 train / 200 valid / 500 test pairs); evaluation scores
-    the first answer token (one forward per batch, `first_token_only`; the answers are one letter).
+    the first answer token, zero-shot and with the task vector on one pass over the prompts'
+    prefixes (`first_token_scores`; the answers are one letter).
     Prints each phase's seconds and the valid and test first-token accuracy.
     """
     import tvjax
-    from tvjax.evaluation import evaluate
+    from tvjax.evaluation import first_token_scores
 
     phases = Phases()
     model = phases.time("load", tvjax.load)
@@ -310,16 +310,14 @@ def bench_large_task(args) -> None:
     settings = tvjax.FitConfig(**LARGE_RECIPES[args.recipe])
     print(f"default model, {task.name} ({len(task.train)} / {len(task.valid)} / {len(task.test)} pairs), recipe "
           f"{args.recipe}: {settings.steps} steps of batch {settings.batch_size}, {_platform()}")
-    score = functools.partial(evaluate, model, task, first_token_only=True, batch_size=args.eval_batch)
     mu = phases.time("means", lambda: tvjax.extract_means(model, task))
     result = phases.time("fit", lambda: tvjax.fit(model, task, mu, settings))
-    zero = phases.time("zero-shot eval", score)
-    steered = phases.time("task-vector eval", lambda: score(intervention=result.blend))
-    valid = score(intervention=result.blend, split="valid")
+    zero, steered = phases.time("evaluation", lambda: first_token_scores(model, task, [None, result.blend]))
+    valid = next(h for h in result.history if h["step"] == result.best_step)["valid_first_token"]
     for phase, seconds in phases.seconds.items():
         print(f"  {phase:18s} {seconds:6.1f} s")
     print(f"total {phases.total:.1f} s; first token: zero-shot {zero.first_token:.1%}, task vector "
-          f"{steered.first_token:.1%} (test), {valid.first_token:.1%} (valid); best step {result.best_step}", flush=True)
+          f"{steered.first_token:.1%} (test), {valid:.1%} (valid); best step {result.best_step}", flush=True)
 
 
 def bench_time_to_accuracy(args) -> None:
@@ -505,7 +503,6 @@ def main(argv=None) -> None:
         p.add_argument("--rounds", type=int, default=3, help="compile: compilations per depth")
         p.add_argument("--tasks", default=None, help="fit-many: comma-separated tasks (default: the built-in suite)")
         p.add_argument("--recipe", default="default", choices=sorted(LARGE_RECIPES), help="large-task: the fit")
-        p.add_argument("--eval-batch", type=int, default=64, help="large-task: prompts per evaluation batch")
         p.add_argument("--out", default="results/benchmarks", help="time-to-accuracy: the PNG and JSON")
         p.add_argument("--profile", default=None, metavar="DIR",
                        help="forward, fit-step, generate: also trace tvjax's side and print its top XLA ops")

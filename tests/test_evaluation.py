@@ -3,7 +3,7 @@ import numpy as np
 
 import tvjax
 from tvjax.data import prompts_for
-from tvjax.evaluation import answer_text, evaluate_many
+from tvjax.evaluation import answer_text, evaluate_many, first_token_scores
 
 
 def test_the_models_own_answers_score_100_percent(tiny_lm, echo_task):
@@ -32,6 +32,8 @@ def test_scores_equal_a_direct_count(tiny_lm, echo_task):
     assert scores.first_token < 1.0, "this blend should change some answers"
     many = evaluate_many(tiny_lm, [echo_task, echo_task], blends=[blend, blend], batch_size=8, first_token_only=True)
     assert many == [first, first]
+    shared = first_token_scores(tiny_lm, echo_task, [None, blend, None], chunk=5)  # one pass, 3 chunks
+    assert shared == [tvjax.evaluate(tiny_lm, echo_task, first_token_only=True), first, shared[0]]
 
 
 def test_answer_text_takes_the_first_line_before_eos(tiny_lm):

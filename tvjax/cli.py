@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 _FIT_HELP = {"steps": "training steps",
              "positions": "where the vector acts: 'last' (the last prompt token), 'answer' (also every answer "
                           "token, generated or teacher-forced; the loss covers the whole answer) or 'split' (as "
-                          "'answer', with weights of their own at the answer tokens)"}
+                          "'answer', with weights of their own at the answer tokens, fitted after the last "
+                          "token's: twice the steps)"}
 # `tvjax compare`'s flags for each method's settings: CompareConfig field -> (help group title,
 # `add_config_flags` keywords)
 _METHOD_FLAGS = {

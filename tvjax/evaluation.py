@@ -3,8 +3,9 @@
 Three scores per prompt, all from one batched greedy generation: first-token accuracy
 (the first generated token is the answer's first token), exact match (the first line of
 the generation, stripped, equals the answer) and contains (the stripped generation begins
-with the answer, whatever follows it). `first_token_only` runs one forward per batch
-instead of generating, and scores the first token alone.
+with the answer, whatever follows it). `first_token_only` scores the first token alone
+without generating (`first_token_scores`: the prompts' prefixes run once, then only the
+last prompt token under each intervention).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tvjax.batching import bucket_length, chunks, pad_id, pad_left
 from tvjax.data import Task, Template, prompts_for
 from tvjax.generation import generate, until_eos
 from tvjax.interventions import HeadBlend, Intervention, RowBlend
+from tvjax.rows import prepare_rows, scores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,15 +43,16 @@ def evaluate(model, task: Task, *, intervention: Intervention | tuple | None = N
 
     The intervention edits the last prompt token of each prompt (with `positions` 'answer' or
     'split', also each generated token). `max_new_tokens` defaults to `answer_budget(prompts)`;
-    `first_token_only` generates one token (one forward per batch) and leaves exact match and
-    contains None.
+    `first_token_only` scores the first token without generating (`first_token_scores`) and
+    leaves exact match and contains None.
     """
+    if first_token_only:
+        return first_token_scores(model, task, [intervention], shots=shots, split=split, seed=seed,
+                                  template=template)[0]
     config, params, tokenizer = model
     prompts, skipped = prompts_for(tokenizer, task, split, shots, template=template, seed=seed)
     length = bucket_length(max(len(p.ids) for p in prompts))
-    if first_token_only:
-        max_new_tokens = 1
-    elif max_new_tokens is None:
+    if max_new_tokens is None:
         max_new_tokens = answer_budget(prompts)
     hits, pad = np.zeros(3), pad_id(tokenizer)
     for chunk, real in tqdm(list(chunks(prompts, batch_size)), desc=desc or f"eval {task.name}",
@@ -59,7 +62,25 @@ def evaluate(model, task: Task, *, intervention: Intervention | tuple | None = N
                        intervention=intervention, positions=positions)
         for prompt, row in zip(chunk[:real], new[:real]):
             hits += score_row(tokenizer, row, prompt, config.eos_ids)
-    return _scores(hits / len(prompts), len(prompts), len(skipped), first_token_only)
+    return Scores(*(hits / len(prompts)), len(prompts), len(skipped))
+
+
+def first_token_scores(model, task: Task, interventions: Sequence, *, shots: int = 0, split: str = "test",
+                       seed: int = 0, template: Template = Template(), chunk: int = 256) -> list[Scores]:
+    """First-token accuracy of `task`'s `split` under each of `interventions` (None: the plain
+    model), exact match and contains None.
+
+    Only the last prompt token depends on an intervention, so each chunk of prompts runs its
+    prefixes once into a KV cache (`tvjax.rows`) and then the last token alone per
+    intervention: scoring K interventions costs about one forward of the prompts, not K.
+    """
+    config, params, tokenizer = model
+    prompts, skipped = prompts_for(tokenizer, task, split, shots, template=template, seed=seed)
+    hits = np.zeros(len(interventions))
+    for start in tqdm(range(0, len(prompts), chunk), desc=f"first tokens {task.name}", leave=False, disable=None):
+        rows = prepare_rows(model, prompts[start:start + chunk], batch_size=64)
+        hits += [np.sum(scores(params, i, rows, config=config)[1]) for i in interventions]
+    return [Scores(h / len(prompts), None, None, len(prompts), len(skipped)) for h in hits.tolist()]
 
 
 def evaluate_many(model, tasks: Sequence[Task], *, blends: Sequence[HeadBlend] | None = None, shots: int = 0,

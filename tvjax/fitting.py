@@ -21,10 +21,10 @@ from tvjax.config import ModelConfig
 from tvjax.data import Task, Template, prompts_for
 from tvjax.interventions import HeadBlend, RowBlend
 from tvjax.model import param_axes
-from tvjax.rows import ROWS_AXES, Rows, prepare_rows, row_losses, scores, split_rows, take
+from tvjax.rows import ROWS_AXES, Rows, prepare_rows, row_losses, scores, take
 from tvjax.sharding import constrain, on_mesh, put
 from tvjax.taskvector import check_positions
-from tvjax.train import batch_indices, initial_means, loop, open_checkpoints, optimizer
+from tvjax.train import batch_indices, drawn_rows, initial_means, loop, open_checkpoints, optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,10 +45,16 @@ class FitConfig:
     positions: str = "last"  # where theta acts: 'last' prompt token, or 'answer': also every answer token
     # (teacher-forced here, generated in evaluation), with the loss on every answer token, or 'split':
     # theta fitted as 'last' fits it, then frozen while a second theta of its own at the answer tokens
-    # (theta_answer, HeadBlend.of) is fitted, `steps` more, on every answer token and the stop
+    # (theta_answer, HeadBlend.of; from ANSWER_INIT) is fitted, `steps` more, on the answer tokens after
+    # the first and the stop
 
     def __post_init__(self):
         check_positions(self.positions)
+
+
+# Where positions 'split' starts theta_answer: weight sigmoid(-6) = 0.25% on the means, so the
+# answer stage starts from the first stage's generation, and its best validation is never worse.
+ANSWER_INIT = -6.0
 
 
 class FitResult(NamedTuple):
@@ -148,15 +154,13 @@ def _fit_stage(model, task: Task, mu, settings: FitConfig, *, template: Template
     checkpoints = open_checkpoints(checkpoint_dir, resume, model=model, task=task, template=template, method="fit",
                                    settings=settings, run_info=run_info)
     mu = initial_means(mu, checkpoints, config, "fit")
-    train, valid = (split_rows(model, task, split, template=template, seed=settings.seed,
-                               all_answer_tokens=settings.all_answer_tokens, positions=settings.positions)
-                    for split in ("train", "valid"))
-    theta = jnp.full((config.n_layers, config.n_heads), settings.init, jnp.float32)
+    (train, drawn), (valid, _) = (_rows(model, [task], split, settings, template) for split in ("train", "valid"))
+    theta = jnp.full((config.n_layers, config.n_heads), settings.init if frozen is None else ANSWER_INIT, jnp.float32)
     state = {"theta": theta, "opt_state": optimizer(settings.optimizer, settings.learning_rate).init(theta),
              "mu": mu}
 
     def step(state, n):
-        index = batch_indices(train.tokens.shape[0], settings.batch_size, n - 1, settings.seed)
+        index = drawn.index(n - 1)
         theta, opt_state, loss = train_step(state["theta"], state["opt_state"], state["mu"], params, train, index,
                                             settings.sparsity, frozen, config=config,
                                             learning_rate=settings.learning_rate,
@@ -173,6 +177,32 @@ def _fit_stage(model, task: Task, mu, settings: FitConfig, *, template: Template
                    keep=lambda state: state["theta"], desc=desc, checkpoints=checkpoints)
     return FitResult(HeadBlend.of(_logits(trained.best, frozen), trained.state["mu"]), trained.best_step,
                      trained.at(trained.best_step)["valid_loss"], trained.history)
+
+
+class Drawn(NamedTuple):
+    """Where each task's training rows sit among the prepared ones: only the rows its steps draw
+    are prepared (`drawn_rows`), task after task."""
+
+    rows: list  # per task: its drawn rows (sorted indices into its split)
+    sizes: list  # per task: its split's size
+    batch_size: int
+    seed: int
+
+    def index(self, step: int) -> np.ndarray:
+        """`[A * B]` prepared rows of `step`: each task's `batch_indices`, task after task."""
+        starts = np.cumsum([0] + [len(r) for r in self.rows[:-1]])
+        return np.concatenate([start + np.searchsorted(rows, batch_indices(size, self.batch_size, step, self.seed))
+                               for start, rows, size in zip(starts, self.rows, self.sizes)])
+
+
+def _rows(model, tasks: Sequence[Task], split: str, settings: FitConfig, template: Template) -> tuple[Rows, Drawn]:
+    """The tasks' `split` prompts as rows, task after task: on 'train' only the rows `settings`' steps draw."""
+    prompts = [prompts_for(model.tokenizer, t, split, 0, template=template, seed=settings.seed)[0] for t in tasks]
+    drawn = [drawn_rows(len(p), settings.batch_size, settings.steps, settings.seed) if split == "train"
+             else np.arange(len(p)) for p in prompts]
+    rows = prepare_rows(model, [p[i] for p, rows in zip(prompts, drawn) for i in rows], settings.all_answer_tokens,
+                        positions=settings.positions)
+    return rows, Drawn(drawn, [len(p) for p in prompts], settings.batch_size, settings.seed)
 
 
 def train_step_many(theta, opt_state, mu, params, rows: Rows, index, task, sparsity, frozen=None, *,
@@ -238,23 +268,17 @@ def fit_many(model, tasks: Sequence[Task], mus, settings: FitConfig = FitConfig(
 def _fit_many_stage(model, tasks: Sequence[Task], mu, settings: FitConfig, *, template: Template,
                     frozen=None) -> list[FitResult]:
     """One loop of `fit_many` (`mu` `[A, L, N, H]`; `frozen` `[A, L, N]` as in `_fit_stage`)."""
-    config, params, tokenizer = model
+    config, params, _ = model
     A, L, N = len(tasks), config.n_layers, config.n_heads
-    prompts = {split: [prompts_for(tokenizer, t, split, 0, template=template, seed=settings.seed)[0] for t in tasks]
-               for split in ("train", "valid")}
-    train, valid = (prepare_rows(model, sum(prompts[split], []), settings.all_answer_tokens,
-                                 positions=settings.positions)
-                    for split in ("train", "valid"))
-    sizes = [len(p) for p in prompts["train"]]
-    starts = np.cumsum([0] + sizes[:-1])
+    (train, drawn), (valid, valid_rows) = (_rows(model, tasks, split, settings, template)
+                                           for split in ("train", "valid"))
     row_task = np.repeat(np.arange(A), settings.batch_size)  # [A * B]
-    valid_task = np.repeat(np.arange(A), [len(p) for p in prompts["valid"]])  # [R]
-    theta = jnp.full((A, L, N), settings.init, jnp.float32)
+    valid_task = np.repeat(np.arange(A), [len(r) for r in valid_rows.rows])  # [R]
+    theta = jnp.full((A, L, N), settings.init if frozen is None else ANSWER_INIT, jnp.float32)
     state = {"theta": theta, "opt_state": optimizer(settings.optimizer, settings.learning_rate).init(theta), "mu": mu}
 
     def step(state, n):
-        index = np.concatenate([start + batch_indices(size, settings.batch_size, n - 1, settings.seed)
-                                for start, size in zip(starts, sizes)])
+        index = drawn.index(n - 1)
         theta, opt_state, loss = train_step_many(state["theta"], state["opt_state"], state["mu"], params, train,
                                                  index, row_task, settings.sparsity, frozen, config=config,
                                                  learning_rate=settings.learning_rate,

@@ -58,6 +58,12 @@ def batch_indices(n_rows: int, batch_size: int, step: int, seed: int) -> np.ndar
     return np.asarray(out, np.int32)
 
 
+def drawn_rows(n_rows: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
+    """The sorted rows that `steps` steps of `batch_indices` draw (all once the steps pass an
+    epoch): the only rows a run needs to prepare."""
+    return np.unique(batch_indices(n_rows, min(steps * batch_size, n_rows), 0, seed))
+
+
 def open_checkpoints(checkpoint_dir, resume: bool, *, model, task: Task, template: Template, method: str,
                      settings, run_info: dict | None = None) -> FitCheckpoints | None:
     """The checkpoints of one method's run (None without `checkpoint_dir`), described so that
