@@ -288,7 +288,8 @@ def vocabulary_task(tokenizer, sizes=(1500, 200, 500), seed: int = 0):
 
 # Recipes `large-task` and `time-to-accuracy` time (FitConfig overrides; "default" is FitConfig's
 # own), and the step counts `time-to-accuracy` fits each for.
-LARGE_RECIPES = {"default": {}, "batch4": {"batch_size": 4}, "batch16": {"steps": 100, **WORKLOAD}}
+LARGE_RECIPES = {"default": {}, "batch4": {"batch_size": 4, "steps": 100, "eval_every": 50},
+                 "batch16": {"steps": 100, **WORKLOAD}}
 CURVE_STEPS = {"default": (50, 100, 200, 400, 800), "batch4": (25, 50, 100, 200, 400),
                "batch16": (13, 25, 50, 100, 200)}
 
@@ -309,8 +310,9 @@ def bench_large_task(args) -> None:
     task = vocabulary_task(model.tokenizer)
     settings = tvjax.FitConfig(**LARGE_RECIPES[args.recipe])
     print(f"default model, {task.name} ({len(task.train)} / {len(task.valid)} / {len(task.test)} pairs), recipe "
-          f"{args.recipe}: {settings.steps} steps of batch {settings.batch_size}, {_platform()}")
-    mu = phases.time("means", lambda: tvjax.extract_means(model, task))
+          f"{args.recipe}: {settings.steps} steps of batch {settings.batch_size}, means of {args.n_prompts} prompts, "
+          f"{_platform()}")
+    mu = phases.time("means", lambda: tvjax.extract_means(model, task, n_prompts=args.n_prompts))
     result = phases.time("fit", lambda: tvjax.fit(model, task, mu, settings))
     zero, steered = phases.time("evaluation", lambda: first_token_scores(model, task, [None, result.blend]))
     valid = next(h for h in result.history if h["step"] == result.best_step)["valid_first_token"]
@@ -504,6 +506,7 @@ def main(argv=None) -> None:
         p.add_argument("--tasks", default=None, help="fit-many: comma-separated tasks (default: the built-in suite)")
         p.add_argument("--recipe", default="default", choices=sorted(LARGE_RECIPES), help="large-task: the fit")
         p.add_argument("--out", default="results/benchmarks", help="time-to-accuracy: the PNG and JSON")
+        p.add_argument("--n-prompts", type=int, default=50, help="large-task: ICL prompts averaged for the means")
         p.add_argument("--profile", default=None, metavar="DIR",
                        help="forward, fit-step, generate: also trace tvjax's side and print its top XLA ops")
         p.add_argument("--compile-cache", default=None, metavar="DIR",

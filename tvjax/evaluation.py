@@ -77,9 +77,10 @@ def first_token_scores(model, task: Task, interventions: Sequence, *, shots: int
     config, params, tokenizer = model
     prompts, skipped = prompts_for(tokenizer, task, split, shots, template=template, seed=seed)
     hits = np.zeros(len(interventions))
-    for start in tqdm(range(0, len(prompts), chunk), desc=f"first tokens {task.name}", leave=False, disable=None):
-        rows = prepare_rows(model, prompts[start:start + chunk], batch_size=64)
-        hits += [np.sum(scores(params, i, rows, config=config)[1]) for i in interventions]
+    for part, real in tqdm(list(chunks(prompts, min(chunk, len(prompts)))), desc=f"first tokens {task.name}",
+                           leave=False, disable=None):  # one shape: the last chunk is padded
+        rows = prepare_rows(model, part, batch_size=64)
+        hits += [np.sum(scores(params, i, rows, config=config)[1][:real]) for i in interventions]
     return [Scores(h / len(prompts), None, None, len(prompts), len(skipped)) for h in hits.tolist()]
 
 
