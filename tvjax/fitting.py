@@ -134,14 +134,14 @@ def fit(model, task: Task, mu, settings: FitConfig = FitConfig(), *, template: T
         return stage(mu, settings, checkpoint_dir=checkpoint_dir)
     first = stage(mu, dataclasses.replace(settings, positions="last"), checkpoint_dir=_subdir(checkpoint_dir, "last"))
     second = stage(first.blend.mu, settings, frozen=first.blend.theta, checkpoint_dir=_subdir(checkpoint_dir, "answer"))
-    return two_stages(first, second)
+    return _two_stages(first, second)
 
 
 def _subdir(checkpoint_dir, name: str):
     return None if checkpoint_dir is None else Path(checkpoint_dir) / name
 
 
-def two_stages(first: FitResult, second: FitResult) -> FitResult:
+def _two_stages(first: FitResult, second: FitResult) -> FitResult:
     """A split fit's result from its stages' (`fit`)."""
     history = [{**h, "stage": "last"} for h in first.history] + [{**h, "stage": "answer"} for h in second.history]
     return second._replace(history=history)
@@ -262,7 +262,7 @@ def fit_many(model, tasks: Sequence[Task], mus, settings: FitConfig = FitConfig(
         return stage(settings)
     firsts = stage(dataclasses.replace(settings, positions="last"))
     seconds = stage(settings, frozen=jnp.stack([r.blend.theta for r in firsts]))
-    return [two_stages(first, second) for first, second in zip(firsts, seconds)]
+    return [_two_stages(first, second) for first, second in zip(firsts, seconds)]
 
 
 def _fit_many_stage(model, tasks: Sequence[Task], mu, settings: FitConfig, *, template: Template,
