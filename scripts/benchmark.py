@@ -241,8 +241,9 @@ def bench_fit_many(args) -> None:
     model = tvjax.load()
     names = args.tasks.split(",") if args.tasks else tvjax.builtin_names()
     tasks = [tvjax.load_task(name) for name in names]
-    fc = tvjax.FitConfig(steps=args.steps, **WORKLOAD)
-    print(f"default model, {len(tasks)} tasks, {fc.steps} steps of batch {fc.batch_size} per task, {_platform()}")
+    fc = tvjax.FitConfig(**RECIPES[args.recipe])
+    print(f"default model, {len(tasks)} tasks, {fc.steps} steps of batch {fc.batch_size} per task ({args.recipe}), "
+          f"{_platform()}")
     together = Phases()
     mus = together.time("means", lambda: extract_means_many(model, tasks))
     results = together.time("fit", lambda: tvjax.fit_many(model, tasks, mus, fc))
@@ -286,9 +287,9 @@ def vocabulary_task(tokenizer, sizes=(1500, 200, 500), seed: int = 0):
                                  fractions=tuple(k / n for k in sizes))
 
 
-# Recipes `large-task` and `time-to-accuracy` time (FitConfig overrides; "default" is FitConfig's
+# Recipes `fit-many`, `large-task` and `time-to-accuracy` time (FitConfig overrides; "default" is FitConfig's
 # own), and the step counts `time-to-accuracy` fits each for.
-LARGE_RECIPES = {"default": {}, "batch4": {"batch_size": 4, "steps": 100, "eval_every": 50},
+RECIPES = {"default": {}, "batch4": {"batch_size": 4, "steps": 100, "eval_every": 50},
                  "batch16": {"steps": 100, **WORKLOAD}}
 CURVE_STEPS = {"default": (50, 100, 200, 400, 800), "batch4": (25, 50, 100, 200, 400),
                "batch16": (13, 25, 50, 100, 200)}
@@ -308,7 +309,7 @@ def bench_large_task(args) -> None:
     phases = Phases()
     model = phases.time("load", tvjax.load)
     task = vocabulary_task(model.tokenizer)
-    settings = tvjax.FitConfig(**LARGE_RECIPES[args.recipe])
+    settings = tvjax.FitConfig(**RECIPES[args.recipe])
     print(f"default model, {task.name} ({len(task.train)} / {len(task.valid)} / {len(task.test)} pairs), recipe "
           f"{args.recipe}: {settings.steps} steps of batch {settings.batch_size}, means of {args.n_prompts} prompts, "
           f"{_platform()}")
@@ -325,7 +326,7 @@ def bench_large_task(args) -> None:
 def bench_time_to_accuracy(args) -> None:
     """Valid first-token accuracy against fit time, per recipe, on the large task (no PyTorch side).
 
-    Each recipe (`LARGE_RECIPES`) fits `vocabulary_task` for each of its `CURVE_STEPS`, one
+    Each recipe (`RECIPES`) fits `vocabulary_task` for each of its `CURVE_STEPS`, one
     fit per point (row preparation, steps, validation every tenth of the run, the best-valid
     vector kept: what a user waits for), on the same means. Prints a Markdown table and
     writes `<out>/time_to_accuracy.png` and `.json`.
@@ -342,7 +343,7 @@ def bench_time_to_accuracy(args) -> None:
     mu = tvjax.extract_means(model, task)
     curves = {}
     print(f"default model, {task.name}, {_platform()}\n| recipe | steps | fit s | valid first token |\n|---|---|---|---|")
-    for name, overrides in LARGE_RECIPES.items():
+    for name, overrides in RECIPES.items():
         for steps in CURVE_STEPS[name]:
             settings = tvjax.FitConfig(**{**overrides, "steps": steps, "eval_every": max(1, steps // 10)})
             start = time.perf_counter()
@@ -504,7 +505,7 @@ def main(argv=None) -> None:
         p.add_argument("--steps", type=int, default=100, help="fit: training steps")
         p.add_argument("--rounds", type=int, default=3, help="compile: compilations per depth")
         p.add_argument("--tasks", default=None, help="fit-many: comma-separated tasks (default: the built-in suite)")
-        p.add_argument("--recipe", default="default", choices=sorted(LARGE_RECIPES), help="large-task: the fit")
+        p.add_argument("--recipe", default="default", choices=sorted(RECIPES), help="fit-many, large-task: the fit")
         p.add_argument("--out", default="results/benchmarks", help="time-to-accuracy: the PNG and JSON")
         p.add_argument("--n-prompts", type=int, default=50, help="large-task: ICL prompts averaged for the means")
         p.add_argument("--profile", default=None, metavar="DIR",

@@ -64,6 +64,18 @@ def test_rows_stop_at_eos(tiny_models):
     assert (stopped[first:] == eos).all()
 
 
+def test_rows_end_at_their_budgets(tiny_models):
+    _, (config, params, _), _ = tiny_models("llama")
+    tokens, mask = pad_left([RNG.integers(3, config.vocab_size, size=n).tolist() for n in (5, 8, 3)])
+    free = tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=10, eos_token_id=-1)
+    budgets = [2, 10, 4]
+    capped = tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=10, eos_token_id=-1,
+                            budgets=budgets)
+    for row, budget in enumerate(budgets):
+        np.testing.assert_array_equal(capped[row, :budget], free[row, :budget])
+        assert (capped[row, budget:] == -1).all()
+
+
 def test_a_prefill_in_query_blocks_generates_the_same(tiny_models):
     _, (config, params, _), _ = tiny_models("gemma3")
     tokens, mask = pad_left([RNG.integers(3, config.vocab_size, size=n).tolist() for n in (13, 7)])

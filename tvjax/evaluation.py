@@ -92,14 +92,16 @@ def evaluate_many(model, tasks: Sequence[Task], *, blends: Sequence[HeadBlend] |
 
     Each task's prompts are scored as `evaluate` scores them, with its own blend (`blends[a]`,
     applied to its rows through `RowBlend`) and its own generation budget (1 with
-    `first_token_only`); only the padding (to the longest prompt of all tasks) differs.
+    `first_token_only`); only the padding (to the longest prompt of all tasks) differs. Rows are
+    batched in order of budget, and a batch stops decoding once every row has ended.
     """
     config, params, tokenizer = model
     if blends is not None and len(blends) != len(tasks):
         raise ValueError(f"evaluate_many needs one blend per task: {len(blends)} blends for {len(tasks)} tasks")
     per_task = [prompts_for(tokenizer, t, split, shots, template=template, seed=seed) for t in tasks]
-    items = [(a, p) for a, (prompts, _) in enumerate(per_task) for p in prompts]
     budgets = [1 if first_token_only else answer_budget(prompts) for prompts, _ in per_task]
+    items = sorted(((a, p) for a, (prompts, _) in enumerate(per_task) for p in prompts),
+                   key=lambda item: budgets[item[0]])  # a batch decodes as long as its longest budget
     length = bucket_length(max(len(p.ids) for _, p in items))
     if blends is not None:
         theta, mu = (np.stack([np.asarray(x, np.float32) for x in xs]) for xs in
@@ -110,7 +112,8 @@ def evaluate_many(model, tasks: Sequence[Task], *, blends: Sequence[HeadBlend] |
         task = np.asarray([a for a, _ in chunk])
         tokens, mask = pad_left([p.ids for _, p in chunk], pad, length)
         new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max(budgets),
-                       intervention=None if blends is None else RowBlend.gather(theta, mu, task), positions=positions)
+                       intervention=None if blends is None else RowBlend.gather(theta, mu, task), positions=positions,
+                       budgets=[budgets[a] for a in task])
         for (a, prompt), row in zip(chunk[:real], new[:real]):
             hits[a] += score_row(tokenizer, row[:budgets[a]], prompt, config.eos_ids)
     return [_scores(hits[a] / len(prompts), len(prompts), len(skipped), first_token_only)

@@ -18,8 +18,10 @@ from tvjax.taskvector import check_positions
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "every_token"))
-def _greedy(params, tokens, mask, intervention, eos_ids, *, config: ModelConfig, max_new_tokens: int,
+def _greedy(params, tokens, mask, intervention, eos_ids, budgets, *, config: ModelConfig, max_new_tokens: int,
             every_token: bool = False):
+    """`[B, max_new_tokens]` greedy tokens; a row is done at its first end-of-sequence token or
+    at its budget (`budgets` `[B]`), then repeats `eos_ids[0]`; decoding stops once every row is done."""
     B, T = tokens.shape
     cache = KVCache.empty(config, B, T + max_new_tokens)
     last = jnp.full((B,), T - 1)
@@ -27,18 +29,25 @@ def _greedy(params, tokens, mask, intervention, eos_ids, *, config: ModelConfig,
     first = jnp.argmax(out.logits, axis=-1).astype(jnp.int32)
     later = at_answer(intervention) if every_token else None  # what edits each generated token
 
-    def step(carry, _):
-        token, done, cache = carry
-        out = forward(params, token[:, None], config=config, mask=jnp.ones((B, 1), bool),
-                      intervention=later, logits_at=jnp.zeros((B,), jnp.int32),
-                      cache=cache)
-        done = done | jnp.isin(token, eos_ids)
-        token = jnp.where(done, eos_ids[0], jnp.argmax(out.logits, axis=-1).astype(jnp.int32))
-        return (token, done, out.cache), token
+    def finished(i, token, done):  # [B]: rows whose next token is eos_ids[0]
+        return done | jnp.isin(token, eos_ids) | (i >= budgets)
 
-    init = (first, jnp.zeros((B,), bool), out.cache)
-    _, rest = jax.lax.scan(step, init, None, length=max_new_tokens - 1)
-    return constrain(jnp.concatenate([first[:, None], rest.T], axis=1), None)  # every process reads it
+    def unfinished(carry):
+        i, token, done, _, _ = carry
+        return (i < max_new_tokens) & ~jnp.all(finished(i, token, done))
+
+    def step(carry):
+        i, token, done, cache, new = carry
+        out = forward(params, token[:, None], config=config, mask=jnp.ones((B, 1), bool),
+                      intervention=later, logits_at=jnp.zeros((B,), jnp.int32), cache=cache)
+        done = finished(i, token, done)
+        token = jnp.where(done, eos_ids[0], jnp.argmax(out.logits, axis=-1).astype(jnp.int32))
+        return i + 1, token, done, out.cache, new.at[:, i].set(token)
+
+    new = jnp.full((B, max_new_tokens), eos_ids[0], jnp.int32).at[:, 0].set(first)
+    init = (jnp.int32(1), first, jnp.zeros((B,), bool), out.cache, new)
+    new = jax.lax.while_loop(unfinished, step, init)[-1]
+    return constrain(new, None)  # every process reads it
 
 
 def generate(
@@ -51,6 +60,7 @@ def generate(
     intervention: Intervention | tuple | None = None,
     eos_token_id: int | tuple[int, ...] | None = None,
     positions: str = "last",
+    budgets=None,
 ) -> np.ndarray:
     """Greedy decoding.
 
@@ -67,15 +77,20 @@ def generate(
       positions: 'last' (the intervention acts at the last prompt token only), 'answer' (also
         at every generated token, as it is fed back in) or 'split' (as 'answer', a split
         `HeadBlend` with its `theta_answer` at the generated tokens; see `at_answer`).
+      budgets: `[B]` tokens each row needs (default: `max_new_tokens` each); a row's tokens
+        past its budget are the first end-of-sequence id. Decoding stops once every row has
+        ended or reached its budget.
     Returns:
       `[B, max_new_tokens]` int32 new tokens.
     """
     tokens = np.asarray(tokens, np.int32)
     mask = np.ones(tokens.shape, bool) if mask is None else np.asarray(mask, bool)
     eos = config.eos_ids if eos_token_id is None else config.replace(eos_token_id=eos_token_id).eos_ids
+    budgets = np.full(len(tokens), max_new_tokens, np.int32) if budgets is None else np.asarray(budgets, np.int32)
     with on_mesh(params):
         new = _greedy(params, *put((tokens, mask), "BT"), put(intervention, axes_of(intervention)),
-                      put(np.asarray(eos or (-1,), np.int32), None), config=config, max_new_tokens=max_new_tokens,
+                      put(np.asarray(eos or (-1,), np.int32), None), put(budgets, "B"), config=config,
+                      max_new_tokens=max_new_tokens,
                       every_token=check_positions(positions) != "last" and intervention is not None)
     return np.asarray(new)
 
