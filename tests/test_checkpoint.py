@@ -1,5 +1,5 @@
 """Orbax checkpoints of the training loop: exact resume of `fit` and of REINFORCE after SIGKILL,
-refusals, cross-mesh restore."""
+of `fit_many`, refusals, cross-mesh restore."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,6 +101,28 @@ def test_a_split_fit_resumes_from_either_stage(tmp_path, tiny_lm, run_files):
     np.testing.assert_array_equal(resumed.blend.logits(), reference.blend.logits())
     assert resumed.history == reference.history and resumed.best_step == reference.best_step
     assert sorted(p.name for p in ckpt.iterdir()) == ["answer", "last"]
+
+
+def test_fit_many_resumes_to_the_uninterrupted_run(tmp_path, tiny_lm, run_files):
+    """fit_many checkpoints every task's state in one folder; a run whose last steps are lost
+    resumes from the latest one left and ends as the uninterrupted run, every task's best included."""
+    task_file, _, mu = run_files
+    task = tvjax.load_task(task_file)
+    tasks = [task, tvjax.Task.from_pairs("other", task.train + task.valid + task.test, seed=1)]
+    config = tvjax.FitConfig(steps=12, eval_every=4, batch_size=4, learning_rate=0.1)
+    reference = tvjax.fit_many(tiny_lm, tasks, [mu, -mu], config)
+    ckpt = tmp_path / "ckpt"
+    tvjax.fit_many(tiny_lm, tasks, [mu, -mu], config, checkpoint_dir=ckpt)
+    assert _steps(ckpt) == [4, 8, 12]
+    shutil.rmtree(ckpt / "12")  # as if the run had stopped after step 8
+    resumed = tvjax.fit_many(tiny_lm, tasks, None, config, checkpoint_dir=ckpt, resume=True)
+    for a, (ours, theirs) in enumerate(zip(resumed, reference)):
+        np.testing.assert_array_equal(ours.blend.theta, theirs.blend.theta)  # bitwise
+        np.testing.assert_array_equal(ours.blend.mu, [mu, -mu][a])
+        assert (ours.best_step, ours.best_valid_loss, ours.history) == (theirs.best_step, theirs.best_valid_loss,
+                                                                        theirs.history)
+    with pytest.raises(ResumeError, match="task"):
+        tvjax.fit_many(tiny_lm, tasks[::-1], [mu, -mu], config, checkpoint_dir=ckpt, resume=True)
 
 
 def test_refusals_leave_checkpoints_untouched(tmp_path, tiny_lm, run_files):

@@ -154,8 +154,13 @@ def test_fit_several_tasks_together(tmp_path, capsys, tiny_lm_dir):
         results = json.loads((out / f"{name}.json").read_text())
         assert results["task"] == name and [h["step"] for h in results["history"]] == [0, 1, 2]
         assert set(results["scores"]) == {"zero_shot", "icl", "task_vector"} and (out / f"{name}.safetensors").is_file()
-    assert main(fit + ["--resume"]) == 2
-    assert "give one --task" in capsys.readouterr().err
+    assert main(fit + ["--resume"]) == 0  # no checkpoint yet: a fresh run that checkpoints
+    assert (out / "checkpoints" / "caps+rev" / "2").is_dir()
+    longer = fit + ["--resume"]
+    longer[longer.index("--steps") + 1] = "4"
+    assert main(longer) == 0  # continues from step 2, with the checkpoint's means
+    resumed = json.loads((out / "rev.json").read_text())
+    assert [h["step"] for h in resumed["history"]] == [0, 1, 2, 3, 4] and "means" not in resumed["seconds"]
 
 
 def test_version_and_the_model_a_task_vector_records(tmp_path, capsys, tiny_lm, tiny_lm_dir):

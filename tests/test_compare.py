@@ -110,3 +110,20 @@ def test_progress_counts_every_phase(tiny_lm, tiny_task):
     result = compare_task(tiny_lm, tiny_task, methods=("zero_shot", "layer_patching"), progress=bar)
     assert bar.updates == phases(("zero_shot", "layer_patching")) == 4 == len(result["seconds"])
     assert bar.shown == ["means", "fit_layer_patching", "eval_zero_shot", "eval_layer_patching"]
+
+
+def test_tasks_compared_together_share_means_and_the_soft_fit_as_each_alone(tiny_lm, tiny_task, echo_task):
+    import tvjax
+    from tvjax.compare import CompareConfig, compare_task, fit_shared
+
+    config = CompareConfig(shots=3, n_prompts=4, fit=tvjax.FitConfig(steps=4, eval_every=2, batch_size=2))
+    methods = ("zero_shot", "layer_patching", "task_vector")
+    tasks = [tiny_task, echo_task]
+    shared = fit_shared(tiny_lm, tasks, config, methods)
+    for task in tasks:
+        alone = compare_task(tiny_lm, task, config, methods)
+        together = compare_task(tiny_lm, task, config, methods, shared=shared[task.name])
+        assert together["scores"] == alone["scores"] and together["seconds"].keys() == alone["seconds"].keys()
+        assert together["chose"]["layer_patching"]["layer"] == alone["chose"]["layer_patching"]["layer"]
+        assert together["chose"]["task_vector"]["best_step"] == alone["chose"]["task_vector"]["best_step"]
+        np.testing.assert_allclose(together["rankings"]["soft_weights"], alone["rankings"]["soft_weights"], atol=1e-4)

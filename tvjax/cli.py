@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--template", default=None, help="prompt template with {input} and {output}")
     add_config_flags(fit.add_argument_group("fitting (tvjax.fitting.FitConfig)"), FitConfig(), help=_FIT_HELP)
     fit.add_argument("--checkpoint-dir", default=None,
-                     help="save Orbax checkpoints of the fit here (with --resume, default <out>/checkpoints/<task>)")
+                     help="save Orbax checkpoints of the fit here (with --resume, default <out>/checkpoints/<task>; "
+                          "for several tasks fitted together, <out>/checkpoints/<task1>+<task2>+...)")
     fit.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (start one if there is none)")
     _add_scale_flags(fit)
     _add_compile_cache_flag(fit)
@@ -284,8 +285,6 @@ def cmd_fit(args) -> None:
     from tvjax.fitting import FitConfig
 
     tasks = [load_task(name.strip(), args.seed) for name in args.task.split(",") if name.strip()]  # before the model
-    if len(tasks) > 1 and (args.resume or args.checkpoint_dir):
-        raise ValueError("--resume and --checkpoint-dir checkpoint one task's fit: give one --task")
     config = config_from_flags(args, FitConfig())
     start = time.perf_counter()
     model = _load_model(args)
@@ -293,13 +292,14 @@ def cmd_fit(args) -> None:
                     seed=args.seed, model_name=args.model or DEFAULT_MODEL)
     loaded = time.perf_counter() - start
     out = Path(args.out)
+    checkpoints = args.checkpoint_dir or (out / "checkpoints" / "+".join(t.name for t in tasks) if args.resume
+                                          else None)
     if len(tasks) == 1:
         tv = TaskVectorExtractor(model, tasks[0], **settings)
-        checkpoints = args.checkpoint_dir or (out / "checkpoints" / tasks[0].name if args.resume else None)
         tv.fit(checkpoints, resume=args.resume)
         fitted = [(tv, tv.evaluate())]
     else:
-        fitted = fit_together(model, tasks, **settings)
+        fitted = fit_together(model, tasks, checkpoint_dir=checkpoints, resume=args.resume, **settings)
     if jax.process_index() != 0:  # every process of a multi-process run has the results; one writes them
         return
     for tv, scores in fitted:

@@ -25,7 +25,7 @@ from tvjax import __version__
 from tvjax.data import Task, Template, load_task
 from tvjax.evaluation import evaluate
 from tvjax.extract import mean_prompts, site_means
-from tvjax.fitting import FitConfig, fit
+from tvjax.fitting import FitConfig, FitResult, fit, fit_many
 from tvjax.function_vectors import FunctionVectorConfig, function_vector_for
 from tvjax.patching import layer_patch
 from tvjax.reinforce import ReinforceConfig, select_heads
@@ -33,6 +33,7 @@ from tvjax.report import BASELINES, LABELS, METHODS, markdown_table, seconds_tab
 from tvjax.taskvector import save_intervention
 
 TASK_FORMATS = (".json", ".jsonl", ".csv", ".tsv")
+SITES = ("heads", "resid")  # the means every fitted method draws on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +56,7 @@ def phases(methods) -> int:
 
 
 def compare_task(model, task: Task, config: CompareConfig = CompareConfig(), methods=METHODS, *,
-                 progress=None, save_to=None, model_name: str = "custom") -> dict:
+                 progress=None, save_to=None, model_name: str = "custom", shared: dict | None = None) -> dict:
     """Fit and score each of `methods` (default: all) on `task`.
 
     Returns a JSON-ready dict: `methods`, `scores[method]` (`Scores.as_dict()`, test split),
@@ -64,17 +65,22 @@ def compare_task(model, task: Task, config: CompareConfig = CompareConfig(), met
     method `chose` (layers, heads, best steps). `progress`: a tqdm bar advanced once per phase.
     With `save_to`, each fitted intervention is saved as `<save_to>/<task>.<method>.safetensors`
     (`tvjax.taskvector` format, read by `tvjax eval --intervention`), listed in `files`.
+    `shared`: this task's part of `fit_shared` (its means, soft task vector and their seconds),
+    used instead of computing them.
     """
     methods = check_methods(methods)
-    seconds, rankings, chose, interventions = {}, {}, {}, dict.fromkeys(BASELINES)
-    if any(m in _FITS for m in methods):
+    shared = shared or {}
+    seconds, rankings, chose, interventions = dict(shared.get("seconds", {})), {}, {}, dict.fromkeys(BASELINES)
+    means = shared.get("means")
+    if means is None and any(m in _FITS for m in methods):
         with timed(seconds, "means", progress):
-            prompts = mean_prompts(model.tokenizer, task, n_prompts=config.n_prompts, shots=config.shots,
-                                   seed=config.seed, template=config.template)
-            means = site_means(model, prompts, ("heads", "resid"))
+            means = site_means(model, _mean_prompts(model, task, config), SITES)
     for method in (m for m in methods if m in _FITS):
-        with timed(seconds, f"fit_{method}", progress):
-            interventions[method], ranking, chose[method] = _FITS[method](model, task, means, config)
+        if method in shared:
+            interventions[method], ranking, chose[method] = shared[method]
+        else:
+            with timed(seconds, f"fit_{method}", progress):
+                interventions[method], ranking, chose[method] = _FITS[method](model, task, means, config)
         rankings.update(ranking)
     scores = {}
     positions = {m: config.fit.positions if m == "task_vector" else "last" for m in methods}  # where each acts
@@ -93,6 +99,11 @@ def compare_task(model, task: Task, config: CompareConfig = CompareConfig(), met
             positions=positions[method]))
     return {"task": task.name, "methods": list(methods), "scores": scores, "seconds": seconds, "rankings": rankings,
             "chose": chose, "files": files}
+
+
+def _mean_prompts(model, task: Task, config: CompareConfig):
+    return mean_prompts(model.tokenizer, task, n_prompts=config.n_prompts, shots=config.shots, seed=config.seed,
+                        template=config.template)
 
 
 def check_methods(methods) -> tuple[str, ...]:
@@ -122,10 +133,45 @@ def _fit_reinforce(model, task, means, config: CompareConfig):
 
 
 def _fit_task_vector(model, task, means, config: CompareConfig):
-    soft = fit(model, task, means["heads"], config.fit, template=config.template)
+    return _soft_task_vector(fit(model, task, means["heads"], config.fit, template=config.template))
+
+
+def _soft_task_vector(soft: FitResult):
+    """A soft task vector fit as `compare_task` reports it: (blend, rankings, what it chose)."""
     weights = 1 / (1 + np.exp(-np.asarray(soft.blend.theta, np.float64)))
     return soft.blend, {"soft_weights": weights.tolist()}, {"best_step": soft.best_step,
                                                             "best_valid_loss": soft.best_valid_loss}
+
+
+def fit_shared(model, tasks: list[Task], config: CompareConfig = CompareConfig(), methods=METHODS, *,
+               progress=None) -> dict[str, dict]:
+    """What `compare_task` can share across `tasks`: every task's means (heads and residual) from
+    the same batches and, when `methods` hold it, its soft task vector from one `fit_many` loop.
+
+    Returns `compare_task`'s `shared` per task name; each task's seconds are its share (1 / A)
+    of the shared phases. A `progress` bar counts each phase once per task.
+    """
+    methods, A = check_methods(methods), len(tasks)
+    if not any(m in _FITS for m in methods):
+        return {}
+    seconds = {}
+    with timed(seconds, "means"):
+        prompts = [_mean_prompts(model, t, config) for t in tasks]
+        groups = np.repeat(np.arange(A), [len(p) for p in prompts])
+        means = site_means(model, sum(prompts, []), SITES, desc=f"means of {A} tasks", groups=groups)
+    if progress is not None:
+        progress.update(A)
+    fits = [None] * A
+    if "task_vector" in methods:
+        with timed(seconds, "fit_task_vector"):
+            fits = [_soft_task_vector(r) for r in fit_many(model, tasks, means["heads"], config.fit,
+                                                            template=config.template)]
+        if progress is not None:
+            progress.update(A)
+    share = {k: round(v / A, 2) for k, v in seconds.items()}
+    return {t.name: {"means": {s: m[a] for s, m in means.items()}, "seconds": share,
+                     **({} if fitted is None else {"task_vector": fitted})}
+            for a, (t, fitted) in enumerate(zip(tasks, fits))}
 
 
 _FITS = {"layer_patching": _fit_layer_patching, "function_vector": _fit_function_vector,
@@ -151,7 +197,8 @@ def task_paths(spec: str) -> list[str]:
 def compare(model, tasks: list[str], out, config: CompareConfig = CompareConfig(), methods=METHODS, *,
             redo: bool = False, log=tqdm.write, model_name: str = "custom") -> dict[str, dict]:
     """`compare_task` for each task, each result kept in `<out>/tasks/<task>.json` (reused unless `redo`)
-    and each fitted intervention in `<out>/interventions/<task>.<method>.safetensors`.
+    and each fitted intervention in `<out>/interventions/<task>.<method>.safetensors`. The tasks
+    still to run share their means and soft task-vector fit (`fit_shared`).
 
     A progress bar (on a terminal) counts every task's phases, with the time left.
     """
@@ -161,6 +208,8 @@ def compare(model, tasks: list[str], out, config: CompareConfig = CompareConfig(
     pending = {task.name for task in loaded if redo or not paths[task.name].is_file()}
     bar = tqdm(total=len(pending) * phases(methods), desc="compare", unit="phase", disable=None)
     with bar:
+        together = [task for task in loaded if task.name in pending]
+        shared = fit_shared(model, together, config, methods, progress=bar) if len(together) > 1 else {}
         for task in loaded:
             path = paths[task.name]
             if task.name not in pending:
@@ -169,7 +218,7 @@ def compare(model, tasks: list[str], out, config: CompareConfig = CompareConfig(
                 continue
             bar.set_description(f"compare {task.name}")
             result = compare_task(model, task, config, methods, progress=bar, model_name=model_name,
-                                  save_to=Path(out) / "interventions")
+                                  save_to=Path(out) / "interventions", shared=shared.get(task.name))
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=1))
             results[task.name] = result

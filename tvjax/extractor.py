@@ -69,12 +69,14 @@ class TaskVectorExtractor:
             self.extract_means()
         with self._phase("fit"):
             self.result = fit(self.model, self.task, self.mu, self.fit_config, template=self.template,
-                              checkpoint_dir=checkpoint_dir, resume=resume,
-                              run_info={"model_name": self.model_name, "shots": self.shots,
-                                        "n_prompts": self.n_prompts, "seed": self.seed})
+                              checkpoint_dir=checkpoint_dir, resume=resume, run_info=self.run_info())
         self.mu = self.result.blend.mu
         self.blend = self.result.blend
         return self.blend
+
+    def run_info(self) -> dict:
+        """What a resumed fit must share with the checkpointed one, beyond the fit's own settings."""
+        return {"model_name": self.model_name, "shots": self.shots, "n_prompts": self.n_prompts, "seed": self.seed}
 
     def evaluate(self, methods=None, split: str = "test", first_token_only: bool = False) -> dict[str, Scores]:
         """Scores of each method on `split`: plain zero-shot, `shots`-shot ICL, zero-shot + task vector
@@ -136,10 +138,12 @@ def fit_tasks(model: Model, tasks, *, methods=METHODS, **settings):
         yield tv, tv.evaluate(methods)
 
 
-def fit_together(model: Model, tasks, *, methods=METHODS, **settings) -> list[tuple[TaskVectorExtractor, dict]]:
+def fit_together(model: Model, tasks, *, methods=METHODS, checkpoint_dir=None, resume: bool = False,
+                 **settings) -> list[tuple[TaskVectorExtractor, dict]]:
     """`fit_tasks` for many tasks in shared passes over the weights: the means of all tasks in the
-    same batches (`extract_means_many`), one fitting loop (`fit_many`) and shared evaluation
-    batches (`evaluate_many`). Each task's vector equals fitting it alone up to float rounding.
+    same batches (`extract_means_many`), one fitting loop (`fit_many`, checkpointed and resumed
+    as `TaskVectorExtractor.fit` does) and shared evaluation batches (`evaluate_many`). Each
+    task's vector equals fitting it alone up to float rounding.
 
     Returns `(extractor, scores)` per task; each extractor's `timings` are the shared phases'.
     """
@@ -147,11 +151,14 @@ def fit_together(model: Model, tasks, *, methods=METHODS, **settings) -> list[tu
     first = extractors[0]
     tasks = [tv.task for tv in extractors]
     timings: dict[str, float] = {}
-    with timed(timings, "means"):
-        mus = extract_means_many(first.model, tasks, n_prompts=first.n_prompts, shots=first.shots,
-                                 seed=first.seed, template=first.template)
+    mus = None
+    if not (resume and has_checkpoints(checkpoint_dir)):
+        with timed(timings, "means"):
+            mus = extract_means_many(first.model, tasks, n_prompts=first.n_prompts, shots=first.shots,
+                                     seed=first.seed, template=first.template)
     with timed(timings, "fit"):
-        results = fit_many(first.model, tasks, mus, first.fit_config, template=first.template)
+        results = fit_many(first.model, tasks, mus, first.fit_config, template=first.template,
+                           checkpoint_dir=checkpoint_dir, resume=resume, run_info=first.run_info())
     for tv, result in zip(extractors, results):
         tv.mu, tv.result, tv.blend = result.blend.mu, result, result.blend
     settings = {"zero_shot": {}, "icl": {"shots": first.shots},

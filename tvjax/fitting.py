@@ -238,7 +238,8 @@ def _train_step_many(theta, opt_state, mu, params, rows: Rows, index, task, spar
 
 
 def fit_many(model, tasks: Sequence[Task], mus, settings: FitConfig = FitConfig(), *,
-             template: Template = Template()) -> list[FitResult]:
+             template: Template = Template(), checkpoint_dir=None, resume: bool = False,
+             run_info: dict | None = None) -> list[FitResult]:
     """Fit one `theta` per task in one loop: what `fit` gives each task alone, for one pass over the weights.
 
     Every step's batch holds `settings.batch_size` train rows of each task (each task's own
@@ -248,28 +249,34 @@ def fit_many(model, tasks: Sequence[Task], mus, settings: FitConfig = FitConfig(
     Positions 'split' fits in `fit`'s two stages, one loop each.
 
     Args:
-      tasks: `A` tasks.  mus: their head means, `A` arrays `[L, N, H]` (or one `[A, L, N, H]`).
+      tasks: `A` tasks.  mus: their head means, `A` arrays `[L, N, H]` (or one `[A, L, N, H]`;
+        may be None when resuming: the checkpoint's are used).
+      checkpoint_dir, resume, run_info: as in `fit`, one checkpoint for all tasks' state.
     Returns:
       One `FitResult` per task, in order.
     """
     config = model.config
     A, L, N, H = len(tasks), config.n_layers, config.n_heads, config.head_dim
-    mu = jnp.asarray(np.stack([np.asarray(m, np.float32) for m in mus]))
-    if mu.shape != (A, L, N, H):
+    mu = None if mus is None else jnp.asarray(np.stack([np.asarray(m, np.float32) for m in mus]))
+    if mu is not None and mu.shape != (A, L, N, H):
         raise ValueError(f"fit_many needs one mean [L, N, H] = {(L, N, H)} per task ({A} tasks), got {mu.shape}")
-    stage = functools.partial(_fit_many_stage, model, tasks, mu, template=template)
+    stage = functools.partial(_fit_many_stage, model, tasks, template=template, resume=resume, run_info=run_info)
     if settings.positions != "split":
-        return stage(settings)
-    firsts = stage(dataclasses.replace(settings, positions="last"))
-    seconds = stage(settings, frozen=jnp.stack([r.blend.theta for r in firsts]))
+        return stage(mu, settings, checkpoint_dir=checkpoint_dir)
+    firsts = stage(mu, dataclasses.replace(settings, positions="last"), checkpoint_dir=_subdir(checkpoint_dir, "last"))
+    seconds = stage(jnp.stack([r.blend.mu for r in firsts]), settings, frozen=jnp.stack([r.blend.theta for r in firsts]),
+                    checkpoint_dir=_subdir(checkpoint_dir, "answer"))
     return [_two_stages(first, second) for first, second in zip(firsts, seconds)]
 
 
-def _fit_many_stage(model, tasks: Sequence[Task], mu, settings: FitConfig, *, template: Template,
-                    frozen=None) -> list[FitResult]:
+def _fit_many_stage(model, tasks: Sequence[Task], mu, settings: FitConfig, *, template: Template, checkpoint_dir,
+                    resume: bool, run_info: dict | None, frozen=None) -> list[FitResult]:
     """One loop of `fit_many` (`mu` `[A, L, N, H]`; `frozen` `[A, L, N]` as in `_fit_stage`)."""
     config, params, _ = model
     A, L, N = len(tasks), config.n_layers, config.n_heads
+    checkpoints = open_checkpoints(checkpoint_dir, resume, model=model, task=tasks, template=template,
+                                   method="fit_many", settings=settings, run_info=run_info)
+    mu = initial_means(mu, checkpoints, config, "fit_many", runs=A)
     (train, drawn), (valid, valid_rows) = (_rows(model, tasks, split, settings, template)
                                            for split in ("train", "valid"))
     row_task = np.repeat(np.arange(A), settings.batch_size)  # [A * B]
@@ -293,8 +300,8 @@ def _fit_many_stage(model, tasks: Sequence[Task], mu, settings: FitConfig, *, te
 
     desc = f"fit {A} tasks" + ("" if frozen is None else " (answer tokens)")
     trained = loop(step, validate, state, steps=settings.steps, eval_every=settings.eval_every,
-                   keep=lambda state: state["theta"], desc=desc)
-    best = _logits(trained.best, frozen)
+                   keep=lambda state: state["theta"], desc=desc, checkpoints=checkpoints)
+    best, mu = _logits(trained.best, frozen), trained.state["mu"]
     results = []
     for a, best_step in enumerate(trained.best_step):
         history = [{"step": h["step"], "train_loss": None if h["train_loss"] is None else h["train_loss"][a],

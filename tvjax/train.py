@@ -12,7 +12,7 @@ the leading axis of what `keep` returns.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -64,13 +64,16 @@ def drawn_rows(n_rows: int, batch_size: int, steps: int, seed: int) -> np.ndarra
     return np.unique(batch_indices(n_rows, min(steps * batch_size, n_rows), 0, seed))
 
 
-def open_checkpoints(checkpoint_dir, resume: bool, *, model, task: Task, template: Template, method: str,
-                     settings, run_info: dict | None = None) -> FitCheckpoints | None:
-    """The checkpoints of one method's run (None without `checkpoint_dir`), described so that
-    resuming with another model, task, template or setting (but the step count) is refused."""
+def open_checkpoints(checkpoint_dir, resume: bool, *, model, task: Task | Sequence[Task], template: Template,
+                     method: str, settings, run_info: dict | None = None) -> FitCheckpoints | None:
+    """The checkpoints of one method's run on a task or a list of tasks (None without
+    `checkpoint_dir`), described so that resuming with another model, task, template or setting
+    (but the step count) is refused."""
     if checkpoint_dir is None:
         return None
-    run = {"model": model_shape(model.config), "task": task.name, "task_digest": task.digest(),
+    names, digests = ((task.name, task.digest()) if isinstance(task, Task)
+                      else ([t.name for t in task], [t.digest() for t in task]))
+    run = {"model": model_shape(model.config), "task": names, "task_digest": digests,
            "template": template.text, method: {k: v for k, v in dataclasses.asdict(settings).items() if k != "steps"},
            "tvjax_version": __version__, **(run_info or {})}
     return FitCheckpoints(checkpoint_dir, run, resume=resume)
@@ -81,13 +84,13 @@ def resumable(checkpoints: FitCheckpoints | None) -> bool:
     return checkpoints is not None and checkpoints.latest_step() is not None
 
 
-def initial_means(mu, checkpoints: FitCheckpoints | None, config, who: str) -> jax.Array:
-    """`mu` `[L, N, H]` as float32 for a run's initial state; it may be None only when resuming
-    (zeros then, replaced by the checkpoint's)."""
+def initial_means(mu, checkpoints: FitCheckpoints | None, config, who: str, runs: int | None = None) -> jax.Array:
+    """`mu` `[L, N, H]` (`[runs, L, N, H]` for many runs) as float32 for a run's initial state; it
+    may be None only when resuming (zeros then, replaced by the checkpoint's)."""
     if mu is None and not resumable(checkpoints):
         raise ValueError(f"{who} needs the head means mu [L, N, H] (only a resumed run takes them from its "
                          f"checkpoint)")
-    shape = (config.n_layers, config.n_heads, config.head_dim)
+    shape = (*([] if runs is None else [runs]), config.n_layers, config.n_heads, config.head_dim)
     return jnp.zeros(shape, jnp.float32) if mu is None else jnp.asarray(mu, jnp.float32)
 
 
