@@ -328,7 +328,8 @@ def bench_time_to_accuracy(args) -> None:
 
     Each recipe (`RECIPES`) fits `vocabulary_task` for each of its `CURVE_STEPS`, one
     fit per point (row preparation, steps, validation every tenth of the run, the best-valid
-    vector kept: what a user waits for), on the same means. Prints a Markdown table and
+    vector kept: what a user waits for), on the same means; `lbfgs` is `lbfgs_fit` for each of
+    `LBFGS_ITERATIONS`. Prints a Markdown table and
     writes `<out>/time_to_accuracy.png` and `.json`.
     """
     import json
@@ -343,7 +344,18 @@ def bench_time_to_accuracy(args) -> None:
     mu = tvjax.extract_means(model, task)
     curves = {}
     print(f"default model, {task.name}, {_platform()}\n| recipe | steps | fit s | valid first token |\n|---|---|---|---|")
-    for name, overrides in RECIPES.items():
+    for name in args.curves.split(","):
+        if name == "lbfgs":
+            for iterations in LBFGS_ITERATIONS:
+                start = time.perf_counter()
+                accuracy = lbfgs_fit(model, task, mu, iterations)
+                seconds = time.perf_counter() - start
+                curves.setdefault(name, []).append({"steps": iterations, "seconds": seconds,
+                                                    "valid_first_token": accuracy})
+                print(f"| lbfgs (full batch of {LBFGS_ROWS} rows) | {iterations} | {seconds:.1f} | "
+                      f"{100 * accuracy:.1f} |", flush=True)
+            continue
+        overrides = RECIPES[name]
         for steps in CURVE_STEPS[name]:
             settings = tvjax.FitConfig(**{**overrides, "steps": steps, "eval_every": max(1, steps // 10)})
             start = time.perf_counter()
@@ -365,6 +377,44 @@ def bench_time_to_accuracy(args) -> None:
     axes.legend()
     figure.savefig(out / "time_to_accuracy.png", dpi=120, bbox_inches="tight")
     print(f"wrote {out / 'time_to_accuracy.png'} and {out / 'time_to_accuracy.json'}")
+
+
+LBFGS_ROWS, LBFGS_ITERATIONS = 256, (5, 10, 20, 40)
+
+
+def lbfgs_fit(model, task, mu, iterations: int, n_rows: int = LBFGS_ROWS) -> float:
+    """Valid first-token accuracy of theta fitted by full-batch L-BFGS (`optax.lbfgs`, zoom line
+    search) on `n_rows` train rows for `iterations` iterations, from theta 0 (row preparation
+    included, as in `fit`; the last theta, no best-step keeping)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from tvjax import HeadBlend
+    from tvjax.data import prompts_for
+    from tvjax.rows import prepare_rows, row_losses, scores
+
+    config, params, tokenizer = model
+    train, valid = (prepare_rows(model, prompts_for(tokenizer, task, split, 0)[0][:n_rows])
+                    for split in ("train", "valid"))
+    mu = jnp.asarray(mu)
+    solver = optax.lbfgs()
+
+    @jax.jit
+    def run(theta, params, rows):
+        loss = lambda theta: row_losses(params, config, HeadBlend(theta, mu), rows).mean()
+        value_and_grad = optax.value_and_grad_from_state(loss)
+
+        def body(_, carry):
+            theta, state = carry
+            value, grad = value_and_grad(theta, state=state)
+            updates, state = solver.update(grad, state, theta, value=value, grad=grad, value_fn=loss)
+            return optax.apply_updates(theta, updates), state
+
+        return jax.lax.fori_loop(0, iterations, body, (theta, solver.init(theta)))[0]
+
+    theta = run(jnp.zeros((config.n_layers, config.n_heads)), params, train)
+    return float(np.mean(scores(params, HeadBlend(theta, mu), valid, config=config)[1]))
 
 
 class Phases:
@@ -507,6 +557,8 @@ def main(argv=None) -> None:
         p.add_argument("--tasks", default=None, help="fit-many: comma-separated tasks (default: the built-in suite)")
         p.add_argument("--recipe", default="default", choices=sorted(RECIPES), help="fit-many, large-task: the fit")
         p.add_argument("--out", default="results/benchmarks", help="time-to-accuracy: the PNG and JSON")
+        p.add_argument("--curves", default="default,batch4,batch16,lbfgs",
+                       help="time-to-accuracy: recipes to time (RECIPES' names, and lbfgs)")
         p.add_argument("--n-prompts", type=int, default=50, help="large-task: ICL prompts averaged for the means")
         p.add_argument("--profile", default=None, metavar="DIR",
                        help="forward, fit-step, generate: also trace tvjax's side and print its top XLA ops")
