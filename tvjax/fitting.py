@@ -251,7 +251,8 @@ def fit_many(model, tasks: Sequence[Task], mus, settings: FitConfig = FitConfig(
     Args:
       tasks: `A` tasks.  mus: their head means, `A` arrays `[L, N, H]` (or one `[A, L, N, H]`;
         may be None when resuming: the checkpoint's are used).
-      checkpoint_dir, resume, run_info: as in `fit`, one checkpoint for all tasks' state.
+      checkpoint_dir: as in `fit` (one checkpoint holds every task's state); so are `resume`
+        and `run_info`.
     Returns:
       One `FitResult` per task, in order.
     """
