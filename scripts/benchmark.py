@@ -290,7 +290,7 @@ def vocabulary_task(tokenizer, sizes=(1500, 200, 500), seed: int = 0):
 # Recipes `fit-many`, `large-task` and `time-to-accuracy` time (FitConfig overrides; "default" is FitConfig's
 # own), and the step counts `time-to-accuracy` fits each for.
 RECIPES = {"default": {}, "batch4": {"batch_size": 4, "steps": 100, "eval_every": 50},
-                 "batch16": {"steps": 100, **WORKLOAD}}
+           "batch16": {"steps": 100, **WORKLOAD}}
 CURVE_STEPS = {"default": (50, 100, 200, 400, 800), "batch4": (25, 50, 100, 200, 400),
                "batch16": (13, 25, 50, 100, 200)}
 
@@ -345,26 +345,12 @@ def bench_time_to_accuracy(args) -> None:
     curves = {}
     print(f"default model, {task.name}, {_platform()}\n| recipe | steps | fit s | valid first token |\n|---|---|---|---|")
     for name in args.curves.split(","):
-        if name == "lbfgs":
-            for iterations in LBFGS_ITERATIONS:
-                start = time.perf_counter()
-                accuracy = lbfgs_fit(model, task, mu, iterations)
-                seconds = time.perf_counter() - start
-                curves.setdefault(name, []).append({"steps": iterations, "seconds": seconds,
-                                                    "valid_first_token": accuracy})
-                print(f"| lbfgs (full batch of {LBFGS_ROWS} rows) | {iterations} | {seconds:.1f} | "
-                      f"{100 * accuracy:.1f} |", flush=True)
-            continue
-        overrides = RECIPES[name]
-        for steps in CURVE_STEPS[name]:
-            settings = tvjax.FitConfig(**{**overrides, "steps": steps, "eval_every": max(1, steps // 10)})
+        for label, steps, accuracy_of in _curve_points(model, task, mu, name):
             start = time.perf_counter()
-            result = tvjax.fit(model, task, mu, settings)
+            accuracy = accuracy_of()
             seconds = time.perf_counter() - start
-            accuracy = next(h for h in result.history if h["step"] == result.best_step)["valid_first_token"]
             curves.setdefault(name, []).append({"steps": steps, "seconds": seconds, "valid_first_token": accuracy})
-            print(f"| {name} (batch {settings.batch_size}, lr {settings.learning_rate}) | {steps} | {seconds:.1f} | "
-                  f"{100 * accuracy:.1f} |", flush=True)
+            print(f"| {label} | {steps} | {seconds:.1f} | {100 * accuracy:.1f} |", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "time_to_accuracy.json").write_text(json.dumps({"task": task.name, "curves": curves}, indent=2))
@@ -382,6 +368,26 @@ def bench_time_to_accuracy(args) -> None:
 LBFGS_ROWS, LBFGS_ITERATIONS = 256, (5, 10, 20, 40)
 
 
+def _curve_points(model, task, mu, name: str):
+    """`(label, steps, fit -> valid first-token accuracy)` of each point of curve `name`: a recipe
+    of `RECIPES` at each of its `CURVE_STEPS` (the best-valid step's accuracy), or `lbfgs`."""
+    import tvjax
+
+    if name == "lbfgs":
+        for iterations in LBFGS_ITERATIONS:
+            yield (f"lbfgs (full batch of {LBFGS_ROWS} rows)", iterations,
+                   lambda iterations=iterations: lbfgs_fit(model, task, mu, iterations))
+        return
+    for steps in CURVE_STEPS[name]:
+        settings = tvjax.FitConfig(**{**RECIPES[name], "steps": steps, "eval_every": max(1, steps // 10)})
+
+        def accuracy_of(settings=settings):
+            result = tvjax.fit(model, task, mu, settings)
+            return next(h for h in result.history if h["step"] == result.best_step)["valid_first_token"]
+
+        yield f"{name} (batch {settings.batch_size}, lr {settings.learning_rate})", steps, accuracy_of
+
+
 def lbfgs_fit(model, task, mu, iterations: int, n_rows: int = LBFGS_ROWS) -> float:
     """Valid first-token accuracy of theta fitted by full-batch L-BFGS (`optax.lbfgs`, zoom line
     search) on `n_rows` train rows for `iterations` iterations, from theta 0 (row preparation
@@ -395,8 +401,8 @@ def lbfgs_fit(model, task, mu, iterations: int, n_rows: int = LBFGS_ROWS) -> flo
     from tvjax.rows import prepare_rows, row_losses, scores
 
     config, params, tokenizer = model
-    train, valid = (prepare_rows(model, prompts_for(tokenizer, task, split, 0)[0][:n_rows])
-                    for split in ("train", "valid"))
+    train = prepare_rows(model, prompts_for(tokenizer, task, "train", 0)[0][:n_rows])
+    valid = prepare_rows(model, prompts_for(tokenizer, task, "valid", 0)[0])
     mu = jnp.asarray(mu)
     solver = optax.lbfgs()
 
