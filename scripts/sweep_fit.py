@@ -35,6 +35,8 @@ RECIPES = {
     "default": {},
     "answer": {"positions": "answer"},
     "split": {"positions": "split"},
+    "shift": {"form": "shift"},
+    "shift_split": {"positions": "split", "form": "shift"},
     "published": {"learning_rate": 0.2, "batch_size": 1, "steps": 400, "eval_every": 40},  # init 0: weights 0.5
 }
 MEANS = {"n_prompts": 50, "shots": 10}  # extract_means' defaults

@@ -185,13 +185,17 @@ def echo_task(tiny_lm):
     return tvjax.Task.from_pairs("echo", kept, seed=0)
 
 
-def positional_blend(theta, mu, theta_answer, start: int, length: int) -> tvjax.Edit:
+def positional_blend(theta, mu, theta_answer, start: int, length: int, base=None) -> tvjax.Edit:
     """A reference for the answer positions: an `Edit` blending position `start` with `theta`
-    and every later one with `theta_answer`, from explicit per-position weights `[L, T, N]`."""
-    weight = jnp.where((jnp.arange(length) == start)[None, :, None], jax.nn.sigmoid(theta)[:, None],
-                       jax.nn.sigmoid(theta_answer)[:, None])
-    return tvjax.Edit("heads", _blend_at_positions, {"weight": weight, "mu": mu})
+    and every later one with `theta_answer`, from explicit per-position weights `[L, T, N]`
+    (with `base`, the shift form: heads move by `2 * sigmoid * (mu - base)`)."""
+    scale = 1.0 if base is None else 2.0
+    weight = scale * jnp.where((jnp.arange(length) == start)[None, :, None], jax.nn.sigmoid(theta)[:, None],
+                               jax.nn.sigmoid(theta_answer)[:, None])
+    data = {"weight": weight, "mu": mu} | ({} if base is None else {"base": base})
+    return tvjax.Edit("heads", _blend_at_positions, data)
 
 
 def _blend_at_positions(heads, layer, data):
-    return heads + data["weight"][None, :, :, None] * (data["mu"][None, None] - heads)
+    origin = data["base"][None, None] if "base" in data else heads
+    return heads + data["weight"][None, :, :, None] * (data["mu"][None, None] - origin)

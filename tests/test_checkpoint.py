@@ -88,17 +88,22 @@ def test_resume_after_sigkill_is_exact(tmp_path, tiny_lm, tiny_lm_dir, run_files
     assert _steps(ckpt)[-1] == config.steps
 
 
-def test_a_split_fit_resumes_from_either_stage(tmp_path, tiny_lm, run_files):
+@pytest.mark.parametrize("form", ["blend", "shift"])
+def test_a_split_fit_resumes_from_either_stage(tmp_path, tiny_lm, run_files, form):
     """positions 'split' checkpoints each stage in its own folder; a run stopped after the first
-    stage resumes into the second and ends as the uninterrupted run."""
+    stage resumes into the second and ends as the uninterrupted run (the shift form's zero-shot
+    means from the checkpoint too)."""
     task_file, _, mu = run_files
     task = tvjax.load_task(task_file)
-    config = tvjax.FitConfig(steps=8, eval_every=4, batch_size=4, positions="split")
+    config = tvjax.FitConfig(steps=8, eval_every=4, batch_size=4, positions="split", form=form)
     reference = tvjax.fit(tiny_lm, task, mu, config)
     ckpt = tmp_path / "ckpt"
     tvjax.fit(tiny_lm, task, mu, dataclasses.replace(config, positions="last"), checkpoint_dir=ckpt / "last")
     resumed = tvjax.fit(tiny_lm, task, None, config, checkpoint_dir=ckpt, resume=True)
     np.testing.assert_array_equal(resumed.blend.logits(), reference.blend.logits())
+    assert (resumed.blend.base is None) == (form == "blend")
+    if form == "shift":
+        np.testing.assert_array_equal(resumed.blend.base, reference.blend.base)
     assert resumed.history == reference.history and resumed.best_step == reference.best_step
     assert sorted(p.name for p in ckpt.iterdir()) == ["answer", "last"]
 

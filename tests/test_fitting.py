@@ -135,20 +135,22 @@ def test_many_tasks_fit_together_as_each_alone(tiny_lm, three_tasks):
         tvjax.fit_many(tiny_lm, three_tasks, mus[:2], settings)
 
 
-def test_split_vectors_fit_and_score_together_as_each_alone(tiny_lm, three_tasks):
+@pytest.mark.parametrize("form", ["blend", "shift"])
+def test_split_vectors_fit_and_score_together_as_each_alone(tiny_lm, three_tasks, form):
     """positions='split': `theta` fitted as with 'last', then `theta_answer` beside it, frozen;
     each task's two logit sets `[2, L, N]` fit in one loop as alone, and score in shared batches
-    as alone."""
+    as alone. The shift form takes each task's zero-shot means (`base`) alike."""
     from tvjax.evaluation import evaluate_many
     from tvjax.extract import extract_means_many
 
-    settings = FitConfig(steps=6, eval_every=3, batch_size=4, learning_rate=0.2, positions="split")
+    settings = FitConfig(steps=6, eval_every=3, batch_size=4, learning_rate=0.2, positions="split", form=form)
     mus = extract_means_many(tiny_lm, three_tasks, n_prompts=4, shots=2)
     together = tvjax.fit_many(tiny_lm, three_tasks, mus, settings)
     for task, mu, many in zip(three_tasks, mus, together):
         alone = tvjax.fit(tiny_lm, task, mu, settings)
-        for name in ("theta", "theta_answer"):
+        for name in ("theta", "theta_answer") + (("base",) if form == "shift" else ()):
             np.testing.assert_allclose(getattr(many.blend, name), getattr(alone.blend, name), atol=1e-4)
+        assert (alone.blend.base is None) == (form == "blend")
         assert many.best_step == alone.best_step, task.name
         assert np.abs(alone.blend.theta - alone.blend.theta_answer).max() > 1e-3, "fitted apart"
         # the first stage is the 'last' fit, frozen while theta_answer is fitted

@@ -86,20 +86,21 @@ def test_a_prefill_in_query_blocks_generates_the_same(tiny_models):
     np.testing.assert_array_equal(blocks, whole)
 
 
-@pytest.mark.parametrize("positions", ["answer", "split"])
-def test_answer_positions_blend_every_generated_token_as_a_reference_loop_does(tiny_models, positions):
+@pytest.mark.parametrize("positions,form", [("answer", "blend"), ("split", "blend"), ("split", "shift")])
+def test_answer_positions_blend_every_generated_token_as_a_reference_loop_does(tiny_models, positions, form):
     """positions 'answer' / 'split' with the KV cache equals, step by step, a full forward of the
     prompt and the tokens generated so far with the blend at the last prompt token and every
     generated one (with 'split', the generated ones by `theta_answer`), from explicit per-position
-    weights."""
+    weights (the shift form too, with `base`)."""
     _, (config, params, _), _ = tiny_models("gemma3")
     rng = np.random.default_rng(7)
     theta = jnp.asarray(rng.normal(size=(config.n_layers, config.n_heads)) - 1, jnp.float32)
     mu = jnp.asarray(rng.normal(size=(config.n_layers, config.n_heads, config.head_dim)), jnp.float32)
     theta_answer = jnp.asarray(rng.normal(size=(config.n_layers, config.n_heads)) - 1, jnp.float32)
+    base = jnp.asarray(rng.normal(size=mu.shape), jnp.float32) if form == "shift" else None
     if positions == "answer":
         theta_answer = theta
-    blend = HeadBlend(theta, mu, theta_answer if positions == "split" else None)
+    blend = HeadBlend(theta, mu, theta_answer if positions == "split" else None, base)
     prompts = [rng.integers(3, config.vocab_size, size=n).tolist() for n in (7, 4)]
     tokens, mask = pad_left(prompts)
     ours = tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=8, intervention=blend,
@@ -108,7 +109,7 @@ def test_answer_positions_blend_every_generated_token_as_a_reference_loop_does(t
         sequence = list(prompt)
         for _ in range(8):
             edit = jnp.zeros((1, len(sequence)), bool).at[0, len(prompt) - 1:].set(True)
-            reference = positional_blend(theta, mu, theta_answer, len(prompt) - 1, len(sequence))
+            reference = positional_blend(theta, mu, theta_answer, len(prompt) - 1, len(sequence), base)
             logits = tvjax.forward(params, jnp.asarray([sequence]), config=config, intervention=reference,
                                    edit_mask=edit).logits[0, -1]
             sequence.append(int(jnp.argmax(logits)))

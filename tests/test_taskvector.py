@@ -144,9 +144,10 @@ def test_bad_residual_edits_are_refused(tmp_path, tiny_lm):
         tvjax.save_intervention(tmp_path / "edit.safetensors", tvjax.Edit("heads", lambda x, l, d: x), c)
 
 
-@pytest.mark.parametrize("positions", ["answer", "split"])
-def test_the_edit_positions_travel_with_the_file(tmp_path, tiny_lm, tiny_task, positions):
-    settings = tvjax.FitConfig(steps=2, eval_every=1, batch_size=4, positions=positions)
+@pytest.mark.parametrize("positions,form", [("answer", "blend"), ("split", "blend"), ("split", "shift")])
+def test_the_edit_positions_travel_with_the_file(tmp_path, tiny_lm, tiny_task, positions, form):
+    """Where the vector acts and its form (the shift form's zero-shot means `base`) travel with the file."""
+    settings = tvjax.FitConfig(steps=2, eval_every=1, batch_size=4, positions=positions, form=form)
     tv = tvjax.TaskVectorExtractor(tiny_lm, tiny_task, shots=2, n_prompts=2, fit_config=settings)
     tv.fit()
     loaded = load_task_vector(tv.save(tmp_path / "tv.safetensors"))
@@ -154,6 +155,9 @@ def test_the_edit_positions_travel_with_the_file(tmp_path, tiny_lm, tiny_task, p
     assert (loaded.theta_answer is not None) == (positions == "split")
     if positions == "split":
         np.testing.assert_array_equal(loaded.theta_answer, tv.blend.theta_answer)
+    assert (loaded.base is not None) == (form == "shift") == (tv.blend.base is not None)
+    if form == "shift":  # the fit's zero-shot means of the train split
+        np.testing.assert_allclose(loaded.base, tvjax.extract_means(tiny_lm, tiny_task, shots=0), rtol=1e-5, atol=1e-6)
     other = tvjax.TaskVectorExtractor(tiny_lm, tiny_task, shots=2)
     other.load(tmp_path / "tv.safetensors")
     assert other.positions == positions
@@ -178,6 +182,8 @@ def test_split_files_hold_answer_logits_and_only_they_do(tmp_path, tiny_lm):
         save_task_vector(tmp_path / "b.safetensors", theta, mu, c, theta)
     with pytest.raises(TaskVectorError, match=r"theta_answer \(2, 3\)"):
         save_task_vector(tmp_path / "c.safetensors", theta, mu, c, theta[:, :3], positions="split")
+    with pytest.raises(TaskVectorError, match=r"base \(2, 3, \d+\)"):  # the shift form's zero-shot means
+        save_task_vector(tmp_path / "e.safetensors", theta, mu, c, base=mu[:, :3])
     arrays = {"theta": theta, "mu": mu, "theta_answer": theta}
     save_file({k: v.astype(np.float32) for k, v in arrays.items()}, str(tmp_path / "d.safetensors"),
               metadata={"format": FORMAT, "format_version": "2", "kind": "head_blend",

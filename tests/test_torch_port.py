@@ -241,25 +241,29 @@ def test_answer_positions_port_to_pytorch_generation(tiny_models, family, kind, 
     assert not np.array_equal(new[0], last[0]), "editing the generated tokens should change this generation"
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_split_vectors_port_to_pytorch_generation(tiny_models, family, tmp_path):
+@pytest.mark.parametrize("family,form", [("llama", "blend"), ("gpt2", "blend"), ("llama", "shift")])
+def test_split_vectors_port_to_pytorch_generation(tiny_models, family, form, tmp_path):
     """A vector fitted with positions='split' edits the prompt with theta and every generated token
-    with theta_answer on both sides alike, saved from tvjax or made in PyTorch (`from_torch`)."""
+    with theta_answer on both sides alike, saved from tvjax or made in PyTorch (`from_torch`);
+    in the shift form too (weights 2 * sigmoid(theta) on `mu - base`)."""
     hf, (config, params, _), _ = tiny_models(family)
     rng = np.random.default_rng(9)
     L, N, H = config.n_layers, config.n_heads, config.head_dim
     theta, theta_answer = (rng.normal(size=(L, N)).astype(np.float32) - 1 for _ in range(2))
-    blend = tvjax.HeadBlend(theta, rng.normal(size=(L, N, H)).astype(np.float32), theta_answer)
+    base = rng.normal(size=(L, N, H)).astype(np.float32) if form == "shift" else None
+    blend = tvjax.HeadBlend(theta, rng.normal(size=(L, N, H)).astype(np.float32), theta_answer, base)
     path = tvjax.save_intervention(tmp_path / "tv.safetensors", blend, config, positions="split")
     prompt = rng.integers(3, config.vocab_size, size=7).tolist()
     new = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=8, intervention=blend,
                          eos_token_id=-1, positions="split")
-    sigmoid = lambda x: 1 / (1 + np.exp(-x))
-    ported = from_torch(sigmoid(theta), blend.mu, hf, weight_answer=sigmoid(theta_answer))
+    scale = 1 if base is None else 2
+    weight = lambda x: scale / (1 + np.exp(-x))
+    ported = from_torch(weight(theta), blend.mu, hf, weight_answer=weight(theta_answer), base=base)
     for file in (path, ported):
         with apply_intervention(hf, file):
             np.testing.assert_array_equal(new[0], _hf_generate(hf, prompt, 8))
     same = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=8,
-                          intervention=tvjax.HeadBlend(theta, blend.mu), eos_token_id=-1, positions="answer")
+                          intervention=tvjax.HeadBlend(theta, blend.mu, None, base), eos_token_id=-1,
+                          positions="answer")
     assert not np.array_equal(new[0], same[0]), "the answer weights should change this generation"
 

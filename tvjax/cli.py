@@ -123,7 +123,9 @@ _FIT_HELP = {"steps": "training steps",
              "positions": "where the vector acts: 'last' (the last prompt token), 'answer' (also every answer "
                           "token, generated or teacher-forced; the loss covers the whole answer) or 'split' (as "
                           "'answer', with weights of their own at the answer tokens, fitted after the last "
-                          "token's: twice the steps)"}
+                          "token's: twice the steps)",
+             "form": "how a head moves: 'blend' (toward its ICL mean) or 'shift' (by its ICL minus zero-shot "
+                     "mean, keeping what it carries about the query)"}
 # `tvjax compare`'s flags for each method's settings: CompareConfig field -> (help group title,
 # `add_config_flags` keywords)
 _METHOD_FLAGS = {
@@ -413,8 +415,6 @@ def cmd_compare(args) -> None:
 
 
 def cmd_plot(args) -> None:
-    import numpy as np
-
     from tvjax.plot import RANKINGS, comparison_chart, head_heatmap
     from tvjax.report import LABELS, shared_methods
     from tvjax.taskvector import load_task_vector
@@ -432,7 +432,7 @@ def cmd_plot(args) -> None:
         else:
             tv = load_task_vector(file)
             split = tv.theta_answer is not None  # where the task lives: the prompt's last token vs the answer
-            written.append(head_heatmap(1 / (1 + np.exp(-tv.logits().astype(np.float64))),
+            written.append(head_heatmap(tv.weights(),
                                         out / f"{file.stem}_soft_weights.png",
                                         f"{tv.info.get('task', file.stem)}: soft_weights", RANKINGS["soft_weights"],
                                         ("last prompt token", "answer tokens") if split else ()))

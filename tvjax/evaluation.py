@@ -104,15 +104,18 @@ def evaluate_many(model, tasks: Sequence[Task], *, blends: Sequence[HeadBlend] |
                    key=lambda item: budgets[item[0]])  # a batch decodes as long as its longest budget
     length = bucket_length(max(len(p.ids) for _, p in items))
     if blends is not None:
+        if len({b.base is None for b in blends}) > 1:
+            raise ValueError("evaluate_many needs blends of one form: some have a base (form 'shift'), some not")
         theta, mu = (np.stack([np.asarray(x, np.float32) for x in xs]) for xs in
                      zip(*[(b.logits(), b.mu) for b in blends]))
+        base = None if blends[0].base is None else np.stack([np.asarray(b.base, np.float32) for b in blends])
     hits, pad = np.zeros((len(tasks), 3)), pad_id(tokenizer)
     for chunk, real in tqdm(list(chunks(items, batch_size)), desc=f"eval {len(tasks)} tasks", leave=False,
                             disable=None):
         task = np.asarray([a for a, _ in chunk])
         tokens, mask = pad_left([p.ids for _, p in chunk], pad, length)
         new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max(budgets),
-                       intervention=None if blends is None else RowBlend.gather(theta, mu, task), positions=positions,
+                       intervention=None if blends is None else RowBlend.gather(theta, mu, task, base), positions=positions,
                        budgets=[budgets[a] for a in task])
         for (a, prompt), row in zip(chunk[:real], new[:real]):
             hits[a] += score_row(tokenizer, row[:budgets[a]], prompt, config.eos_ids)

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from tvjax.config import ModelConfig
+from tvjax.taskvector import SHIFT_RANGE
 
 SITES = ("resid_pre", "q", "k", "v", "pattern", "heads", "attn", "resid_mid", "mlp_hidden", "mlp", "resid")
 HOOK_NAMES = {"hook_resid_pre": "resid_pre", "attn.hook_q": "q", "attn.hook_k": "k", "attn.hook_v": "v",
@@ -119,6 +120,10 @@ class HeadBlend(NamedTuple):
     At edited positions every head output `o` becomes `o + sigmoid(theta) * (mu - o)`.
     `theta = +inf` replaces a head by its mean exactly, `-inf` leaves it exactly alone.
 
+    With `base` (the shift form, `FitConfig(form="shift")`), `o` keeps what it carries about
+    the query and moves by the task's difference of means instead:
+    `o + SHIFT_RANGE * sigmoid(theta) * (mu - base)`, `base` the head's mean on zero-shot prompts.
+
     With `theta_answer` (positions 'split'), the first edited position of each row (the last
     prompt token) blends with `theta` and every later one (the answer tokens) with
     `theta_answer`; `answer()` is the blend a generated token gets.
@@ -127,11 +132,13 @@ class HeadBlend(NamedTuple):
       theta: `[L, N]` blend logits (sigmoid(theta) is the weight on the mean).
       mu: `[L, N, H]` per-head mean outputs (before the output projection).
       theta_answer: `[L, N]` blend logits at the answer tokens, or None (`theta` everywhere).
+      base: `[L, N, H]` zero-shot head means (the shift form), or None (the blend form).
     """
 
     theta: jax.Array
     mu: jax.Array
     theta_answer: jax.Array | None = None
+    base: jax.Array | None = None
     site = "heads"
 
     @classmethod
@@ -146,10 +153,10 @@ class HeadBlend(NamedTuple):
         return cls(jnp.where(jnp.asarray(heads, bool), jnp.inf, -jnp.inf), jnp.asarray(mu, jnp.float32))
 
     @classmethod
-    def of(cls, theta: jax.Array, mu: jax.Array) -> "HeadBlend":
+    def of(cls, theta: jax.Array, mu: jax.Array, base: jax.Array | None = None) -> "HeadBlend":
         """From fitted logits `theta`: `[L, N]`, or `[2, L, N]` (positions 'split': at the last
-        prompt token, at the answer tokens)."""
-        return cls(theta, mu) if jnp.ndim(theta) == 2 else cls(theta[0], mu, theta[1])
+        prompt token, at the answer tokens); `base` as in the class."""
+        return cls(theta, mu, None, base) if jnp.ndim(theta) == 2 else cls(theta[0], mu, theta[1], base)
 
     def logits(self) -> jax.Array:
         """What `of` takes: theta `[L, N]`, or `[2, L, N]` stacked with `theta_answer`."""
@@ -159,22 +166,23 @@ class HeadBlend(NamedTuple):
         check_blend(config, self)
 
     def axes(self) -> "HeadBlend":
-        """theta replicated (every process holds the fitted weights), mu split over heads."""
-        return HeadBlend(None, "LNH", None)
+        """theta replicated (every process holds the fitted weights), mu and base split over heads."""
+        return HeadBlend(None, "LNH", None, "LNH")
 
     def answer(self) -> "HeadBlend":
         """The blend at generated answer tokens: `theta_answer`'s if it has one, else itself."""
-        return self if self.theta_answer is None else HeadBlend(self.theta_answer, self.mu)
+        return self if self.theta_answer is None else HeadBlend(self.theta_answer, self.mu, None, self.base)
 
     def apply(self, heads: jax.Array, layer: jax.Array, edit_mask: jax.Array) -> jax.Array:
         """One layer's blend (`self` is that layer's slice) on `heads` `[B, T, N, H]`."""
-        return blend_heads(heads, self.theta, self.mu, edit_mask, self.theta_answer)
+        return blend_heads(heads, self.theta, self.mu, edit_mask, self.theta_answer, self.base)
 
 
 def check_blend(config: ModelConfig, blend: HeadBlend) -> None:
     """Raise a ValueError naming both shapes when `blend` does not fit `config`."""
     L, N, H = config.n_layers, config.n_heads, config.head_dim
-    want = {"theta": (L, N), "mu": (L, N, H)} | ({} if blend.theta_answer is None else {"theta_answer": (L, N)})
+    want = {"theta": (L, N), "mu": (L, N, H)} | ({} if blend.theta_answer is None else {"theta_answer": (L, N)}) \
+        | ({} if blend.base is None else {"base": (L, N, H)})
     got = {name: tuple(jnp.shape(getattr(blend, name))) for name in want}
     if got != want:
         raise ValueError(
@@ -184,9 +192,8 @@ def check_blend(config: ModelConfig, blend: HeadBlend) -> None:
         )
 
 
-def blend_heads(
-    heads: jax.Array, theta: jax.Array, mu: jax.Array, edit_mask: jax.Array, theta_answer: jax.Array | None = None
-) -> jax.Array:
+def blend_heads(heads: jax.Array, theta: jax.Array, mu: jax.Array, edit_mask: jax.Array,
+                theta_answer: jax.Array | None = None, base: jax.Array | None = None) -> jax.Array:
     """Apply one layer's soft task vector to its head outputs.
 
     Args:
@@ -196,17 +203,21 @@ def blend_heads(
       edit_mask: `[B, T]` bool, positions to edit.
       theta_answer: like `theta`, the logits at each row's edited positions after its first
         one (None: `theta` there too).
+      base: like `mu`, the zero-shot means of the shift form (None: the blend form).
     Returns:
-      `[B, T, N, H]` in `heads.dtype`; the blend itself is computed in float32.
+      `[B, T, N, H]` in `heads.dtype`: `o + sigmoid(theta) * (mu - o)` (blend) or
+      `o + SHIFT_RANGE * sigmoid(theta) * (mu - base)` (shift), computed in float32.
     """
-    weight = jax.nn.sigmoid(theta.astype(jnp.float32))[..., None, :, None]  # [1, N, 1] or [B, 1, N, 1]
+    scale = 1.0 if base is None else SHIFT_RANGE
+    weight = scale * jax.nn.sigmoid(theta.astype(jnp.float32))[..., None, :, None]  # [1, N, 1] or [B, 1, N, 1]
     if theta_answer is not None:
         first = (jnp.cumsum(edit_mask, axis=1) == 1)[:, :, None, None]  # [B, T, 1, 1]; masked below
-        weight = jnp.where(first, weight, jax.nn.sigmoid(theta_answer.astype(jnp.float32))[..., None, :, None])
+        weight = jnp.where(first, weight, scale * jax.nn.sigmoid(theta_answer.astype(jnp.float32))[..., None, :, None])
     weight = weight * edit_mask[:, :, None, None].astype(jnp.float32)  # [B, T, N, 1]
     h32 = heads.astype(jnp.float32)
     mu32 = mu.astype(jnp.float32)[..., None, :, :]  # [1, N, H] or [B, 1, N, H]
-    return (h32 + weight * (mu32 - h32)).astype(heads.dtype)
+    origin = h32 if base is None else base.astype(jnp.float32)[..., None, :, :]
+    return (h32 + weight * (mu32 - origin)).astype(heads.dtype)
 
 
 class RowBlend(NamedTuple):
@@ -219,42 +230,46 @@ class RowBlend(NamedTuple):
       theta: `[L, B, N]` blend logits.
       mu: `[L, B, N, H]` per-head mean outputs.
       theta_answer: `[L, B, N]` logits at the answer tokens, or None (as in `HeadBlend`).
+      base: `[L, B, N, H]` zero-shot means of the shift form, or None (as in `HeadBlend`).
     """
 
     theta: jax.Array
     mu: jax.Array
     theta_answer: jax.Array | None = None
+    base: jax.Array | None = None
     site = "heads"
 
     @classmethod
-    def gather(cls, theta: jax.Array, mu: jax.Array, task: jax.Array) -> "RowBlend":
+    def gather(cls, theta: jax.Array, mu: jax.Array, task: jax.Array, base: jax.Array | None = None) -> "RowBlend":
         """Row `b` takes task `task[b]`'s vector, from theta `[A, L, N]` (or `[A, 2, L, N]`, see
-        `HeadBlend.of`) and mu `[A, L, N, H]` (`task`: `[B]` int)."""
-        rows = lambda x: jnp.swapaxes(jnp.asarray(x)[task], 0, 1)  # [A, L, ...] -> [L, B, ...]
+        `HeadBlend.of`), mu and base (None: the blend form) `[A, L, N, H]` (`task`: `[B]` int)."""
+        rows = lambda x: None if x is None else jnp.swapaxes(jnp.asarray(x)[task], 0, 1)  # [A, L, ...] -> [L, B, ...]
         theta = jnp.asarray(theta)
-        return cls(rows(theta), rows(mu)) if theta.ndim == 3 else cls(rows(theta[:, 0]), rows(mu), rows(theta[:, 1]))
+        split = theta.ndim == 4
+        return cls(rows(theta[:, 0] if split else theta), rows(mu), rows(theta[:, 1]) if split else None, rows(base))
 
     def check(self, config: ModelConfig) -> None:
         L, N, H = config.n_layers, config.n_heads, config.head_dim
         theta, mu = tuple(jnp.shape(self.theta)), tuple(jnp.shape(self.mu))
         B = theta[1] if len(theta) == 3 else None
         answer = theta if self.theta_answer is None else tuple(jnp.shape(self.theta_answer))
-        if theta != (L, B, N) or mu != (L, B, N, H) or answer != theta:
+        base = mu if self.base is None else tuple(jnp.shape(self.base))
+        if theta != (L, B, N) or mu != (L, B, N, H) or answer != theta or base != mu:
             raise ValueError(f"RowBlend does not fit this model: got theta {theta}, mu {mu}, theta_answer "
-                             f"{answer}; the model (L={L} layers, N={N} heads, H={H} head dim) needs theta and "
-                             f"theta_answer (L, B, N), mu (L, B, N, H)")
+                             f"{answer}, base {base}; the model (L={L} layers, N={N} heads, H={H} head dim) needs "
+                             f"theta and theta_answer (L, B, N), mu and base (L, B, N, H)")
 
     def axes(self) -> "RowBlend":
         """Split over rows like the batch, mu over heads too."""
-        return RowBlend("LBN", "LBNH", "LBN")
+        return RowBlend("LBN", "LBNH", "LBN", "LBNH")
 
     def answer(self) -> "RowBlend":
         """The blends at generated answer tokens (see `HeadBlend.answer`)."""
-        return self if self.theta_answer is None else RowBlend(self.theta_answer, self.mu)
+        return self if self.theta_answer is None else RowBlend(self.theta_answer, self.mu, None, self.base)
 
     def apply(self, heads: jax.Array, layer: jax.Array, edit_mask: jax.Array) -> jax.Array:
         """One layer's blends (`self` is that layer's slice: theta `[B, N]`) on `heads` `[B, T, N, H]`."""
-        return blend_heads(heads, self.theta, self.mu, edit_mask, self.theta_answer)
+        return blend_heads(heads, self.theta, self.mu, edit_mask, self.theta_answer, self.base)
 
 
 class ResidualEdit(NamedTuple):

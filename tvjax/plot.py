@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 RANKINGS = {  # head rankings -> colour bar label
-    "soft_weights": "soft TV weight sigmoid(theta)",
+    "soft_weights": "soft TV weight (sigmoid(theta); 2 sigmoid(theta) shifted)",
     "indirect_effects": "indirect effect (probability gain)",
     "reinforce_probabilities": "REINFORCE replacement probability",
 }

@@ -5,7 +5,8 @@ One `.safetensors` file holds one intervention, of one of two kinds:
 - `head_blend` (the soft task vector, and REINFORCE's hard head sets): `theta` `[L, N]`
   (blend logits; `+inf` replaces a head by its mean exactly) and `mu` `[L, N, H]` (head means),
   plus `theta_answer` `[L, N]` in a vector fitted with positions 'split' (the logits at the
-  answer tokens);
+  answer tokens) and `base` `[L, N, H]` in one of the shift form (the zero-shot head means:
+  a head moves by `2 * sigmoid(theta) * (mu - base)`, see `tvjax.HeadBlend`);
 - `residual_edit` (function vectors, ICL layer patches): `add` `[L, D]`, `target` `[L, D]`
   and `weight` `[L]`, the arrays of `tvjax.ResidualEdit`.
 
@@ -36,13 +37,17 @@ INFINITE_ALLOWED = ("theta", "theta_answer")  # +-inf theta: a head exactly repl
 # (each generated token; in fitting, each teacher-forced answer token), with the same weights
 # ('answer') or with the file's own `theta_answer` there ('split'). Files say it in `info`.
 POSITIONS = ("last", "answer", "split")
+# The shift form's weight range: a head moves by `SHIFT_RANGE * sigmoid(theta) * (mu - base)`, so
+# theta 0 (a fit's start) adds the whole difference of its ICL and zero-shot means, and at most twice it.
+SHIFT_RANGE = 2.0
 
 
-def array_shapes(kind: str, model: dict, split: bool = False) -> dict[str, tuple[int, ...]]:
+def array_shapes(kind: str, model: dict, split: bool = False, shift: bool = False) -> dict[str, tuple[int, ...]]:
     """The arrays a file of `kind` holds for a model of shape `model` (`split`: a head blend
-    with `theta_answer`), with their shapes."""
+    with `theta_answer`; `shift`: with `base`), with their shapes."""
     L, N, H, D = (model[k] for k in ("n_layers", "n_heads", "head_dim", "d_model"))
-    return {"head_blend": {"theta": (L, N), "mu": (L, N, H)} | ({"theta_answer": (L, N)} if split else {}),
+    return {"head_blend": {"theta": (L, N), "mu": (L, N, H)} | ({"theta_answer": (L, N)} if split else {})
+            | ({"base": (L, N, H)} if shift else {}),
             "residual_edit": {"add": (L, D), "target": (L, D), "weight": (L,)}}[kind]
 
 
@@ -58,6 +63,7 @@ class TaskVector(NamedTuple):
     model: dict  # the model shape it was fitted on (SHAPE_KEYS)
     info: dict  # free-form metadata
     theta_answer: np.ndarray | None = None  # [L, N] logits at the answer tokens (positions 'split')
+    base: np.ndarray | None = None  # [L, N, H] zero-shot head means (the shift form)
     kind = "head_blend"
 
     @property
@@ -70,11 +76,15 @@ class TaskVector(NamedTuple):
         """theta `[L, N]`, or `[2, L, N]` stacked with `theta_answer` (as `HeadBlend.logits`)."""
         return self.theta if self.theta_answer is None else np.stack([self.theta, self.theta_answer])
 
+    def weights(self) -> np.ndarray:
+        """Each head's weight, as `logits()` is shaped: `sigmoid(theta)`, times `SHIFT_RANGE` in the shift form."""
+        return (1.0 if self.base is None else SHIFT_RANGE) / (1 + np.exp(-self.logits().astype(np.float64)))
+
     def intervention(self):
         """As a `tvjax.HeadBlend` (imports JAX)."""
         from tvjax.interventions import HeadBlend
 
-        return HeadBlend(self.theta, self.mu, self.theta_answer)
+        return HeadBlend(self.theta, self.mu, self.theta_answer, self.base)
 
     def check(self, config) -> None:
         """Raise `TaskVectorError` naming both shapes if `config` (a ModelConfig) differs."""
@@ -83,7 +93,7 @@ class TaskVector(NamedTuple):
     def save(self, path: str | os.PathLike) -> Path:
         """Write this task vector (arrays, model shape, info) to `path`."""
         return save_task_vector(path, self.theta, self.mu, SimpleNamespace(**self.model), self.theta_answer,
-                                **self.info)
+                                base=self.base, **self.info)
 
 
 class ResidualVector(NamedTuple):
@@ -136,10 +146,11 @@ def positions_of(info: dict) -> str:
         raise TaskVectorError(f"the file's info: {e}") from None
 
 
-def save_task_vector(path: str | os.PathLike, theta, mu, config, theta_answer=None, **info) -> Path:
-    """Write `theta` `[L, N]` and `mu` `[L, N, H]` (and `theta_answer` `[L, N]`, positions 'split')
-    fitted on `config`'s model to `path` (atomically)."""
-    arrays = {"theta": theta, "mu": mu} | ({} if theta_answer is None else {"theta_answer": theta_answer})
+def save_task_vector(path: str | os.PathLike, theta, mu, config, theta_answer=None, *, base=None, **info) -> Path:
+    """Write `theta` `[L, N]` and `mu` `[L, N, H]` (and `theta_answer` `[L, N]`, positions 'split';
+    `base` `[L, N, H]`, the shift form) fitted on `config`'s model to `path` (atomically)."""
+    arrays = {"theta": theta, "mu": mu} | ({} if theta_answer is None else {"theta_answer": theta_answer}) \
+        | ({} if base is None else {"base": base})
     return _save(path, "head_blend", arrays, model_shape(config), info)
 
 
@@ -153,7 +164,8 @@ def save_intervention(path: str | os.PathLike, intervention, config, **info) -> 
     """Write a `HeadBlend` or a `ResidualEdit` made on `config`'s model to `path`."""
     if all(hasattr(intervention, k) for k in ("theta", "mu")):
         return save_task_vector(path, intervention.theta, intervention.mu, config,
-                                getattr(intervention, "theta_answer", None), **info)
+                                getattr(intervention, "theta_answer", None), base=getattr(intervention, "base", None),
+                                **info)
     if all(hasattr(intervention, k) for k in ("add", "target", "weight")):
         return save_residual_edit(path, intervention, config, **info)
     raise TaskVectorError(f"cannot save an intervention of type {type(intervention).__name__}: the file format holds a HeadBlend "
@@ -164,7 +176,7 @@ def load_intervention(path: str | os.PathLike) -> TaskVector | ResidualVector:
     """Read an intervention file of either kind (`.kind` says which; `.intervention()` applies it)."""
     kind, arrays, model, info = _read(Path(path))
     if kind == "head_blend":
-        return TaskVector(arrays["theta"], arrays["mu"], model, info, arrays.get("theta_answer"))
+        return TaskVector(arrays["theta"], arrays["mu"], model, info, arrays.get("theta_answer"), arrays.get("base"))
     return ResidualVector(arrays["add"], arrays["target"], arrays["weight"], model, info)
 
 
@@ -181,7 +193,7 @@ def _save(path, kind: str, arrays: dict, model: dict, info: dict) -> Path:
     path = Path(path)
     arrays = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
     check_split(path, info, arrays)
-    want = array_shapes(kind, model, "theta_answer" in arrays)
+    want = array_shapes(kind, model, "theta_answer" in arrays, "base" in arrays)
     if {k: v.shape for k, v in arrays.items()} != want:
         raise TaskVectorError(f"{kind} arrays {_shapes(arrays, want)} do not fit model {model}, which needs {want}")
     check_values(path, arrays)
@@ -217,7 +229,7 @@ def _read(path: Path) -> tuple[str, dict, dict, dict]:
     if missing:
         raise TaskVectorError(f"{path}: the model metadata lacks {', '.join(missing)} (it has {sorted(model)}); "
                               f"write the file with tvjax.save_intervention")
-    want = array_shapes(kind, model, kind == "head_blend" and "theta_answer" in arrays)
+    want = array_shapes(kind, model, *(kind == "head_blend" and name in arrays for name in ("theta_answer", "base")))
     if {k: v.shape for k, v in arrays.items()} != want:
         raise TaskVectorError(f"{path}: {kind} arrays {_shapes(arrays, want)} disagree with the model metadata {model}, "
                               f"which needs {_shapes(want, want)}")

@@ -12,7 +12,8 @@ each decoder layer's output, the residual stream.
         out = hf_model.generate(ids, max_new_tokens=8, do_sample=False)
 
 At the last prompt token every head output `o` becomes `o + weight * (mu - o)`,
-`weight = sigmoid(theta)`, computed in float32 as in `tvjax.interventions.blend_heads`; a
+`weight = sigmoid(theta)` (the shift form, a file with `base`: `o + weight * (mu - base)`,
+`weight = 2 * sigmoid(theta)`), computed in float32 as in `tvjax.interventions.blend_heads`; a
 residual edit makes layer `l`'s output `x` into `(1 - weight[l]) * x + weight[l] *
 target[l] + add[l]`, as `tvjax.ResidualEdit` does.
 As in `tvjax.generation`, only the prompt (the forward call that starts from an empty KV
@@ -33,7 +34,7 @@ import torch
 
 from tvjax.config import ModelConfig
 from tvjax.convert.architectures import HF_ATTENTION_OUTPUTS, MODEL_TYPES, SUPPORTED, config_from_hf
-from tvjax.taskvector import ResidualVector, TaskVector, TaskVectorError, check_positions, load_intervention
+from tvjax.taskvector import SHIFT_RANGE, ResidualVector, TaskVector, TaskVectorError, check_positions, load_intervention
 from tvjax.taskvector import model_shape as _shape
 
 # the KV cache keyword of Hugging Face forwards (renamed from `past_key_values` in transformers 5)
@@ -140,9 +141,11 @@ class TaskVectorHook(PromptHook):
       positions: 'last' (the prompt forward only), 'answer' (also every generated token) or
         'split' (as 'answer', with `weight_answer` at the generated tokens).
       weight_answer: `[L, N]` blend weights at the generated tokens (positions 'split').
+      base: `[L, N, H]` zero-shot head means: the shift form, `o + weight * (mu - base)`.
     """
 
-    def __init__(self, model: torch.nn.Module, weight, mu, at=None, positions: str = "last", weight_answer=None):
+    def __init__(self, model: torch.nn.Module, weight, mu, at=None, positions: str = "last", weight_answer=None,
+                 base=None):
         super().__init__(model, at, positions)
         shape = model_shape(model.config)
         self.n_heads = shape["n_heads"]
@@ -150,11 +153,14 @@ class TaskVectorHook(PromptHook):
         self.weight_answer = self.weight if weight_answer is None else torch.as_tensor(weight_answer,
                                                                                         dtype=torch.float32)
         self.mu = torch.as_tensor(mu, dtype=torch.float32)
+        self.base = None if base is None else torch.as_tensor(base, dtype=torch.float32)
         want = (shape["n_layers"], shape["n_heads"], shape["head_dim"])
-        if self.weight.shape != want[:2] or self.weight_answer.shape != want[:2] or self.mu.shape != want:
+        base_shape = want if base is None else tuple(self.base.shape)
+        if self.weight.shape != want[:2] or self.weight_answer.shape != want[:2] or self.mu.shape != want or \
+                base_shape != want:
             raise TaskVectorError(f"got weight {tuple(self.weight.shape)}, weight_answer "
-                                  f"{tuple(self.weight_answer.shape)}, mu {tuple(self.mu.shape)}; "
-                                  f"model {shape} needs weight and weight_answer {want[:2]}, mu {want}")
+                                  f"{tuple(self.weight_answer.shape)}, mu {tuple(self.mu.shape)}, base {base_shape}; "
+                                  f"model {shape} needs weight and weight_answer {want[:2]}, mu and base {want}")
         self.layer = {name: l for l, name in enumerate(attention_outputs(model))}
 
     def edit(self, module, inputs, output, name):
@@ -165,7 +171,8 @@ class TaskVectorHook(PromptHook):
         l = self.layer[name]
         o = x[rows, at].reshape(B, self.n_heads, -1).float()  # [B, N, H]
         w = (self.weight if self.prefill else self.weight_answer)[l].to(x.device)[:, None]  # [N, 1]
-        heads = o + w * (self.mu[l].to(x.device) - o)
+        origin = o if self.base is None else self.base[l].to(x.device)
+        heads = o + w * (self.mu[l].to(x.device) - origin)
         edited = module.forward(heads.to(x.dtype).reshape(B, 1, -1))  # [B, 1, D]
         output = output.clone()
         output[rows, at] = edited[:, 0]
@@ -247,13 +254,14 @@ def apply_intervention(model: torch.nn.Module, intervention: str | os.PathLike |
     if isinstance(loaded, ResidualVector):
         hook = ResidualHook(model, loaded.add, loaded.target, loaded.weight, positions=loaded.positions)
         return Intervention(hook.targets, hook)
-    weight, weight_answer = (None if theta is None else torch.sigmoid(torch.as_tensor(theta, dtype=torch.float32))
+    scale = 1.0 if loaded.base is None else SHIFT_RANGE
+    weight, weight_answer = (None if theta is None else scale * torch.sigmoid(torch.as_tensor(theta, dtype=torch.float32))
                              for theta in (loaded.theta, loaded.theta_answer))
     return Intervention(attention_outputs(model), TaskVectorHook(model, weight, loaded.mu, positions=loaded.positions,
-                                                                 weight_answer=weight_answer))
+                                                                 weight_answer=weight_answer, base=loaded.base))
 
 
-def from_torch(weight, mu, model, weight_answer=None, **info) -> TaskVector:
+def from_torch(weight, mu, model, weight_answer=None, base=None, **info) -> TaskVector:
     """A tvjax `TaskVector` from PyTorch blend weights and means fitted on `model`.
 
     Args:
@@ -263,31 +271,42 @@ def from_torch(weight, mu, model, weight_answer=None, **info) -> TaskVector:
       mu: `[L, N, H]` or `[L, N, 1, H]` head means.
       model: the Hugging Face model (or its config) they were made for.
       weight_answer: optional `[L, N]` weights at the answer tokens (then positions 'split').
+      base: optional zero-shot head means, shaped as `mu`: the shift form, each head moved by
+        `weight * (mu - base)`, its weights in [0, SHIFT_RANGE] (theta is the logit of weight / 2).
       info: free-form metadata for the file.
     Returns:
       A `TaskVector`; `.save(path)` writes it, `tvjax.load_task_vector` reads it back.
     """
     shape = model_shape(getattr(model, "config", model))
     L, N, H = shape["n_layers"], shape["n_heads"], shape["head_dim"]
+    mu, base = (None if m is None else _means(m, name, shape) for m, name in ((mu, "mu"), (base, "base")))
+    scale = 1.0 if base is None else SHIFT_RANGE
+    theta, theta_answer = (None if w is None else _logit(w, (L, N), shape, scale) for w in (weight, weight_answer))
+    if theta_answer is not None:
+        info = {**info, "positions": "split"}
+    return TaskVector(theta, mu, shape, info, theta_answer, base)
+
+
+def _means(mu, name: str, shape: dict) -> np.ndarray:
+    """`[L, N, H]` float32 head means from `[L, N, H]` or `[L, N, 1, H]`."""
+    L, N, H = shape["n_layers"], shape["n_heads"], shape["head_dim"]
     mu = _numpy(mu)
     if mu.shape == (L, N, 1, H):
         mu = mu[:, :, 0]
     if mu.shape != (L, N, H):
-        raise TaskVectorError(f"got mu {mu.shape}; model {shape} needs mu {(L, N, H)} or {(L, N, 1, H)}")
-    theta, theta_answer = (None if w is None else _logit(w, (L, N), shape) for w in (weight, weight_answer))
-    if theta_answer is not None:
-        info = {**info, "positions": "split"}
-    return TaskVector(theta, mu.astype(np.float32), shape, info, theta_answer)
+        raise TaskVectorError(f"got {name} {mu.shape}; model {shape} needs {name} {(L, N, H)} or {(L, N, 1, H)}")
+    return mu.astype(np.float32)
 
 
-def _logit(weight, want: tuple[int, int], shape: dict) -> np.ndarray:
-    """theta `[L, N]` float32 of blend weights in [0, 1] (0 and 1 become -inf and +inf)."""
+def _logit(weight, want: tuple[int, int], shape: dict, scale: float = 1.0) -> np.ndarray:
+    """theta `[L, N]` float32 of blend weights in [0, scale] (0 and scale become -inf and +inf)."""
     weight = _numpy(weight)
     if weight.shape != want:
         raise TaskVectorError(f"got weight {weight.shape}; model {shape} needs weight {want}")
-    if not ((weight >= 0) & (weight <= 1)).all():
-        raise TaskVectorError("blend weights must lie in [0, 1] (they are sigmoid(theta)); "
+    if not ((weight >= 0) & (weight <= scale)).all():
+        raise TaskVectorError(f"blend weights must lie in [0, {scale:g}] (they are {scale:g} * sigmoid(theta)); "
                               f"got values from {np.nanmin(weight)} to {np.nanmax(weight)}")
+    weight = weight / scale
     with np.errstate(divide="ignore"):
         return (np.log(weight) - np.log1p(-weight)).astype(np.float32)
 
