@@ -98,7 +98,7 @@ def test_fit_resume_continues_from_checkpoints(tmp_path, capsys, tiny_lm_dir):
 
 
 
-OTHER_STRINGS = {"adam": "sgd", "last": "answer"}  # string fields' defaults -> another valid value
+OTHER_STRINGS = {"adam": "sgd", "last": "answer", "blend": "shift"}  # string fields' defaults -> another valid value
 
 
 def _other(value):

@@ -148,6 +148,13 @@ def test_bad_shapes_and_weights_are_clear_errors(tiny_models):
     with pytest.raises(TaskVectorError, match=r"got weight \(3, 4\), weight_answer \(3, 4\), mu \(3, 4, 8\).*"
                                               r"needs weight and weight_answer \(3, 4\), mu \(3, 4, 16\)"):
         TaskVectorHook(hf, torch.rand(3, 4), torch.zeros(3, 4, 8))
+    # the shift form: base shaped as mu, weights in [0, 2]
+    with pytest.raises(TaskVectorError, match=r"got base \(3, 4, 8\); .*needs base \(3, 4, 16\)"):
+        from_torch(torch.rand(3, 4), torch.zeros(3, 4, 16), hf, base=torch.zeros(3, 4, 8))
+    with pytest.raises(TaskVectorError, match=r"must lie in \[0, 2\].*to 2.5"):
+        from_torch(torch.full((3, 4), 2.5), torch.zeros(3, 4, 16), hf, base=torch.zeros(3, 4, 16))
+    with pytest.raises(TaskVectorError, match=r"mu \(3, 4, 16\), base \(3, 4, 8\); .*needs .*mu and base \(3, 4, 16\)"):
+        TaskVectorHook(hf, torch.rand(3, 4), torch.zeros(3, 4, 16), base=torch.zeros(3, 4, 8))
 
 
 def test_port_imports_and_runs_without_jax(tiny_models, tmp_path):

@@ -158,9 +158,10 @@ class TaskVectorHook(PromptHook):
         base_shape = want if base is None else tuple(self.base.shape)
         if self.weight.shape != want[:2] or self.weight_answer.shape != want[:2] or self.mu.shape != want or \
                 base_shape != want:
+            got_base, needs_base = ("", "") if base is None else (f", base {base_shape}", f" and base {want}")
             raise TaskVectorError(f"got weight {tuple(self.weight.shape)}, weight_answer "
-                                  f"{tuple(self.weight_answer.shape)}, mu {tuple(self.mu.shape)}, base {base_shape}; "
-                                  f"model {shape} needs weight and weight_answer {want[:2]}, mu and base {want}")
+                                  f"{tuple(self.weight_answer.shape)}, mu {tuple(self.mu.shape)}{got_base}; "
+                                  f"model {shape} needs weight and weight_answer {want[:2]}, mu{needs_base} {want}")
         self.layer = {name: l for l, name in enumerate(attention_outputs(model))}
 
     def edit(self, module, inputs, output, name):
