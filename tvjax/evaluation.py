@@ -115,8 +115,8 @@ def evaluate_many(model, tasks: Sequence[Task], *, blends: Sequence[HeadBlend] |
         task = np.asarray([a for a, _ in chunk])
         tokens, mask = pad_left([p.ids for _, p in chunk], pad, length)
         new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max(budgets),
-                       intervention=None if blends is None else RowBlend.gather(theta, mu, task, base), positions=positions,
-                       budgets=[budgets[a] for a in task])
+                       intervention=None if blends is None else RowBlend.gather(theta, mu, task, base),
+                       positions=positions, budgets=[budgets[a] for a in task])
         for (a, prompt), row in zip(chunk[:real], new[:real]):
             hits[a] += score_row(tokenizer, row[:budgets[a]], prompt, config.eos_ids)
     return [_scores(hits[a] / len(prompts), len(prompts), len(skipped), first_token_only)

@@ -85,8 +85,7 @@ def train_step(theta, opt_state, mu, params, rows: Rows, index, sparsity, frozen
     """
     with on_mesh(params):
         return _train_step(*_placed(theta, opt_state, mu, params, rows, index, sparsity), put(frozen, None),
-                           put(base, "LNH"),
-                           config=config, learning_rate=learning_rate, optimizer_name=optimizer_name)
+                           put(base, "LNH"), config=config, learning_rate=learning_rate, optimizer_name=optimizer_name)
 
 
 def lower_train_step(mesh, theta, opt_state, mu, params, rows: Rows, index, sparsity, **static):
@@ -247,7 +246,8 @@ def train_step_many(theta, opt_state, mu, params, rows: Rows, index, task, spars
     with on_mesh(params):
         return _train_step_many(put(theta, None), put(opt_state, None), put(mu, "ALNH"), params,
                                 put(rows, ROWS_AXES), put(index, None), put(task, None), put(sparsity, None),
-                                put(frozen, None), put(base, "ALNH"), config=config, learning_rate=learning_rate, optimizer_name=optimizer_name)
+                                put(frozen, None), put(base, "ALNH"), config=config, learning_rate=learning_rate,
+                                optimizer_name=optimizer_name)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "learning_rate", "optimizer_name"),

@@ -208,16 +208,16 @@ def blend_heads(heads: jax.Array, theta: jax.Array, mu: jax.Array, edit_mask: ja
       `[B, T, N, H]` in `heads.dtype`: `o + sigmoid(theta) * (mu - o)` (blend) or
       `o + SHIFT_RANGE * sigmoid(theta) * (mu - base)` (shift), computed in float32.
     """
-    scale = 1.0 if base is None else SHIFT_RANGE
-    weight = scale * jax.nn.sigmoid(theta.astype(jnp.float32))[..., None, :, None]  # [1, N, 1] or [B, 1, N, 1]
+    weight = jax.nn.sigmoid(theta.astype(jnp.float32))[..., None, :, None]  # [1, N, 1] or [B, 1, N, 1]
     if theta_answer is not None:
         first = (jnp.cumsum(edit_mask, axis=1) == 1)[:, :, None, None]  # [B, T, 1, 1]; masked below
-        weight = jnp.where(first, weight, scale * jax.nn.sigmoid(theta_answer.astype(jnp.float32))[..., None, :, None])
+        weight = jnp.where(first, weight, jax.nn.sigmoid(theta_answer.astype(jnp.float32))[..., None, :, None])
     weight = weight * edit_mask[:, :, None, None].astype(jnp.float32)  # [B, T, N, 1]
     h32 = heads.astype(jnp.float32)
     mu32 = mu.astype(jnp.float32)[..., None, :, :]  # [1, N, H] or [B, 1, N, H]
-    origin = h32 if base is None else base.astype(jnp.float32)[..., None, :, :]
-    return (h32 + weight * (mu32 - origin)).astype(heads.dtype)
+    if base is None:
+        return (h32 + weight * (mu32 - h32)).astype(heads.dtype)
+    return (h32 + SHIFT_RANGE * weight * (mu32 - base.astype(jnp.float32)[..., None, :, :])).astype(heads.dtype)
 
 
 class RowBlend(NamedTuple):
