@@ -30,7 +30,7 @@ from tvjax.function_vectors import FunctionVectorConfig, function_vector_for
 from tvjax.patching import layer_patch
 from tvjax.reinforce import ReinforceConfig, select_heads
 from tvjax.report import BASELINES, LABELS, METHODS, markdown_table, seconds_table, shared_methods, timed
-from tvjax.taskvector import save_intervention
+from tvjax.taskvector import blend_weights, save_intervention
 
 TASK_FORMATS = (".json", ".jsonl", ".csv", ".tsv")
 SITES = ("heads", "resid")  # the means every fitted method draws on
@@ -138,7 +138,7 @@ def _fit_task_vector(model, task, means, config: CompareConfig):
 
 def _soft_task_vector(soft: FitResult):
     """A soft task vector fit as `compare_task` reports it: (blend, rankings, what it chose)."""
-    weights = 1 / (1 + np.exp(-np.asarray(soft.blend.theta, np.float64)))
+    weights = blend_weights(soft.blend.theta, soft.blend.base)
     return soft.blend, {"soft_weights": weights.tolist()}, {"best_step": soft.best_step,
                                                             "best_valid_loss": soft.best_valid_loss}
 

@@ -42,6 +42,12 @@ POSITIONS = ("last", "answer", "split")
 SHIFT_RANGE = 2.0
 
 
+def blend_weights(logits, base=None) -> np.ndarray:
+    """Float64 head weights of blend `logits`: `sigmoid(theta)`, times `SHIFT_RANGE` in the shift
+    form (a vector with zero-shot means `base`)."""
+    return (1.0 if base is None else SHIFT_RANGE) / (1 + np.exp(-np.asarray(logits, np.float64)))
+
+
 def array_shapes(kind: str, model: dict, split: bool = False, shift: bool = False) -> dict[str, tuple[int, ...]]:
     """The arrays a file of `kind` holds for a model of shape `model` (`split`: a head blend
     with `theta_answer`; `shift`: with `base`), with their shapes."""
@@ -77,8 +83,8 @@ class TaskVector(NamedTuple):
         return self.theta if self.theta_answer is None else np.stack([self.theta, self.theta_answer])
 
     def weights(self) -> np.ndarray:
-        """Each head's weight, as `logits()` is shaped: `sigmoid(theta)`, times `SHIFT_RANGE` in the shift form."""
-        return (1.0 if self.base is None else SHIFT_RANGE) / (1 + np.exp(-self.logits().astype(np.float64)))
+        """Each head's weight, as `logits()` is shaped (see `blend_weights`)."""
+        return blend_weights(self.logits(), self.base)
 
     def intervention(self):
         """As a `tvjax.HeadBlend` (imports JAX)."""
