@@ -11,6 +11,12 @@ loop (`fit_many`) and scores them on the valid split (`evaluate_many`), next to 
 recipes already chosen on valid. Results go to `--out` as they come (a rerun skips the
 recipes already there), and a Markdown table is printed: per recipe, the mean first-token /
 exact-match / contains accuracy, the exact match per task, and the fit time.
+
+Two more overrides change the fit's data, not its settings (the means always come from the
+whole train split): `train_fraction=0.5` fits on the first half of each task's train pairs
+(a learning curve), and `fit_on_scored=true` fits on, and chooses the step on, the scored
+split itself: not a recipe but a ceiling, what the vector's form can reach on those very
+items when generalisation is taken out of the way.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import tvjax
+from tvjax.data.tasks import Task
 from tvjax.evaluation import evaluate_many
 from tvjax.extract import extract_means_many
 from tvjax.fitting import fit_many
@@ -40,6 +47,7 @@ RECIPES = {
     "published": {"learning_rate": 0.2, "batch_size": 1, "steps": 400, "eval_every": 40},  # init 0: weights 0.5
 }
 MEANS = {"n_prompts": 50, "shots": 10}  # extract_means' defaults
+DATA = {"train_fraction": 1.0, "fit_on_scored": False}  # what the fit trains and chooses on
 
 
 def recipe(words: list[str]) -> tuple[str, dict]:
@@ -49,12 +57,12 @@ def recipe(words: list[str]) -> tuple[str, dict]:
         if name not in RECIPES:
             raise SystemExit(f"unknown recipe {name!r}: give its overrides (FIELD=VALUE) or one of {', '.join(RECIPES)}")
         return name, RECIPES[name]
-    fields = {f.name for f in dataclasses.fields(tvjax.FitConfig)} | set(MEANS)
+    fields = {f.name for f in dataclasses.fields(tvjax.FitConfig)} | set(MEANS) | set(DATA)
     overrides = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
         if key not in fields:
-            raise SystemExit(f"recipe {name}: {key!r} is not a FitConfig field or a mean setting ({', '.join(sorted(fields))})")
+            raise SystemExit(f"recipe {name}: {key!r} is not a FitConfig field, a mean setting or a data setting ({', '.join(sorted(fields))})")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -94,9 +102,11 @@ def main() -> None:
         key = tuple(mean_set.values())
         if key not in means:
             means[key] = extract_means_many(model, tasks, **mean_set)
-        settings = tvjax.FitConfig(**{k: v for k, v in overrides.items() if k not in MEANS})
+        settings = tvjax.FitConfig(**{k: v for k, v in overrides.items() if k not in MEANS and k not in DATA})
+        fitted_on = [fit_data(task, args.split, **{k: overrides.get(k, v) for k, v in DATA.items()}) for task in tasks]
+        bases = extract_means_many(model, tasks, shots=0, seed=settings.seed) if settings.form == "shift" else None
         start = time.perf_counter()
-        results = fit_many(model, tasks, means[key], settings)
+        results = fit_many(model, fitted_on, means[key], settings, bases=bases)
         seconds = time.perf_counter() - start
         scores = evaluate_many(model, tasks, blends=[r.blend for r in results], split=args.split,
                                positions=settings.positions)
@@ -107,6 +117,16 @@ def main() -> None:
         print(f"{name}: fitted in {seconds:.0f} s; {args.split} exact match "
               f"{_mean(done[name], names, 'exact_match'):.1f}%", flush=True)
     print(table(done, names))
+
+
+def fit_data(task: Task, split: str, train_fraction: float, fit_on_scored: bool) -> Task:
+    """`task` as the fit sees it: its first `train_fraction` of train pairs, or `split` to fit and choose on."""
+    if fit_on_scored:
+        scored = task.split(split)
+        return Task(task.name, scored, scored, task.test)
+    if not 0 < train_fraction <= 1:
+        raise SystemExit(f"train_fraction must be in (0, 1], not {train_fraction}")
+    return dataclasses.replace(task, train=task.train[:max(1, round(train_fraction * len(task.train)))])
 
 
 def _write(path: Path, done: dict) -> None:
