@@ -64,7 +64,7 @@ def test_answer_positions_loss_equals_full_forward_with_the_blend_on_every_answe
     losses, last = row_losses(tiny_lm.params, c, blend, rows), row_losses(
         tiny_lm.params, c, HeadBlend(theta, mu, None, base), prepare_rows(tiny_lm, prompts, all_answer_tokens=True))
     for p, loss in zip(prompts, losses):
-        assert p.stop == tuple(tiny_lm.tokenizer("\n\n")["input_ids"][:1])
+        assert p.stop == tuple(tiny_lm.tokenizer("\n")["input_ids"])  # the line break between demonstrations
         tokens = jnp.asarray([p.ids + p.answer])
         edit = jnp.zeros(tokens.shape, bool).at[0, len(p.ids) - 1:].set(True)
         reference = positional_blend(theta, mu, theta_answer, len(p.ids) - 1, tokens.shape[1], base)

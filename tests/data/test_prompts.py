@@ -41,6 +41,20 @@ def test_numeric_answers_move_the_bare_space_into_the_prompt(tokenizer):
     assert tokenizer.decode(prompt.ids).endswith("A: ") and prompt.lead == " "
 
 
+def test_the_stop_token_is_the_one_between_demonstrations(tokenizer):
+    # SmolLM2 reads "\n\n" as one token at the end of a text and as two "\n" before more text:
+    # the stop is what follows an answer inside an ICL prompt, where the model learns to end it.
+    pairs = [("cold", "hot"), ("big", "small")]
+    [prompt], _ = tokenize(tokenizer, build_texts(Template(), pairs[:1], 0, [], 0), Template())
+    icl = tokenizer("".join(Template().demonstration(p) for p in pairs))["input_ids"]
+    after_answer = len(prompt.ids) + len(prompt.answer)
+    assert icl[:after_answer] == prompt.ids + prompt.answer and prompt.stop == (icl[after_answer],)
+    assert tokenizer.decode(prompt.stop) == "\n" != tokenizer.decode(tokenizer("\n\n")["input_ids"][:1])
+    [unended], _ = tokenize(tokenizer, build_texts(Template("{input}={output}"), pairs[:1], 0, [], 0),
+                            Template("{input}={output}"))
+    assert unended.stop == ()  # nothing follows the answer in this template's demonstrations
+
+
 def test_answers_that_do_not_tokenise_are_reported(tokenizer):
     texts = build_texts(Template("{input}={output}"), [("x", "y"), ("z", "  "), ("w", "=")], 0, [], 0)
     prompts, skipped = tokenize(tokenizer, texts)

@@ -18,8 +18,7 @@ def prompts_for(tokenizer, task: Task, split: str, shots: int, *, template: Temp
     """
     task.require(shots)
     queries = list(task.split(split) if queries is None else queries)[:limit]
-    prompts, skipped = tokenize(tokenizer, build_texts(template, queries, shots, task.train, seed),
-                                template.after_output)
+    prompts, skipped = tokenize(tokenizer, build_texts(template, queries, shots, task.train, seed), template)
     if skipped:
         examples = "; ".join(f"{pair!r}: {reason}" for pair, reason in skipped[:3])
         warnings.warn(f"task {task.name!r} ({split}): {len(skipped)} of {len(queries)} pairs skipped, "

@@ -49,8 +49,8 @@ class Prompt(NamedTuple):
     """One tokenised prompt: `ids` end just before the answer; `answer` are its tokens.
 
     `lead` is the whitespace text moved from the answer into the prompt ('' or e.g. ' ').
-    `stop`: the token that follows the answer in a demonstration (the template's text after
-    `{output}`, e.g. the line break), as a 1-tuple, or `()` when there is none.
+    `stop`: the token that follows the answer in a demonstration another one follows (the first
+    of the template's text after `{output}`, e.g. a line break), as a 1-tuple, or `()` when there is none.
     """
 
     ids: list[int]
@@ -80,17 +80,23 @@ def build_texts(template: Template, queries: Sequence[Pair], shots: int, pool: S
 
 
 def tokenize(tokenizer, texts: Sequence[tuple[str, str, Pair]],
-             after: str = "") -> tuple[list[Prompt], list[tuple[Pair, str]]]:
+             template: Template | None = None) -> tuple[list[Prompt], list[tuple[Pair, str]]]:
     """Tokenise prompts and answers; returns `(prompts, skipped)` with a reason per skipped pair.
 
-    `after`: the text that follows an answer in a demonstration; its first token, when it
-    does not merge with the answer, is each prompt's `stop`.
+    `template`: each prompt's `stop` is the first token after the answer when the answer ends
+    a demonstration that another demonstration follows (`template.after_output`, then the
+    pair again), as the model sees it in an ICL prompt; none when the template has no text
+    after `{output}` or that text merges with the answer. (At the end of a text a tokenizer
+    may join what it splits before more text: SmolLM2 reads "\n\n" as one token there and
+    as two "\n" between demonstrations.)
     """
+    followed = template is not None and bool(template.after_output)
     prompts, skipped = [], []
     for prompt, answer, pair in texts:
         ids = tokenizer(prompt)["input_ids"]
         full = tokenizer(prompt + answer)["input_ids"]
-        ended = tokenizer(prompt + answer + after)["input_ids"] if after else full
+        ended = tokenizer(prompt + answer + template.after_output + template.demonstration(pair))["input_ids"] \
+            if followed else full
         stop = tuple(ended[len(full):len(full) + 1]) if ended[:len(full)] == full else ()
         if full[: len(ids)] != ids:
             skipped.append((pair, "the answer merges with the end of the prompt into other tokens"))
