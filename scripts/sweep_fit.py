@@ -104,7 +104,11 @@ def main() -> None:
             means[key] = extract_means_many(model, tasks, **mean_set)
         settings = tvjax.FitConfig(**{k: v for k, v in overrides.items() if k not in MEANS and k not in DATA})
         fitted_on = [fit_data(task, args.split, **{k: overrides.get(k, v) for k, v in DATA.items()}) for task in tasks]
-        bases = extract_means_many(model, tasks, shots=0, seed=settings.seed) if settings.form == "shift" else None
+        bases = None
+        if settings.form == "shift":  # the zero-shot means, once per seed, from the whole train split
+            if ("base", settings.seed) not in means:
+                means["base", settings.seed] = extract_means_many(model, tasks, shots=0, seed=settings.seed)
+            bases = means["base", settings.seed]
         start = time.perf_counter()
         results = fit_many(model, fitted_on, means[key], settings, bases=bases)
         seconds = time.perf_counter() - start
@@ -123,7 +127,7 @@ def fit_data(task: Task, split: str, train_fraction: float, fit_on_scored: bool)
     """`task` as the fit sees it: its first `train_fraction` of train pairs, or `split` to fit and choose on."""
     if fit_on_scored:
         scored = task.split(split)
-        return Task(task.name, scored, scored, task.test)
+        return dataclasses.replace(task, train=scored, valid=scored)
     if not 0 < train_fraction <= 1:
         raise SystemExit(f"train_fraction must be in (0, 1], not {train_fraction}")
     return dataclasses.replace(task, train=task.train[:max(1, round(train_fraction * len(task.train)))])
