@@ -30,9 +30,14 @@ import time
 
 import numpy as np
 
+from tvjax.experiments import RECIPES, vocabulary_task
+
 # The fit these benchmarks time (docs/benchmarks.md), fixed so that results stay comparable:
 # batches of 16 with the recipe before the present FitConfig defaults (batch 1, 800 steps).
-WORKLOAD = {"batch_size": 16, "learning_rate": 0.3, "eval_every": 10}
+WORKLOAD = RECIPES["batch16"]
+# The step counts `time-to-accuracy` fits each of these recipes for.
+CURVE_STEPS = {"default": (50, 100, 200, 400, 800), "batch4": (25, 50, 100, 200, 400),
+               "batch16": (13, 25, 50, 100, 200)}
 
 
 def medians(ours, theirs, repeats: int) -> tuple[float, float]:
@@ -139,9 +144,10 @@ def bench_fit_step(args) -> None:
     import torch
 
     from tvjax.extract import extract_means
-    from tvjax.fitting import FitConfig, train_step
+    from tvjax.fitting import FitConfig, fit_step
+    from tvjax.interventions import HeadBlend
     from tvjax.rows import prepare_rows
-    from tvjax.train import batch_indices, optimizer
+    from tvjax.train import batch_indices, optimizer, run_step
 
     s = Setup(args.task)
     config, params, _ = s.model
@@ -151,14 +157,14 @@ def bench_fit_step(args) -> None:
     pipeline = s.torch_pipeline()
     for B in args.batches:
         fc = FitConfig(batch_size=B)
-        theta = jnp.zeros((config.n_layers, config.n_heads))
+        theta = jnp.zeros((1, config.n_layers, config.n_heads))  # one task
         state = [theta, optimizer(fc.optimizer, fc.learning_rate).init(theta)]
-        steps = iter(range(10 ** 6))
+        steps, blend, task = iter(range(10 ** 6)), HeadBlend(None, jnp.asarray(mu)[None]), jnp.zeros(B, jnp.int32)
 
         def ours():
             index = jnp.asarray(batch_indices(len(train), B, next(steps), 0))
-            state[0], state[1], loss = train_step(state[0], state[1], jnp.asarray(mu), params, rows, index, 0.0,
-                                                  config=config, learning_rate=fc.learning_rate)
+            state[0], state[1], loss = run_step(fit_step(fc), state[0], state[1], params, blend, rows, index, task,
+                                                0.0, config=config)
             loss.block_until_ready()
 
         step, _, _ = pipeline.step_fn(torch.as_tensor(mu), fc)
@@ -206,7 +212,7 @@ def bench_fit(args) -> None:
     from tvjax.evaluation import answer_budget, evaluate
 
     s = Setup(args.task)
-    fc = tvjax.FitConfig(steps=args.steps, **WORKLOAD)
+    fc = tvjax.FitConfig(**{**WORKLOAD, "steps": args.steps})
     ours = Phases()
     mu = ours.time("means", lambda: tvjax.extract_means(s.model, s.task))
     blend = ours.time("fit", lambda: tvjax.fit(s.model, s.task, mu, fc).blend)
@@ -248,7 +254,7 @@ def bench_fit_many(args) -> None:
     mus = together.time("means", lambda: extract_means_many(model, tasks))
     results = together.time("fit", lambda: tvjax.fit_many(model, tasks, mus, fc))
     zero = together.time("zero-shot eval", lambda: evaluate_many(model, tasks))
-    steered = together.time("task-vector eval", lambda: evaluate_many(model, tasks, blends=[r.blend for r in results]))
+    steered = together.time("task-vector eval", lambda: evaluate_many(model, tasks, interventions=[r.blend for r in results]))
     alone, rows = Phases(), []
     for task, many, zero_many, tv_many in zip(tasks, results, zero, steered):
         mu = alone.add("means", lambda: tvjax.extract_means(model, task))
@@ -266,33 +272,6 @@ def bench_fit_many(args) -> None:
     print(f"suite ({len(tasks)} tasks): one at a time {alone.total:.0f} s ({len(tasks) / alone.total:.3f} tasks/s), "
           f"together {together.total:.0f} s ({len(tasks) / together.total:.3f} tasks/s), "
           f"ratio {alone.total / together.total:.2f}x", flush=True)
-
-
-def vocabulary_task(tokenizer, sizes=(1500, 200, 500), seed: int = 0):
-    """A large word task from the tokenizer's own vocabulary: a word -> its first letter.
-
-    Words are the vocabulary's single-token lowercase words of 3-10 letters after a space
-    ('Ġhouse'); `sizes` train / valid / test pairs, drawn with `seed`.
-    """
-    import re
-
-    import tvjax
-
-    words = sorted({t[1:] for t in tokenizer.get_vocab() if re.fullmatch(r"Ġ[a-z]{3,10}", t)})
-    n = sum(sizes)
-    if len(words) < n:
-        raise SystemExit(f"the vocabulary has {len(words)} such words; {n} are needed")
-    picked = np.random.default_rng(seed).choice(words, n, replace=False).tolist()
-    return tvjax.Task.from_pairs("vocabulary_first_letter", [(w, w[0]) for w in picked], seed=seed,
-                                 fractions=tuple(k / n for k in sizes))
-
-
-# Recipes `fit-many`, `large-task` and `time-to-accuracy` time (FitConfig overrides; "default" is FitConfig's
-# own), and the step counts `time-to-accuracy` fits each for.
-RECIPES = {"default": {}, "batch4": {"batch_size": 4, "steps": 100, "eval_every": 50},
-           "batch16": {"steps": 100, **WORKLOAD}}
-CURVE_STEPS = {"default": (50, 100, 200, 400, 800), "batch4": (25, 50, 100, 200, 400),
-               "batch16": (13, 25, 50, 100, 200)}
 
 
 def bench_large_task(args) -> None:
@@ -326,7 +305,7 @@ def bench_large_task(args) -> None:
 def bench_time_to_accuracy(args) -> None:
     """Valid first-token accuracy against fit time, per recipe, on the large task (no PyTorch side).
 
-    Each recipe (`RECIPES`) fits `vocabulary_task` for each of its `CURVE_STEPS`, one
+    Each recipe (`tvjax.experiments.RECIPES`) fits `vocabulary_task` for each of its `CURVE_STEPS`, one
     fit per point (row preparation, steps, validation every tenth of the run, the best-valid
     vector kept: what a user waits for), on the same means; `lbfgs` is `lbfgs_fit` for each of
     `LBFGS_ITERATIONS`. Prints a Markdown table and
@@ -453,7 +432,8 @@ def bench_compile(args) -> None:
     import jax.numpy as jnp
 
     import tvjax
-    from tvjax.fitting import FitConfig, _train_step
+    from tvjax.fitting import FitConfig, fit_step
+    from tvjax.interventions import HeadBlend
     from tvjax.rows import prepare_rows
     from tvjax.train import optimizer
 
@@ -465,13 +445,13 @@ def bench_compile(args) -> None:
         config = base.config.replace(n_layers=L)
         shape = lambda x: jax.ShapeDtypeStruct((L, *x.shape[1:]), x.dtype)
         layered = rows._replace(cache=rows.cache._replace(k=shape(rows.cache.k), v=shape(rows.cache.v)))
-        theta = jax.ShapeDtypeStruct((L, config.n_heads), jnp.float32)
-        mu = jax.ShapeDtypeStruct((L, config.n_heads, config.head_dim), jnp.float32)
+        theta = jax.ShapeDtypeStruct((1, L, config.n_heads), jnp.float32)  # one task
+        blend = HeadBlend(None, jax.ShapeDtypeStruct((1, L, config.n_heads, config.head_dim), jnp.float32))
         params = jax.eval_shape(lambda: tvjax.init_params(config, jax.random.key(0)))
         opt_state = jax.eval_shape(optimizer(fc.optimizer, fc.learning_rate).init, theta)
         index = jax.ShapeDtypeStruct((fc.batch_size,), jnp.int32)
-        lowerings[L] = lambda: _train_step.lower(theta, opt_state, mu, params, layered, index, 0.0, config=config,
-                                                 learning_rate=fc.learning_rate).compile()
+        lowerings[L] = lambda: fit_step(fc).lower(theta, opt_state, params, blend, layered, index, index, 0.0,
+                                                  config=config).compile()
     times = {L: [] for L in lowerings}
     for _ in range(args.rounds):  # alternate, so machine noise hits both alike
         for L, compile_step in lowerings.items():
@@ -564,7 +544,7 @@ def main(argv=None) -> None:
         p.add_argument("--recipe", default="default", choices=sorted(RECIPES), help="fit-many, large-task: the fit")
         p.add_argument("--out", default="results/benchmarks", help="time-to-accuracy: the PNG and JSON")
         p.add_argument("--curves", default="default,batch4,batch16,lbfgs",
-                       help="time-to-accuracy: recipes to time (RECIPES' names, and lbfgs)")
+                       help="time-to-accuracy: recipes to time (CURVE_STEPS' names, and lbfgs)")
         p.add_argument("--n-prompts", type=int, default=50, help="large-task: ICL prompts averaged for the means")
         p.add_argument("--profile", default=None, metavar="DIR",
                        help="forward, fit-step, generate: also trace tvjax's side and print its top XLA ops")

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 import tvjax
 from tvjax.data import prompts_for
-from tvjax.extractor import METHODS, fit_tasks
+from tvjax.extractor import SCORED as METHODS, fit_tasks
 from tvjax.generation import generate_text
 from tvjax.report import markdown_table
 

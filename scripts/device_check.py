@@ -149,9 +149,10 @@ def _fit_step(config, params, args, peak):
 
     import tvjax
     from tvjax.data.prompts import Prompt
-    from tvjax.fitting import FitConfig, train_step
+    from tvjax.fitting import FitConfig, fit_step
+    from tvjax.interventions import HeadBlend
     from tvjax.rows import prepare_rows
-    from tvjax.train import batch_indices, optimizer
+    from tvjax.train import batch_indices, optimizer, run_step
 
     rng = np.random.default_rng(1)
     n_rows, B, T = 4 * args.fit_batch, args.fit_batch, args.length
@@ -160,13 +161,14 @@ def _fit_step(config, params, args, peak):
     rows = prepare_rows(tvjax.Model(config, params, None), prompts)
     mu = jnp.asarray(rng.normal(size=(config.n_layers, config.n_heads, config.head_dim)), jnp.float32)
     fc = FitConfig(batch_size=B)
-    theta = jnp.zeros((config.n_layers, config.n_heads))
+    theta = jnp.zeros((1, config.n_layers, config.n_heads))  # one task
     state = [theta, optimizer(fc.optimizer, fc.learning_rate).init(theta), 0]
+    blend, task = HeadBlend(None, mu[None]), jnp.zeros(B, jnp.int32)
 
     def step():
         index = jnp.asarray(batch_indices(n_rows, B, state[2], 0))
-        state[0], state[1], loss = train_step(state[0], state[1], mu, params, rows, index, 0.0, config=config,
-                                              learning_rate=fc.learning_rate)
+        state[0], state[1], loss = run_step(fit_step(fc), state[0], state[1], params, blend, rows, index, task, 0.0,
+                                            config=config)
         state[2] += 1
         loss.block_until_ready()
 

@@ -1,7 +1,7 @@
 """Per-device memory of the fit step or of means extraction on a device mesh, from XLA's own
 compiled memory analysis.
 
-No weights needed: `tvjax.fitting.train_step` (or the means' forward) is lowered on abstract
+No weights needed: `tvjax.fitting.fit_step` (or the means' forward) is lowered on abstract
 shapes (`jax.ShapeDtypeStruct`) with the shardings a real run uses, over simulated CPU devices,
 compiled, and `compiled.memory_analysis()` read for one device.
 
@@ -80,7 +80,8 @@ def _lower_fit(mesh, config, params, *, rows: int, prompt_length: int, batch_siz
     import jax
     import jax.numpy as jnp
 
-    from tvjax.fitting import lower_train_step
+    from tvjax.fitting import FitConfig, lower_train_step
+    from tvjax.interventions import HeadBlend
     from tvjax.model import KVCache
     from tvjax.rows import Rows
     from tvjax.train import optimizer
@@ -88,15 +89,16 @@ def _lower_fit(mesh, config, params, *, rows: int, prompt_length: int, batch_siz
     L, N, K, H = config.n_layers, config.n_heads, config.n_kv_heads, config.head_dim
     S, Ts = prompt_length + 1, 1
     sds = jax.ShapeDtypeStruct
-    theta = sds((L, N), jnp.float32)
+    theta = sds((1, L, N), jnp.float32)  # one task
     opt_state = jax.eval_shape(optimizer("adam", 0.3).init, theta)
     kv = sds((L, rows, S, K, H), config.jnp_dtype)
     cache = KVCache(kv, kv, sds((rows, S), jnp.bool_), sds((), jnp.int32))
     suffix = sds((rows, Ts), jnp.int32), sds((rows, Ts), jnp.bool_)
     data = Rows(cache, *suffix, *suffix)
-    return lower_train_step(mesh, theta, opt_state, sds((L, N, H), jnp.float32), params, data,
-                            sds((batch_size,), jnp.int32), sds((), jnp.float32), config=config,
-                            learning_rate=0.3, optimizer_name="adam")
+    index = sds((batch_size,), jnp.int32)
+    return lower_train_step(mesh, theta, opt_state, params, HeadBlend(None, sds((1, L, N, H), jnp.float32)), data,
+                            index, index, sds((), jnp.float32), config=config,
+                            settings=FitConfig(learning_rate=0.3, optimizer="adam"))
 
 
 def _lower_means(mesh, config, params, *, rows: int, prompt_length: int, batch_size: int):

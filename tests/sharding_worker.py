@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 import tvjax  # noqa: E402
 from tvjax.batching import encode  # noqa: E402
-from tvjax.interventions import axes_of  # noqa: E402
+from tvjax.sharding import axes_of  # noqa: E402
 from tvjax.sharding import make_mesh, on_mesh, put  # noqa: E402
 
 WORDS = ["apple", "river", "stone", "cloud", "green", "house", "light", "music", "ocean", "paper", "quiet", "sharp",

@@ -1,6 +1,6 @@
 """`scripts/device_check.py` runs end to end on CPU with tiny configs, so it is ready for a lent accelerator."""
 
-import sys
+import runpy
 from pathlib import Path
 
 import jax
@@ -8,15 +8,13 @@ import numpy as np
 
 import tvjax
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+device_check = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "device_check.py"))
 
 
 def test_device_check_reports_throughput_mfu_and_the_pytorch_ratio(tmp_path):
-    from device_check import main
-
     out = tmp_path / "report.json"
-    report = main(["--tiny", "--out", str(out), "--batch", "2", "--length", "48", "--fit-batch", "2", "--new", "4",
-                   "--repeats", "1", "--peak-tflops", "1"])
+    report = device_check["main"](["--tiny", "--out", str(out), "--batch", "2", "--length", "48", "--fit-batch", "2",
+                                   "--new", "4", "--repeats", "1", "--peak-tflops", "1"])
     assert out.exists() and report["device"]["platform"] == "cpu" and report["device"]["peak_bf16_tflops"] == 1
     assert set(report["models"]) == {"tiny"}
     for model in report["models"].values():
@@ -26,8 +24,7 @@ def test_device_check_reports_throughput_mfu_and_the_pytorch_ratio(tmp_path):
 
 
 def test_model_flops_count_two_per_matmul_weight_per_token():
-    from device_check import TINY, forward_flops
-
+    TINY, forward_flops = device_check["TINY"], device_check["forward_flops"]
     config = tvjax.ModelConfig(**TINY)
     params = tvjax.init_params(config, jax.random.PRNGKey(0))
     layers = params["layers"]

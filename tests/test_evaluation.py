@@ -30,7 +30,7 @@ def test_scores_equal_a_direct_count(tiny_lm, echo_task):
         first = tvjax.evaluate(tiny_lm, echo_task, batch_size=4, first_token_only=True, **kwargs)
         assert (first.first_token, first.exact_match, first.contains) == (scores.first_token, None, None)
     assert scores.first_token < 1.0, "this blend should change some answers"
-    many = evaluate_many(tiny_lm, [echo_task, echo_task], blends=[blend, blend], batch_size=8, first_token_only=True)
+    many = evaluate_many(tiny_lm, [echo_task, echo_task], interventions=[blend, blend], batch_size=8, first_token_only=True)
     assert many == [first, first]
     shared = first_token_scores(tiny_lm, echo_task, [None, blend, None], chunk=5)  # one pass, 3 chunks
     assert shared == [tvjax.evaluate(tiny_lm, echo_task, first_token_only=True), first, shared[0]]

@@ -71,12 +71,13 @@ def test_best_theta_is_the_one_evaluated_at_best_step(tiny_lm, tiny_task, fitted
 
 
 def test_training_loop_compiles_once(tiny_lm, tiny_task, fitted):
-    from tvjax.fitting import _train_step
+    from tvjax.fitting import fit_step
 
     mu, _ = fitted
-    before = _train_step._cache_size()
-    tvjax.fit(tiny_lm, tiny_task, mu, FitConfig(steps=7, eval_every=3, batch_size=4, seed=3))
-    assert _train_step._cache_size() - before <= 1
+    settings = FitConfig(steps=7, eval_every=3, batch_size=4, seed=3)
+    before = fit_step(settings)._cache_size()
+    tvjax.fit(tiny_lm, tiny_task, mu, settings)
+    assert fit_step(settings)._cache_size() - before <= 1
 
 
 def test_sparsity_penalty_lowers_the_weights(tiny_lm, tiny_task, fitted):
@@ -125,10 +126,10 @@ def test_many_tasks_fit_together_as_each_alone(tiny_lm, three_tasks):
         np.testing.assert_allclose([h["valid_loss"] for h in many.history],
                                    [h["valid_loss"] for h in alone.history], rtol=1e-5)
     blends = [r.blend for r in together]
-    for kwargs in ({}, {"blends": blends}, {"shots": 3}):
+    for kwargs in ({}, {"interventions": blends}, {"shots": 3}):
         shared = evaluate_many(tiny_lm, three_tasks, batch_size=8, **kwargs)
         alone = [tvjax.evaluate(tiny_lm, task, shots=kwargs.get("shots", 0),
-                                intervention=kwargs["blends"][a] if "blends" in kwargs else None)
+                                intervention=kwargs["interventions"][a] if "interventions" in kwargs else None)
                  for a, task in enumerate(three_tasks)]
         assert shared == alone, kwargs
     with pytest.raises(ValueError, match="one mean"):
@@ -159,8 +160,9 @@ def test_split_vectors_fit_and_score_together_as_each_alone(tiny_lm, three_tasks
         assert [(h["stage"], h["step"]) for h in alone.history] == [
             (stage, step) for stage in ("last", "answer") for step in (0, 3, 6)]
         assert alone.history[:3] == [{**h, "stage": "last"} for h in last.history]
-    shared = evaluate_many(tiny_lm, three_tasks, blends=[r.blend for r in together], positions="split", batch_size=8)
-    assert shared == [tvjax.evaluate(tiny_lm, task, intervention=r.blend, positions="split")
+    assert {r.blend.positions for r in together} == {"split"}  # the blends carry where they act
+    shared = evaluate_many(tiny_lm, three_tasks, interventions=[r.blend for r in together], batch_size=8)
+    assert shared == [tvjax.evaluate(tiny_lm, task, intervention=r.blend)
                       for task, r in zip(three_tasks, together)]
 
 
@@ -179,3 +181,16 @@ def test_answer_positions_beat_the_last_token_on_uppercase_exact_match():
         tv.fit()
         mu, exact[positions] = tv.mu, tv.evaluate(("task_vector",))["task_vector"].exact_match
     assert exact["answer"] > exact["last"] + 0.05, exact
+
+
+def test_one_task_takes_the_many_tasks_path(tiny_lm, tiny_task, fitted):
+    """`fit` is `fit_many` of one task and `evaluate` is `evaluate_many` of one task: the same
+    numbers, bit for bit."""
+    from tvjax.evaluation import evaluate_many
+
+    mu, result = fitted
+    [many] = tvjax.fit_many(tiny_lm, [tiny_task], [mu], FAST)
+    np.testing.assert_array_equal(many.blend.theta, result.blend.theta)
+    assert many.history == result.history and many.best_step == result.best_step
+    assert evaluate_many(tiny_lm, [tiny_task], interventions=[result.blend], batch_size=16) == \
+        [tvjax.evaluate(tiny_lm, tiny_task, intervention=result.blend)]

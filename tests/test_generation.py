@@ -100,11 +100,11 @@ def test_answer_positions_blend_every_generated_token_as_a_reference_loop_does(t
     base = jnp.asarray(rng.normal(size=mu.shape), jnp.float32) if form == "shift" else None
     if positions == "answer":
         theta_answer = theta
-    blend = HeadBlend(theta, mu, theta_answer if positions == "split" else None, base)
+    blend = HeadBlend(theta, mu, theta_answer if positions == "split" else None, base, positions)
     prompts = [rng.integers(3, config.vocab_size, size=n).tolist() for n in (7, 4)]
     tokens, mask = pad_left(prompts)
     ours = tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=8, intervention=blend,
-                          eos_token_id=-1, positions=positions)
+                          eos_token_id=-1)
     for row, prompt in enumerate(prompts):
         sequence = list(prompt)
         for _ in range(8):
@@ -114,6 +114,6 @@ def test_answer_positions_blend_every_generated_token_as_a_reference_loop_does(t
                                    edit_mask=edit).logits[0, -1]
             sequence.append(int(jnp.argmax(logits)))
         np.testing.assert_array_equal(ours[row], sequence[len(prompt):])
-    last = tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=8, intervention=blend,
-                          eos_token_id=-1)
+    last = tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=8,
+                          intervention=HeadBlend(theta, mu, None, base), eos_token_id=-1)
     assert not np.array_equal(last, ours), "blending the generated tokens should change this generation"

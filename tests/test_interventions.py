@@ -139,3 +139,26 @@ def test_a_user_intervention_class_works_in_forward_jit_grad_and_vmap(tiny_model
     np.testing.assert_allclose(batched, [loss(MixHeads(stacked.w[c], stacked.mu[c])) for c in range(3)], rtol=1e-6)
     with pytest.raises(ValueError, match="MixHeads weights"):
         loss(MixHeads(w[:1], mu))
+
+
+def test_stacked_blends_apply_row_by_row_as_each_tasks_own(tiny_models):
+    """One HeadBlend for many tasks: `stack` adds the task axis, `rows` gives each row its task's
+    vector, and a row's logits are the ones its task's own blend gives it."""
+    _, config, params, tokens, mu = _setup(tiny_models, "llama")
+    shape = (config.n_layers, config.n_heads)
+    blends = [HeadBlend(jnp.asarray(RNG.normal(size=shape), jnp.float32), jnp.asarray(mu) * (a + 1),
+                        jnp.asarray(RNG.normal(size=shape), jnp.float32)) for a in range(3)]
+    stacked = HeadBlend.stack(blends)
+    assert stacked.theta.shape == (3, *shape) and stacked.positions == "split"
+    task = np.array([2, 0])  # row 0 takes task 2's vector, row 1 task 0's
+    rows = stacked.rows(task)
+    assert rows.per_row and rows.theta.shape == (config.n_layers, 2, config.n_heads)
+    edit = jnp.ones(tokens.shape, bool).at[:, :4].set(False)  # the last prompt token and the answer after it
+    together = tvjax.forward(params, jnp.asarray(tokens), config=config, intervention=rows, edit_mask=edit).logits
+    for row, a in enumerate(task):
+        alone = tvjax.forward(params, jnp.asarray(tokens[row:row + 1]), config=config, intervention=blends[a],
+                              edit_mask=edit[row:row + 1]).logits
+        np.testing.assert_allclose(together[row], alone[0], rtol=1e-5, atol=1e-5)
+    assert jax.tree.all(jax.tree.map(np.array_equal, stacked.task(1), HeadBlend.stack(blends[1:2]).task(0)))
+    with pytest.raises(ValueError, match="one form and one positions"):
+        HeadBlend.stack([blends[0], HeadBlend(blends[0].theta, mu)])

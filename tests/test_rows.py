@@ -59,8 +59,8 @@ def test_answer_positions_loss_equals_full_forward_with_the_blend_on_every_answe
     base = base if form == "shift" else None
     if positions == "answer":
         theta_answer = theta
-    blend = HeadBlend(theta, mu, theta_answer if positions == "split" else None, base)
-    rows = prepare_rows(tiny_lm, prompts, positions=positions)
+    blend = HeadBlend(theta, mu, theta_answer if positions == "split" else None, base, positions)
+    rows = prepare_rows(tiny_lm, prompts, intervention=blend)
     losses, last = row_losses(tiny_lm.params, c, blend, rows), row_losses(
         tiny_lm.params, c, HeadBlend(theta, mu, None, base), prepare_rows(tiny_lm, prompts, all_answer_tokens=True))
     for p, loss in zip(prompts, losses):

@@ -101,7 +101,7 @@ def test_bfloat16_model_with_float32_blend_and_loss(tiny8_dir):
     task = tvjax.Task.from_pairs("upper", [(w, w.upper()) for w in ["apple", "river", "stone", "cloud", "green"]])
     rows = prepare_rows(model, prompts_for(tokenizer, task, "train", 0)[0][:2])
     blend = tvjax.HeadBlend.zeros(config)
-    loss, grad = jax.value_and_grad(lambda theta: mean_loss(params, blend._replace(theta=theta), rows,
+    loss, grad = jax.value_and_grad(lambda theta: mean_loss(params, blend.replace(theta=theta), rows,
                                                             config=config))(blend.theta)
     assert rows.cache.k.dtype == jnp.bfloat16 and loss.dtype == grad.dtype == jnp.float32
 

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -112,7 +113,7 @@ def test_every_intervention_kind_round_trips_through_one_format(tmp_path, tiny_l
         loaded = tvjax.load_intervention(path)
         loaded.check(c)
         assert loaded.info == {"method": name} and type(loaded.intervention()) is type(intervention)
-        for ours, theirs in zip(loaded.intervention(), intervention):
+        for ours, theirs in zip(jax.tree.leaves(loaded.intervention()), jax.tree.leaves(intervention)):
             np.testing.assert_array_equal(ours, np.asarray(theirs))
     with pytest.raises(TaskVectorError, match="holds a residual_edit .* read it with tvjax.load_intervention"):
         load_task_vector(tmp_path / "fv.safetensors")
@@ -164,9 +165,8 @@ def test_the_edit_positions_travel_with_the_file(tmp_path, tiny_lm, tiny_task, p
     assert other.evaluate(("task_vector",)) == tv.evaluate(("task_vector",))
     assert load_task_vector(save_task_vector(tmp_path / "old.safetensors", loaded.theta, loaded.mu,
                                              tiny_lm.config)).positions == "last"  # files that do not say
-    bad = save_task_vector(tmp_path / "bad.safetensors", loaded.theta, loaded.mu, tiny_lm.config, positions="all")
     with pytest.raises(TaskVectorError, match="positions='all'"):
-        load_task_vector(bad).positions
+        save_task_vector(tmp_path / "bad.safetensors", loaded.theta, loaded.mu, tiny_lm.config, positions="all")
     with pytest.raises(ValueError, match="positions='every'"):
         tvjax.FitConfig(positions="every")
 

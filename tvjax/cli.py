@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -13,19 +14,21 @@ from pathlib import Path
 
 from tvjax.config import ATTENTION, REMAT_POLICIES
 from tvjax.data.tasks import TaskError
-from tvjax.report import BASELINES, METHODS
+from tvjax.methods import BASELINES, FIT_HELP, METHODS
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        for plugin in args.plugin + [m for m in os.environ.get("TVJAX_PLUGINS", "").split(",") if m.strip()]:
+            importlib.import_module(plugin.strip())
         if getattr(args, "compile_cache", "off") != "off":
             from tvjax.compile_cache import enable_compilation_cache
 
             enable_compilation_cache(None if args.compile_cache == "default" else args.compile_cache)
         args.run(args)
-    except (TaskError, ValueError, OSError) as e:  # our errors are ValueErrors with the fix in them
+    except (TaskError, ValueError, OSError, ImportError) as e:  # our errors are ValueErrors with the fix in them
         print(f"tvjax {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
@@ -35,10 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     from tvjax.compare import CompareConfig
     from tvjax.fitting import FitConfig
 
-    from tvjax import __version__
+    from tvjax.version import __version__
 
     parser = argparse.ArgumentParser(prog="tvjax", description="Task vectors for language models in JAX.")
     parser.add_argument("--version", action="version", version=f"tvjax {__version__}")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (repeatable; also $TVJAX_PLUGINS, comma-separated): it may register "
+                             "intervention kinds (tvjax.register_kind) and methods (tvjax.methods.register_method)")
     sub = parser.add_subparsers(dest="command", required=True)
     model_help = ("default model (smollm2-135m), gemma-3-270m (the gemma extra), a checkpoint directory, "
                   "a .gguf file or a hub id")
@@ -54,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--shots", type=int, default=10)
     fit.add_argument("--n-prompts", type=int, default=50, help="ICL prompts averaged for the means")
     fit.add_argument("--template", default=None, help="prompt template with {input} and {output}")
-    add_config_flags(fit.add_argument_group("fitting (tvjax.fitting.FitConfig)"), FitConfig(), help=_FIT_HELP)
+    add_config_flags(fit.add_argument_group("fitting (tvjax.fitting.FitConfig)"), FitConfig(), help=FIT_HELP)
     fit.add_argument("--checkpoint-dir", default=None,
                      help="save Orbax checkpoints of the fit here (with --resume, default <out>/checkpoints/<task>; "
                           "for several tasks fitted together, <out>/checkpoints/<task1>+<task2>+...)")
@@ -102,10 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", default="results/compare", help="writes compare.{md,json,png} and tasks/<task>.json")
     cmp.add_argument("--redo", action="store_true", help="recompute tasks that already have results in --out")
     defaults = CompareConfig()
-    add_config_flags(cmp, defaults, skip=("template", *_METHOD_FLAGS),
+    add_config_flags(cmp, defaults, skip=("template", *_method_flags()),
                      help={"shots": "ICL prompts (means, the ICL baseline, the function vector's prompts)",
                            "n_prompts": "ICL prompts averaged for the means", "seed": "splits and every method"})
-    for name, (title, flags) in _METHOD_FLAGS.items():
+    for name, (title, flags) in _method_flags().items():
         add_config_flags(cmp.add_argument_group(title), getattr(defaults, name), skip=_SHARED, **flags)
     _add_scale_flags(cmp)
     _add_compile_cache_flag(cmp)
@@ -119,24 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_FIT_HELP = {"steps": "training steps",
-             "positions": "where the vector acts: 'last' (the last prompt token), 'answer' (also every answer "
-                          "token, generated or teacher-forced; the loss covers the whole answer) or 'split' (as "
-                          "'answer', with weights of their own at the answer tokens, fitted after the last "
-                          "token's: twice the steps)",
-             "form": "how a head moves: 'blend' (toward its ICL mean) or 'shift' (by its ICL minus zero-shot "
-                     "mean, keeping what it carries about the query)"}
-# `tvjax compare`'s flags for each method's settings: CompareConfig field -> (help group title,
-# `add_config_flags` keywords)
-_METHOD_FLAGS = {
-    "fit": ("soft task vector (tvjax.fitting.FitConfig)", {"help": _FIT_HELP}),
-    "function_vector": ("function vector (tvjax.function_vectors.FunctionVectorConfig)", {
-        "prefix": "fv-", "aliases": {"k": ["--k"], "n_prompts": ["--fv-prompts"]},
-        "help": {"k": "heads summed", "n_prompts": "shuffled-label prompts",
-                 "layer": "add the vector at this layer (default: the best valid layer of a sweep)"}}),
-    "reinforce": ("REINFORCE (tvjax.reinforce.ReinforceConfig)", {
-        "prefix": "reinforce-", "help": {"samples": "head masks per step", "sparsity": "penalty per replaced head"}}),
-}
+def _method_flags() -> dict:
+    """`tvjax compare`'s flags for each method's settings: CompareConfig field -> (help group title,
+    `add_config_flags` keywords), from the methods' records."""
+    return {m.settings: m.flags for m in METHODS.values() if m.settings and m.flags}
+
+
 _SHARED = ("seed", "shots", "sweep")  # method settings that `compare_config` takes from compare's own flags
 
 
@@ -156,6 +150,8 @@ def add_config_flags(parser, defaults, prefix: str = "", *, skip=(), help=None, 
         flags = ["--" + (prefix + field.name).replace("_", "-"), *aliases.get(field.name, ())]
         if hints[field.name] is bool:
             options = {"action": "store_true"}
+        elif typing.get_origin(hints[field.name]) is typing.Literal:  # a choice (tvjax.vocabulary)
+            options = {"choices": typing.get_args(hints[field.name]), "default": getattr(defaults, field.name)}
         else:
             kind = _flag_type(hints[field.name])
             options = {"type": kind, "metavar": kind.__name__.upper(), "default": getattr(defaults, field.name)}
@@ -189,7 +185,7 @@ def compare_config(args):
     defaults = CompareConfig()
     shared = {"seed": args.seed, "shots": args.shots, "sweep": args.fv_layer is None}
     methods = {}
-    for name, (_, flags) in _METHOD_FLAGS.items():
+    for name, (_, flags) in _method_flags().items():
         config = config_from_flags(args, getattr(defaults, name), flags.get("prefix", ""))
         methods[name] = dataclasses.replace(config, **{k: v for k, v in shared.items() if hasattr(config, k)})
     return config_from_flags(args, dataclasses.replace(defaults, **methods))
@@ -349,7 +345,7 @@ def cmd_eval(args) -> None:
     if tv_file is not None:  # scored under the method that made it (compare's files record it)
         method = info.get("method", "task_vector")
         scores[method] = evaluate(model, task, intervention=tv_file.intervention(), split=args.split, seed=seed,
-                                  template=tv.template, desc=method, positions=tv_file.positions,
+                                  template=tv.template, desc=method,
                                   first_token_only=args.first_token_only)
     methods = list(scores)
     if jax.process_index() != 0:
@@ -386,8 +382,7 @@ def cmd_generate(args) -> None:
     # Queries end like the fitting prompts did (e.g. with the ' ' token before digits).
     prompts = [args.prompt] if args.prompt else [_template(args, info).query(q)[0] + info.get("lead", "")
                                                  for q in args.query]
-    texts = generate_text(model, prompts, args.max_new_tokens, intervention=tv.intervention() if tv else None,
-                          positions=tv.positions if tv else "last")
+    texts = generate_text(model, prompts, args.max_new_tokens, intervention=tv.intervention() if tv else None)
     if jax.process_index() != 0:
         return
     for prompt, text in zip(prompts, texts):
@@ -415,8 +410,9 @@ def cmd_compare(args) -> None:
 
 
 def cmd_plot(args) -> None:
-    from tvjax.plot import RANKINGS, comparison_chart, head_heatmap
-    from tvjax.report import LABELS, shared_methods
+    from tvjax.methods import labels, rankings
+    from tvjax.plot import comparison_chart, head_heatmap
+    from tvjax.report import shared_methods
     from tvjax.taskvector import load_task_vector
 
     out, written = Path(args.out), []
@@ -426,15 +422,15 @@ def cmd_plot(args) -> None:
             for name, result in results.items():
                 for ranking, values in result["rankings"].items():
                     written.append(head_heatmap(values, out / f"{name}_{ranking}.png", f"{name}: {ranking}",
-                                                RANKINGS[ranking]))
+                                                rankings()[ranking]))
             written.append(comparison_chart({n: r["scores"] for n, r in results.items()}, shared_methods(results),
-                                            LABELS, out / f"{file.stem}.png"))
+                                            labels(), out / f"{file.stem}.png"))
         else:
             tv = load_task_vector(file)
             split = tv.theta_answer is not None  # where the task lives: the prompt's last token vs the answer
             written.append(head_heatmap(tv.weights(),
                                         out / f"{file.stem}_soft_weights.png",
-                                        f"{tv.info.get('task', file.stem)}: soft_weights", RANKINGS["soft_weights"],
+                                        f"{tv.info.get('task', file.stem)}: soft_weights", rankings()["soft_weights"],
                                         ("last prompt token", "answer tokens") if split else ()))
     print("\n".join(map(str, written)))
 

@@ -21,16 +21,17 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from tvjax import __version__
+from tvjax.version import __version__
 from tvjax.data import Task, Template, load_task
 from tvjax.evaluation import evaluate
 from tvjax.extract import mean_prompts, site_means
-from tvjax.fitting import FitConfig, FitResult, fit, fit_many
+from tvjax.fitting import FitConfig, FitResult, fit_many
 from tvjax.function_vectors import FunctionVectorConfig, function_vector_for
 from tvjax.patching import layer_patch
 from tvjax.reinforce import ReinforceConfig, select_heads
-from tvjax.report import BASELINES, LABELS, METHODS, markdown_table, seconds_table, shared_methods, timed
-from tvjax.taskvector import blend_weights, save_intervention
+from tvjax.methods import BASELINES, METHODS, labels
+from tvjax.report import markdown_table, seconds_table, shared_methods, timed
+from tvjax.taskvector import blend_weights, resolve, save_intervention
 
 TASK_FORMATS = (".json", ".jsonl", ".csv", ".tsv")
 SITES = ("heads", "resid")  # the means every fitted method draws on
@@ -51,7 +52,7 @@ class CompareConfig:
 
 def phases(methods) -> int:
     """How many timed phases `compare_task` runs for `methods`: the means, each fit, each evaluation."""
-    fitted = sum(m in _FITS for m in methods)
+    fitted = sum(METHODS[m].fitted for m in methods)
     return (fitted > 0) + fitted + len(methods)
 
 
@@ -65,38 +66,34 @@ def compare_task(model, task: Task, config: CompareConfig = CompareConfig(), met
     method `chose` (layers, heads, best steps). `progress`: a tqdm bar advanced once per phase.
     With `save_to`, each fitted intervention is saved as `<save_to>/<task>.<method>.safetensors`
     (`tvjax.taskvector` format, read by `tvjax eval --intervention`), listed in `files`.
-    `shared`: this task's part of `fit_shared` (its means, soft task vector and their seconds),
-    used instead of computing them.
+    `shared`: this task's part of `fit_shared` of the tasks compared together (its means, soft
+    task vector and their seconds); without it, `fit_shared` of this task alone.
     """
     methods = check_methods(methods)
-    shared = shared or {}
+    if shared is None:
+        shared = fit_shared(model, [task], config, methods, progress=progress).get(task.name, {})
     seconds, rankings, chose, interventions = dict(shared.get("seconds", {})), {}, {}, dict.fromkeys(BASELINES)
     means = shared.get("means")
-    if means is None and any(m in _FITS for m in methods):
-        with timed(seconds, "means", progress):
-            means = site_means(model, _mean_prompts(model, task, config), SITES)
-    for method in (m for m in methods if m in _FITS):
+    for method in (m for m in methods if METHODS[m].fitted):
         if method in shared:
             interventions[method], ranking, chose[method] = shared[method]
         else:
             with timed(seconds, f"fit_{method}", progress):
-                interventions[method], ranking, chose[method] = _FITS[method](model, task, means, config)
+                fit = resolve(METHODS[method].fit)
+                interventions[method], ranking, chose[method] = fit(model, task, means, config)
         rankings.update(ranking)
     scores = {}
-    positions = {m: config.fit.positions if m == "task_vector" else "last" for m in methods}  # where each acts
-    for method in methods:
+    for method in methods:  # each intervention acts where its own `positions` says
         with timed(seconds, f"eval_{method}", progress):
             scores[method] = evaluate(model, task, intervention=interventions[method], seed=config.seed,
-                                      shots=config.shots if method == "icl" else 0, template=config.template,
-                                      desc=f"{method} {task.name}",
-                                      positions=positions[method]).as_dict()
+                                      shots=config.shots if METHODS[method].shots else 0, template=config.template,
+                                      desc=f"{method} {task.name}").as_dict()
     files = {}
-    for method in (m for m in methods if m in _FITS and save_to is not None):
+    for method in (m for m in methods if METHODS[m].fitted and save_to is not None):
         files[method] = str(save_intervention(
             Path(save_to) / f"{task.name}.{method}.safetensors", interventions[method], model.config,
             model=model_name, task=task.name, method=method, seed=config.seed, template=config.template.text,
-            shots=config.shots, chose=chose[method], scores=scores.get(method), tvjax_version=__version__,
-            positions=positions[method]))
+            shots=config.shots, chose=chose[method], scores=scores.get(method), tvjax_version=__version__))
     return {"task": task.name, "methods": list(methods), "scores": scores, "seconds": seconds, "rankings": rankings,
             "chose": chose, "files": files}
 
@@ -114,68 +111,58 @@ def check_methods(methods) -> tuple[str, ...]:
     return tuple(m for m in METHODS if m in methods)
 
 
-def _fit_layer_patching(model, task, means, config: CompareConfig):
+def fit_layer_patching(model, task, means, config: CompareConfig):
     patch = layer_patch(model, task, means["resid"], seed=config.seed, template=config.template)
     return patch.edit, {}, {"layer": patch.layer, "valid_losses": patch.layer_losses.tolist()}
 
 
-def _fit_function_vector(model, task, means, config: CompareConfig):
+def fit_function_vector(model, task, means, config: CompareConfig):
     fv = function_vector_for(model, task, means["heads"], config.function_vector, template=config.template)
     losses = None if fv.layer_losses is None else fv.layer_losses.tolist()
     return fv.edit, {"indirect_effects": fv.effects.tolist()}, {"layer": fv.layer, "heads": fv.heads.tolist(),
                                                                  "valid_losses": losses}
 
 
-def _fit_reinforce(model, task, means, config: CompareConfig):
+def fit_reinforce(model, task, means, config: CompareConfig):
     found = select_heads(model, task, means["heads"], config.reinforce, template=config.template)
     return found.blend, {"reinforce_probabilities": found.probabilities.tolist()}, {
         "heads": np.argwhere(found.heads).tolist(), "best_step": found.best_step, "history": found.history}
 
 
-def _fit_task_vector(model, task, means, config: CompareConfig):
-    return _soft_task_vector(fit(model, task, means["heads"], config.fit, template=config.template))
-
-
-def _soft_task_vector(soft: FitResult):
-    """A soft task vector fit as `compare_task` reports it: (blend, rankings, what it chose)."""
-    weights = blend_weights(soft.blend.theta, soft.blend.base)
-    return soft.blend, {"soft_weights": weights.tolist()}, {"best_step": soft.best_step,
-                                                            "best_valid_loss": soft.best_valid_loss}
+def fit_soft_task_vectors(model, tasks: list[Task], means: list[dict], config: CompareConfig) -> list[tuple]:
+    """The soft task vectors of `tasks` from one `fit_many` loop, each as `compare_task` reports
+    it: (blend, rankings, what it chose)."""
+    fitted = fit_many(model, tasks, [m["heads"] for m in means], config.fit, template=config.template)
+    return [(soft.blend, {"soft_weights": blend_weights(soft.blend.theta, soft.blend.base).tolist()},
+             {"best_step": soft.best_step, "best_valid_loss": soft.best_valid_loss}) for soft in fitted]
 
 
 def fit_shared(model, tasks: list[Task], config: CompareConfig = CompareConfig(), methods=METHODS, *,
                progress=None) -> dict[str, dict]:
-    """What `compare_task` can share across `tasks`: every task's means (heads and residual) from
-    the same batches and, when `methods` hold it, its soft task vector from one `fit_many` loop.
+    """What `compare_task` shares across `tasks` (one or many): every task's means (heads and
+    residual) from the same batches and, when `methods` hold it, its soft task vector from one
+    `fit_many` loop.
 
     Returns `compare_task`'s `shared` per task name; each task's seconds are its share (1 / A)
     of the shared phases. A `progress` bar counts each phase once per task.
     """
     methods, A = check_methods(methods), len(tasks)
-    if not any(m in _FITS for m in methods):
+    if not any(METHODS[m].fitted for m in methods):
         return {}
     seconds = {}
-    with timed(seconds, "means"):
+    with timed(seconds, "means", progress, count=A):
         prompts = [_mean_prompts(model, t, config) for t in tasks]
         groups = np.repeat(np.arange(A), [len(p) for p in prompts])
-        means = site_means(model, sum(prompts, []), SITES, desc=f"means of {A} tasks", groups=groups)
-    if progress is not None:
-        progress.update(A)
-    fits = [None] * A
-    if "task_vector" in methods:
-        with timed(seconds, "fit_task_vector"):
-            fits = [_soft_task_vector(r) for r in fit_many(model, tasks, means["heads"], config.fit,
-                                                            template=config.template)]
-        if progress is not None:
-            progress.update(A)
+        means = site_means(model, sum(prompts, []), SITES, desc="means" if A == 1 else f"means of {A} tasks",
+                           groups=groups)
+    per_task = [{s: m[a] for s, m in means.items()} for a in range(A)]
+    fits = {}
+    for method in (m for m in methods if METHODS[m].together):
+        with timed(seconds, f"fit_{method}", progress, count=A):
+            fits[method] = resolve(METHODS[method].fit)(model, tasks, per_task, config)
     share = {k: round(v / A, 2) for k, v in seconds.items()}
-    return {t.name: {"means": {s: m[a] for s, m in means.items()}, "seconds": share,
-                     **({} if fitted is None else {"task_vector": fitted})}
-            for a, (t, fitted) in enumerate(zip(tasks, fits))}
-
-
-_FITS = {"layer_patching": _fit_layer_patching, "function_vector": _fit_function_vector,
-         "reinforce": _fit_reinforce, "task_vector": _fit_task_vector}
+    return {t.name: {"means": per_task[a], "seconds": share, **{m: fitted[a] for m, fitted in fits.items()}}
+            for a, t in enumerate(tasks)}
 
 
 def task_paths(spec: str) -> list[str]:
@@ -209,7 +196,7 @@ def compare(model, tasks: list[str], out, config: CompareConfig = CompareConfig(
     bar = tqdm(total=len(pending) * phases(methods), desc="compare", unit="phase", disable=None)
     with bar:
         together = [task for task in loaded if task.name in pending]
-        shared = fit_shared(model, together, config, methods, progress=bar) if len(together) > 1 else {}
+        shared = fit_shared(model, together, config, methods, progress=bar) if together else {}
         for task in loaded:
             path = paths[task.name]
             if task.name not in pending:
@@ -218,7 +205,7 @@ def compare(model, tasks: list[str], out, config: CompareConfig = CompareConfig(
                 continue
             bar.set_description(f"compare {task.name}")
             result = compare_task(model, task, config, methods, progress=bar, model_name=model_name,
-                                  save_to=Path(out) / "interventions", shared=shared.get(task.name))
+                                  save_to=Path(out) / "interventions", shared=shared.get(task.name, {}))
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=1))
             results[task.name] = result
@@ -238,5 +225,5 @@ def write_report(results: dict[str, dict], out, **info) -> dict[str, Path]:
     paths = {"json": out / "compare.json", "md": out / "compare.md", "png": out / "compare.png"}
     paths["json"].write_text(json.dumps({**info, "methods": methods, "results": results}, indent=1))
     paths["md"].write_text(markdown_table(scores, methods) + "\n\n" + seconds_table(results) + "\n")
-    comparison_chart(scores, methods, LABELS, paths["png"])
+    comparison_chart(scores, methods, labels(), paths["png"])
     return paths

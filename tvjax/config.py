@@ -13,7 +13,7 @@ import dataclasses
 
 NORMS = ("rms", "layer")
 ACTIVATIONS = ("silu", "gelu", "gelu_new", "relu")
-POSITIONS = ("rope", "learned")
+POSITION_EMBEDDINGS = ("rope", "learned")
 ROPE_TYPES = ("default", "linear", "llama3")  # rope scaling
 REMAT_POLICIES = ("full", "dots", "dots_no_batch")
 ATTENTION = ("einsum", "dot_product")
@@ -38,7 +38,7 @@ class ModelConfig:
       gated_mlp: SwiGLU-style `down(act(gate(x)) * up(x))` instead of `down(act(up(x)))`.
       qkv_bias / out_bias / mlp_bias: which projections carry a bias.
       parallel_residual: `x + attn(ln1(x)) + mlp(ln2(x))` (GPT-NeoX) instead of sequential.
-      positions: 'rope' (split-half rotary, Hugging Face layout) or 'learned' (GPT-2).
+      position_embedding: 'rope' (split-half rotary, Hugging Face layout) or 'learned' (GPT-2).
       max_positions: size of the learned position table (and a hint for rope models).
       rope_theta: rotary base.  rotary_dim: leading dims of each head that rotate (partial rotary).
       rope_scaling: Hugging Face rope scaling dict as sorted (key, value) pairs; supported
@@ -88,7 +88,7 @@ class ModelConfig:
     out_bias: bool = False
     mlp_bias: bool = False
     parallel_residual: bool = False
-    positions: str = "rope"
+    position_embedding: str = "rope"
     max_positions: int = 2048
     rope_theta: float = 10000.0
     rotary_dim: int | None = None
@@ -112,7 +112,7 @@ class ModelConfig:
         checks = {
             "norm": (self.norm, NORMS),
             "activation": (self.activation, ACTIVATIONS),
-            "positions": (self.positions, POSITIONS),
+            "position_embedding": (self.position_embedding, POSITION_EMBEDDINGS),
             "dtype": (self.dtype, ("float32", "bfloat16")),
             "remat": (self.remat, (None,) + REMAT_POLICIES),
             "attention": (self.attention, ATTENTION),

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from tvjax.batching import bucket_length, chunks, pad_id, pad_left
 from tvjax.data import Task, Template, prompts_for
 from tvjax.generation import generate, until_eos
-from tvjax.interventions import HeadBlend, Intervention, RowBlend
+from tvjax.interventions import HeadBlend, Intervention
 from tvjax.rows import prepare_rows, scores
 
 
@@ -37,36 +37,16 @@ class Scores:
 
 def evaluate(model, task: Task, *, intervention: Intervention | tuple | None = None, shots: int = 0,
              split: str = "test", seed: int = 0, batch_size: int = 16, max_new_tokens: int | None = None,
-             template: Template = Template(), desc: str | None = None, positions: str = "last",
-             first_token_only: bool = False) -> Scores:
-    """Score `task`'s `split` with `shots` demonstrations per prompt and an optional intervention.
-
-    The intervention edits the last prompt token of each prompt (with `positions` 'answer' or
-    'split', also each generated token). `max_new_tokens` defaults to `answer_budget(prompts)`;
-    `first_token_only` scores the first token without generating (`first_token_scores`) and
-    leaves exact match and contains None.
-    """
-    if first_token_only:
-        return first_token_scores(model, task, [intervention], shots=shots, split=split, seed=seed,
-                                  template=template)[0]
-    config, params, tokenizer = model
-    prompts, skipped = prompts_for(tokenizer, task, split, shots, template=template, seed=seed)
-    length = bucket_length(max(len(p.ids) for p in prompts))
-    if max_new_tokens is None:
-        max_new_tokens = answer_budget(prompts)
-    hits, pad = np.zeros(3), pad_id(tokenizer)
-    for chunk, real in tqdm(list(chunks(prompts, batch_size)), desc=desc or f"eval {task.name}",
-                            leave=False, disable=None):
-        tokens, mask = pad_left([p.ids for p in chunk], pad, length)
-        new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max_new_tokens,
-                       intervention=intervention, positions=positions)
-        for prompt, row in zip(chunk[:real], new[:real]):
-            hits += score_row(tokenizer, row, prompt, config.eos_ids)
-    return Scores(*(hits / len(prompts)), len(prompts), len(skipped))
+             template: Template = Template(), desc: str | None = None, first_token_only: bool = False) -> Scores:
+    """`evaluate_many` of one task, with `intervention` (any kind, or None); the arguments as there."""
+    return evaluate_many(model, [task], interventions=[intervention], shots=shots, split=split, seed=seed,
+                         batch_size=batch_size, max_new_tokens=max_new_tokens, template=template, desc=desc,
+                         first_token_only=first_token_only)[0]
 
 
 def first_token_scores(model, task: Task, interventions: Sequence, *, shots: int = 0, split: str = "test",
-                       seed: int = 0, template: Template = Template(), chunk: int = 256) -> list[Scores]:
+                       seed: int = 0, template: Template = Template(), chunk: int = 256,
+                       desc: str | None = None) -> list[Scores]:
     """First-token accuracy of `task`'s `split` under each of `interventions` (None: the plain
     model), exact match and contains None.
 
@@ -77,56 +57,65 @@ def first_token_scores(model, task: Task, interventions: Sequence, *, shots: int
     config, params, tokenizer = model
     prompts, skipped = prompts_for(tokenizer, task, split, shots, template=template, seed=seed)
     hits = np.zeros(len(interventions))
-    for part, real in tqdm(list(chunks(prompts, min(chunk, len(prompts)))), desc=f"first tokens {task.name}",
+    for part, real in tqdm(list(chunks(prompts, min(chunk, len(prompts)))), desc=desc or f"first tokens {task.name}",
                            leave=False, disable=None):  # one shape: the last chunk is padded
         rows = prepare_rows(model, part, batch_size=64)
         hits += [np.sum(scores(params, i, rows, config=config)[1][:real]) for i in interventions]
     return [Scores(h / len(prompts), None, None, len(prompts), len(skipped)) for h in hits.tolist()]
 
 
-def evaluate_many(model, tasks: Sequence[Task], *, blends: Sequence[HeadBlend] | None = None, shots: int = 0,
-                  split: str = "test", seed: int = 0, batch_size: int = 64,
-                  template: Template = Template(), positions: str = "last",
+def evaluate_many(model, tasks: Sequence[Task], *, interventions: Sequence | None = None, shots: int = 0,
+                  split: str = "test", seed: int = 0, batch_size: int = 64, max_new_tokens: int | None = None,
+                  template: Template = Template(), desc: str | None = None,
                   first_token_only: bool = False) -> list[Scores]:
-    """`evaluate` of many tasks in shared batches (decoding reads the weights once per step for all).
+    """Score each task's `split` with `shots` demonstrations per prompt and an optional intervention
+    per task, many tasks in shared batches (decoding reads the weights once per step for all).
 
-    Each task's prompts are scored as `evaluate` scores them, with its own blend (`blends[a]`,
-    applied to its rows through `RowBlend`) and its own generation budget (1 with
-    `first_token_only`); only the padding (to the longest prompt of all tasks) differs. Rows are
-    batched in order of budget, and a batch stops decoding once every row has ended.
+    Each task's prompts get its own intervention (`interventions[a]`: None, any kind, acting
+    where its `positions` says; the same one for every task, or one `HeadBlend` per task, applied
+    to its rows through `HeadBlend.rows`) and its own generation budget (`max_new_tokens`, by
+    default `answer_budget` of its prompts). Rows are batched in order of budget, padded to the
+    longest prompt of all tasks, and a batch stops decoding once every row has ended: a task's
+    scores are the ones it gets alone but for that padding. `first_token_only` scores the first
+    token without generating (`first_token_scores`) and leaves exact match and contains None.
     """
     config, params, tokenizer = model
-    if blends is not None and len(blends) != len(tasks):
-        raise ValueError(f"evaluate_many needs one blend per task: {len(blends)} blends for {len(tasks)} tasks")
+    interventions = [None] * len(tasks) if interventions is None else list(interventions)
+    if len(interventions) != len(tasks):
+        raise ValueError(f"evaluate_many needs one intervention per task: {len(interventions)} for {len(tasks)} tasks")
+    if first_token_only:
+        return [first_token_scores(model, t, [i], shots=shots, split=split, seed=seed, template=template,
+                                   desc=desc)[0] for t, i in zip(tasks, interventions)]
     per_task = [prompts_for(tokenizer, t, split, shots, template=template, seed=seed) for t in tasks]
-    budgets = [1 if first_token_only else answer_budget(prompts) for prompts, _ in per_task]
+    budgets = [max_new_tokens or answer_budget(prompts) for prompts, _ in per_task]
     items = sorted(((a, p) for a, (prompts, _) in enumerate(per_task) for p in prompts),
                    key=lambda item: budgets[item[0]])  # a batch decodes as long as its longest budget
     length = bucket_length(max(len(p.ids) for _, p in items))
-    if blends is not None:
-        if len({b.base is None for b in blends}) > 1:
-            raise ValueError("evaluate_many needs blends of one form: some have a base (form 'shift'), some not")
-        theta, mu = (np.stack([np.asarray(x, np.float32) for x in xs]) for xs in
-                     zip(*[(b.logits(), b.mu) for b in blends]))
-        base = None if blends[0].base is None else np.stack([np.asarray(b.base, np.float32) for b in blends])
+    for_rows = _per_row(interventions)
     hits, pad = np.zeros((len(tasks), 3)), pad_id(tokenizer)
-    for chunk, real in tqdm(list(chunks(items, batch_size)), desc=f"eval {len(tasks)} tasks", leave=False,
-                            disable=None):
+    for chunk, real in tqdm(list(chunks(items, batch_size)),
+                            desc=desc or f"eval {tasks[0].name if len(tasks) == 1 else f'{len(tasks)} tasks'}",
+                            leave=False, disable=None):
         task = np.asarray([a for a, _ in chunk])
         tokens, mask = pad_left([p.ids for _, p in chunk], pad, length)
-        new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max(budgets),
-                       intervention=None if blends is None else RowBlend.gather(theta, mu, task, base),
-                       positions=positions, budgets=[budgets[a] for a in task])
+        new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max(budgets[a] for a in task),
+                       intervention=for_rows(task), budgets=[budgets[a] for a in task])
         for (a, prompt), row in zip(chunk[:real], new[:real]):
             hits[a] += score_row(tokenizer, row[:budgets[a]], prompt, config.eos_ids)
-    return [_scores(hits[a] / len(prompts), len(prompts), len(skipped), first_token_only)
+    return [Scores(*(hits[a] / len(prompts)).tolist(), len(prompts), len(skipped))
             for a, (prompts, skipped) in enumerate(per_task)]
 
 
-def _scores(rates: np.ndarray, n: int, skipped: int, first_token_only: bool) -> Scores:
-    """`Scores` of `[first token, exact match, contains]` rates; the last two None for a first-token run."""
-    first, exact, contains = rates.tolist()
-    return Scores(first, None, None, n, skipped) if first_token_only else Scores(first, exact, contains, n, skipped)
+def _per_row(interventions: list):
+    """`task [B] -> the intervention of each row's task`: the one shared by every task (or None)
+    as it is, one `HeadBlend` per task stacked and gathered row by row."""
+    if all(i is interventions[0] for i in interventions):
+        return lambda task: interventions[0]
+    if all(isinstance(i, HeadBlend) for i in interventions):
+        stacked = HeadBlend.stack(interventions)
+        return stacked.rows
+    raise ValueError("evaluate_many shares batches between tasks with one intervention for all, or one HeadBlend "
+                     "per task; evaluate tasks with other interventions one at a time (tvjax.evaluate)")
 
 
 def answer_budget(prompts) -> int:

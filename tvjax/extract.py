@@ -31,9 +31,9 @@ def site_means(model, prompts: list[Prompt], sites: tuple[str, ...] = ("heads",)
     different lengths and is refused.
 
     With `groups` (`[P]` ints from 0, one per prompt, e.g. each prompt's task), the mean of
-    each group from the same batched passes: `{site: [G, L, ...]}`. The prompts then go in
-    order of length, each batch padded to its own longest (bucketed), so that short tasks'
-    prompts are not padded to long ones'; without groups every batch has one shape.
+    each group from the same batched passes: `{site: [G, L, ...]}`. With more than one group the
+    prompts go in order of length, each batch padded to its own longest (bucketed), so that
+    short tasks' prompts are not padded to long ones'; with one, every batch has one shape.
     """
     config, params, tokenizer = model
     sites = tuple(dict.fromkeys(site_of(s) for s in sites))
@@ -41,11 +41,11 @@ def site_means(model, prompts: list[Prompt], sites: tuple[str, ...] = ("heads",)
         raise ValueError("site_means cannot average 'pattern': its key axis is as long as each prompt; capture it "
                          "with tvjax.forward or tvjax.run_with_cache")
     group = np.zeros(len(prompts), int) if groups is None else np.asarray(groups)
-    if groups is not None:
+    G = int(group.max()) + 1
+    if G > 1:
         order = np.argsort([len(p.ids) for p in prompts], kind="stable")
         prompts, group = [prompts[i] for i in order], group[order]
-    G = int(group.max()) + 1
-    shared = None if groups is not None else bucket_length(max(len(p.ids) for p in prompts))
+    shared = None if G > 1 else bucket_length(max(len(p.ids) for p in prompts))
     totals = dict.fromkeys(sites, 0.0)
     with on_mesh(params):
         for i, (chunk, real) in enumerate(tqdm(list(chunks(prompts, batch_size)), desc=desc, leave=False,
@@ -81,19 +81,20 @@ def lower_last_token_sites(mesh, params, tokens, mask, *, config: ModelConfig, s
 
 def extract_means(model, task: Task, *, n_prompts: int = 50, shots: int = 10, batch_size: int = 8,
                   seed: int = 0, template: Template = Template()) -> np.ndarray:
-    """Task means `mu` `[L, N, H]` from `n_prompts` `shots`-shot ICL prompts of the train split."""
-    return head_means(model, mean_prompts(model.tokenizer, task, n_prompts=n_prompts, shots=shots, seed=seed,
-                                          template=template), batch_size)
+    """Task means `mu` `[L, N, H]` from `n_prompts` `shots`-shot ICL prompts of the train split
+    (`extract_means_many` of one task)."""
+    return extract_means_many(model, [task], n_prompts=n_prompts, shots=shots, batch_size=batch_size, seed=seed,
+                              template=template)[0]
 
 
 def extract_means_many(model, tasks, *, n_prompts: int = 50, shots: int = 10, batch_size: int = 8, seed: int = 0,
                        template: Template = Template()) -> np.ndarray:
-    """`[A, L, N, H]`: `extract_means` of each of the `A` tasks, from shared batched passes."""
+    """`[A, L, N, H]`: each of the `A` tasks' means (`extract_means`), from shared batched passes."""
     prompts = [mean_prompts(model.tokenizer, t, n_prompts=n_prompts, shots=shots, seed=seed, template=template)
                for t in tasks]
     groups = np.repeat(np.arange(len(tasks)), [len(p) for p in prompts])
-    return site_means(model, sum(prompts, []), ("heads",), batch_size, f"means of {len(tasks)} tasks",
-                      groups)["heads"]
+    return site_means(model, sum(prompts, []), ("heads",), batch_size,
+                      "means" if len(tasks) == 1 else f"means of {len(tasks)} tasks", groups)["heads"]
 
 
 def mean_prompts(tokenizer, task: Task, *, n_prompts: int = 50, shots: int = 10, seed: int = 0,

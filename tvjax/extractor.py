@@ -9,15 +9,16 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
-from tvjax import __version__
+from tvjax.version import __version__
 from tvjax.checkpoint import has_checkpoints
 from tvjax.convert import DEFAULT_MODEL, CheckpointError, Model, load
 from tvjax.data import Task, Template, load_task, prompts_for
-from tvjax.evaluation import Scores, evaluate, evaluate_many
-from tvjax.extract import extract_means, extract_means_many
-from tvjax.fitting import FitConfig, FitResult, fit, fit_many
+from tvjax.evaluation import Scores, evaluate_many
+from tvjax.extract import extract_means_many
+from tvjax.fitting import FitConfig, FitResult, fit_many
 from tvjax.interventions import HeadBlend
-from tvjax.report import BASELINES, timed
+from tvjax.methods import BASELINES
+from tvjax.report import timed
 from tvjax.taskvector import load_task_vector, save_intervention
 
 
@@ -29,6 +30,8 @@ class TaskVectorExtractor:
         tv.extract_means(); tv.fit()
         print(tv.evaluate())                          # zero-shot, ICL, task vector
         tv.save("antonym.safetensors")
+
+    Its phases are those of `fit_together` with one task: the same functions serve one task or many.
     """
 
     def __init__(self, model: Model | str | None = None, task: Task | str = "antonym", *, shots: int = 10,
@@ -46,17 +49,20 @@ class TaskVectorExtractor:
         self.shots, self.n_prompts, self.fit_config = shots, n_prompts, fit_config
         self.template, self.seed = template, seed
         self.mu = None
-        self.positions = fit_config.positions  # where the vector acts (a loaded file's own)
         self.result: FitResult | None = None
-        self.blend: HeadBlend | None = None
+        self.blend: HeadBlend | None = None  # where it acts and its form are its own fields
         self.timings: dict[str, float] = {}
         self.progress = progress
+
+    @property
+    def positions(self) -> str:
+        """Where the vector acts: its blend's (a loaded file's own), else the fit's setting."""
+        return self.fit_config.positions if self.blend is None else self.blend.positions
 
     def extract_means(self):
         """Head means `[L, N, H]` from ICL prompts of the train split."""
         with self._phase("means"):
-            self.mu = extract_means(self.model, self.task, n_prompts=self.n_prompts, shots=self.shots,
-                                    seed=self.seed, template=self.template)
+            _extract_means([self])
         return self.mu
 
     def fit(self, checkpoint_dir=None, resume: bool = False) -> HeadBlend:
@@ -68,10 +74,7 @@ class TaskVectorExtractor:
         if self.mu is None and not (resume and has_checkpoints(checkpoint_dir)):
             self.extract_means()
         with self._phase("fit"):
-            self.result = fit(self.model, self.task, self.mu, self.fit_config, template=self.template,
-                              checkpoint_dir=checkpoint_dir, resume=resume, run_info=self.run_info())
-        self.mu = self.result.blend.mu
-        self.blend = self.result.blend
+            _fit([self], checkpoint_dir, resume)
         return self.blend
 
     def run_info(self) -> dict:
@@ -81,17 +84,11 @@ class TaskVectorExtractor:
     def evaluate(self, methods=None, split: str = "test", first_token_only: bool = False) -> dict[str, Scores]:
         """Scores of each method on `split`: plain zero-shot, `shots`-shot ICL, zero-shot + task vector
         (`first_token_only`: one forward per batch, the first token scored alone; see `evaluate`)."""
-        methods = METHODS if methods is None else methods
-        settings = {"zero_shot": {}, "icl": {"shots": self.shots},
-                    "task_vector": {"intervention": self.blend, "positions": self.positions}}
-        if "task_vector" in methods and self.blend is None:
-            raise ValueError("no task vector yet: call fit() or load() first")
+        methods = SCORED if methods is None else methods
         scores = {}
         for method in methods:
             with self._phase(f"eval_{method}"):
-                scores[method] = evaluate(self.model, self.task, split=split, seed=self.seed,
-                                          template=self.template, desc=f"{method} {self.task.name}",
-                                          first_token_only=first_token_only, **settings[method])
+                scores[method] = _evaluate([self], method, split, first_token_only)[0]
         return scores
 
     def _phase(self, name: str):
@@ -99,12 +96,12 @@ class TaskVectorExtractor:
         return timed(self.timings, name, self.progress, label=f"{self.task.name} {name}")
 
     def save(self, path, **extra):
-        """Write the task vector file (arrays + metadata: model, task, hyperparameters, version)."""
+        """Write the task vector file (arrays, where it acts, metadata: model, task, hyperparameters, version)."""
         if self.blend is None:
             raise ValueError("no task vector yet: call fit() or load() first")
         info = {"model": self.model_name, "task": self.task.name, "shots": self.shots, "n_prompts": self.n_prompts,
                 "fit": dataclasses.asdict(self.fit_config), "template": self.template.text, "seed": self.seed,
-                "lead": self.lead(), "positions": self.positions, "tvjax_version": __version__, **extra}
+                "lead": self.lead(), "tvjax_version": __version__, **extra}
         if self.result is not None:
             info.update(best_step=self.result.best_step, best_valid_loss=self.result.best_valid_loss)
         return save_intervention(path, self.blend, self.model.config, **info)
@@ -119,15 +116,48 @@ class TaskVectorExtractor:
         tv = load_task_vector(path)
         tv.check(self.model.config)
         self.blend = tv.intervention()
-        self.mu, self.positions = tv.mu, tv.positions
+        self.mu = tv.mu
         return self.blend
 
 
-METHODS = BASELINES + ("task_vector",)  # what `TaskVectorExtractor.evaluate` scores by default
+SCORED = BASELINES + ("task_vector",)  # what `TaskVectorExtractor.evaluate` scores by default
 
 
-def fit_tasks(model: Model, tasks, *, methods=METHODS, **settings):
-    """For each task (name, path or Task): means, fit, evaluate. Yields `(extractor, scores)`.
+def _extract_means(extractors: list[TaskVectorExtractor]) -> None:
+    """Each extractor's head means, from shared batches (the extractors share model and settings)."""
+    first = extractors[0]
+    mus = extract_means_many(first.model, [tv.task for tv in extractors], n_prompts=first.n_prompts,
+                             shots=first.shots, seed=first.seed, template=first.template)
+    for tv, mu in zip(extractors, mus):
+        tv.mu = mu
+
+
+def _fit(extractors: list[TaskVectorExtractor], checkpoint_dir, resume: bool) -> None:
+    """Each extractor's vector from one `fit_many` loop (its means may be None when resuming)."""
+    first = extractors[0]
+    mus = None if any(tv.mu is None for tv in extractors) else [tv.mu for tv in extractors]
+    results = fit_many(first.model, [tv.task for tv in extractors], mus, first.fit_config, template=first.template,
+                       checkpoint_dir=checkpoint_dir, resume=resume, run_info=first.run_info())
+    for tv, result in zip(extractors, results):
+        tv.mu, tv.result, tv.blend = result.blend.mu, result, result.blend
+
+
+def _evaluate(extractors: list[TaskVectorExtractor], method: str, split: str = "test",
+              first_token_only: bool = False) -> list[Scores]:
+    """`method`'s scores of each extractor's task, in shared batches (16 rows per task, at most 64)."""
+    first = extractors[0]
+    if method == "task_vector" and any(tv.blend is None for tv in extractors):
+        raise ValueError("no task vector yet: call fit() or load() first")
+    interventions = [tv.blend for tv in extractors] if method == "task_vector" else None
+    return evaluate_many(first.model, [tv.task for tv in extractors], interventions=interventions,
+                         shots=first.shots if method == "icl" else 0, split=split, seed=first.seed,
+                         template=first.template, batch_size=16 * min(len(extractors), 4),
+                         desc=f"{method} {first.task.name if len(extractors) == 1 else f'{len(extractors)} tasks'}",
+                         first_token_only=first_token_only)
+
+
+def fit_tasks(model: Model, tasks, *, methods=SCORED, **settings):
+    """For each task (name, path or Task) in turn: means, fit, evaluate. Yields `(extractor, scores)`.
 
     `settings` go to `TaskVectorExtractor` (`progress`: a bar over `2 + len(methods)` phases per task).
     """
@@ -138,36 +168,26 @@ def fit_tasks(model: Model, tasks, *, methods=METHODS, **settings):
         yield tv, tv.evaluate(methods)
 
 
-def fit_together(model: Model, tasks, *, methods=METHODS, checkpoint_dir=None, resume: bool = False,
+def fit_together(model: Model, tasks, *, methods=SCORED, checkpoint_dir=None, resume: bool = False,
                  **settings) -> list[tuple[TaskVectorExtractor, dict]]:
     """`fit_tasks` for many tasks in shared passes over the weights: the means of all tasks in the
-    same batches (`extract_means_many`), one fitting loop (`fit_many`, checkpointed and resumed
-    as `TaskVectorExtractor.fit` does) and shared evaluation batches (`evaluate_many`). Each
+    same batches, one fitting loop (`fit_many`, checkpointed and resumed as
+    `TaskVectorExtractor.fit` does) and shared evaluation batches (`evaluate_many`). Each
     task's vector equals fitting it alone up to float rounding.
 
     Returns `(extractor, scores)` per task; each extractor's `timings` are the shared phases'.
     """
     extractors = [TaskVectorExtractor(model, task, **settings) for task in tasks]
-    first = extractors[0]
-    tasks = [tv.task for tv in extractors]
     timings: dict[str, float] = {}
-    mus = None
     if not (resume and has_checkpoints(checkpoint_dir)):
         with timed(timings, "means"):
-            mus = extract_means_many(first.model, tasks, n_prompts=first.n_prompts, shots=first.shots,
-                                     seed=first.seed, template=first.template)
+            _extract_means(extractors)
     with timed(timings, "fit"):
-        results = fit_many(first.model, tasks, mus, first.fit_config, template=first.template,
-                           checkpoint_dir=checkpoint_dir, resume=resume, run_info=first.run_info())
-    for tv, result in zip(extractors, results):
-        tv.mu, tv.result, tv.blend = result.blend.mu, result, result.blend
-    settings = {"zero_shot": {}, "icl": {"shots": first.shots},
-                "task_vector": {"blends": [r.blend for r in results], "positions": first.positions}}
-    scores = [{} for _ in tasks]
+        _fit(extractors, checkpoint_dir, resume)
+    scores = [{} for _ in extractors]
     for method in methods:
         with timed(timings, f"eval_{method}"):
-            for per_task, score in zip(scores, evaluate_many(first.model, tasks, seed=first.seed,
-                                                             template=first.template, **settings[method])):
+            for per_task, score in zip(scores, _evaluate(extractors, method)):
                 per_task[method] = score
     for tv in extractors:
         tv.timings.update(timings)

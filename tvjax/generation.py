@@ -1,5 +1,5 @@
 """Jit-compiled greedy generation with a KV cache; the intervention edits the last prompt token
-(and, with positions 'answer' or 'split', every generated token as it is fed back)."""
+(and, where its `positions` is 'answer' or 'split', every generated token as it is fed back)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,13 @@ import numpy as np
 
 from tvjax.batching import encode, pad_id, pad_left
 from tvjax.config import ModelConfig
-from tvjax.interventions import Intervention, at_answer, axes_of
+from tvjax.interventions import Intervention, at_answer
 from tvjax.model import KVCache, Params, forward
-from tvjax.sharding import constrain, on_mesh, put
-from tvjax.taskvector import check_positions
+from tvjax.sharding import axes_of, constrain, on_mesh, put
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "every_token"))
-def _greedy(params, tokens, mask, intervention, eos_ids, budgets, *, config: ModelConfig, max_new_tokens: int,
-            every_token: bool = False):
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))
+def _greedy(params, tokens, mask, intervention, eos_ids, budgets, *, config: ModelConfig, max_new_tokens: int):
     """`[B, max_new_tokens]` greedy tokens; a row is done at its first end-of-sequence token or
     at its budget (`budgets` `[B]`), then repeats `eos_ids[0]`; decoding stops once every row is done."""
     B, T = tokens.shape
@@ -27,7 +25,7 @@ def _greedy(params, tokens, mask, intervention, eos_ids, budgets, *, config: Mod
     last = jnp.full((B,), T - 1)
     out = forward(params, tokens, config=config, mask=mask, intervention=intervention, logits_at=last, cache=cache)
     first = jnp.argmax(out.logits, axis=-1).astype(jnp.int32)
-    later = at_answer(intervention) if every_token else None  # what edits each generated token
+    later = at_answer(intervention)  # what edits each generated token (None: nothing)
 
     def finished(i, token, done):  # [B]: rows whose next token is eos_ids[0]
         return done | jnp.isin(token, eos_ids) | (i >= budgets)
@@ -59,7 +57,6 @@ def generate(
     max_new_tokens: int = 16,
     intervention: Intervention | tuple | None = None,
     eos_token_id: int | tuple[int, ...] | None = None,
-    positions: str = "last",
     budgets=None,
 ) -> np.ndarray:
     """Greedy decoding.
@@ -71,12 +68,11 @@ def generate(
       mask: `[B, T]` bool (default: all real).
       max_new_tokens: tokens to generate per prompt.
       intervention: optional intervention (`HeadBlend`, `ResidualEdit`, `Edit`, your own or a
-        tuple of them), applied at the last prompt token.
+        tuple of them), applied at the last prompt token, and at every generated token (as it
+        is fed back in) where its `positions` is 'answer' or 'split' (a split `HeadBlend` with
+        its `theta_answer` there; see `at_answer`).
       eos_token_id: id(s) ending a row; after one, the row repeats the first id
         (default: `config.eos_token_id`; -1 never stops).
-      positions: 'last' (the intervention acts at the last prompt token only), 'answer' (also
-        at every generated token, as it is fed back in) or 'split' (as 'answer', a split
-        `HeadBlend` with its `theta_answer` at the generated tokens; see `at_answer`).
       budgets: `[B]` tokens each row needs (default: `max_new_tokens` each); a row's tokens
         past its budget are the first end-of-sequence id. Decoding stops once every row has
         ended or reached its budget.
@@ -90,22 +86,19 @@ def generate(
     with on_mesh(params):
         new = _greedy(params, *put((tokens, mask), "BT"), put(intervention, axes_of(intervention)),
                       put(np.asarray(eos or (-1,), np.int32), None), put(budgets, "B"), config=config,
-                      max_new_tokens=max_new_tokens,
-                      every_token=check_positions(positions) != "last" and intervention is not None)
+                      max_new_tokens=max_new_tokens)
     return np.asarray(new)
 
 
 def generate_text(model, prompts: list[str] | list[list[int]], max_new_tokens: int = 16,
-                  intervention: Intervention | tuple | None = None, positions: str = "last") -> list[str]:
-    """Greedy completions of `prompts` (texts, or token id lists) as strings, cut at end-of-sequence
-    (`positions` as in `generate`)."""
+                  intervention: Intervention | tuple | None = None) -> list[str]:
+    """Greedy completions of `prompts` (texts, or token id lists) as strings, cut at end-of-sequence."""
     config, params, tokenizer = model
     if all(isinstance(p, str) for p in prompts):
         tokens, mask = encode(tokenizer, prompts)
     else:
         tokens, mask = pad_left(prompts, pad_id(tokenizer))
-    new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max_new_tokens, intervention=intervention,
-                   positions=positions)
+    new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max_new_tokens, intervention=intervention)
     return [tokenizer.decode(until_eos(row, config.eos_ids), skip_special_tokens=True) for row in new]
 
 

@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from tvjax.config import ModelConfig
-from tvjax.taskvector import SHIFT_RANGE
+from tvjax.vocabulary import SHIFT_RANGE, Form, Positions, check_positions
 
 SITES = ("resid_pre", "q", "k", "v", "pattern", "heads", "attn", "resid_mid", "mlp_hidden", "mlp", "resid")
 HOOK_NAMES = {"hook_resid_pre": "resid_pre", "attn.hook_q": "q", "attn.hook_k": "k", "attn.hook_v": "v",
@@ -107,39 +107,57 @@ def is_intervention(x) -> bool:
         callable(getattr(x, "apply", None))
 
 
-def axes_of(intervention):
-    """The sharding axes of `None`, an intervention or a sequence of them (see `Intervention.axes`)."""
-    if intervention is None or not is_intervention(intervention):
-        return None if intervention is None else type(intervention)(axes_of(i) for i in intervention)
-    return intervention.axes() if callable(getattr(intervention, "axes", None)) else None
-
-
-class HeadBlend(NamedTuple):
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["theta", "mu", "theta_answer", "base"],
+                   meta_fields=["positions", "per_row"])
+@dataclasses.dataclass(frozen=True)
+class HeadBlend:
     """Soft task vector: blend each head's output with its task mean.
 
     At edited positions every head output `o` becomes `o + sigmoid(theta) * (mu - o)`.
     `theta = +inf` replaces a head by its mean exactly, `-inf` leaves it exactly alone.
 
+    The blend is its own state: how a head moves and where it acts are its fields.
     With `base` (the shift form, `FitConfig(form="shift")`), `o` keeps what it carries about
     the query and moves by the task's difference of means instead:
     `o + SHIFT_RANGE * sigmoid(theta) * (mu - base)`, `base` the head's mean on zero-shot prompts.
+    `positions` (see `tvjax.vocabulary`): 'last' edits the last prompt token, 'answer' also
+    every answer token, 'split' (exactly when it has `theta_answer`) as 'answer', the first
+    edited position of each row (the last prompt token) with `theta` and every later one (the
+    answer tokens) with `theta_answer`; `answer()` is the blend a generated token gets.
 
-    With `theta_answer` (positions 'split'), the first edited position of each row (the last
-    prompt token) blends with `theta` and every later one (the answer tokens) with
-    `theta_answer`; `answer()` is the blend a generated token gets.
+    Layouts: one vector, theta `[L, N]`, mu `[L, N, H]`; one vector per row, theta `[L, B, N]`,
+    mu `[L, B, N, H]` (`rows`), which `forward` applies row by row; many tasks' vectors with a
+    leading task axis, theta `[A, L, N]`, mu `[A, L, N, H]` (`stack`), which hold many tasks
+    and go to `forward` through `rows`.
 
     Attributes:
       theta: `[L, N]` blend logits (sigmoid(theta) is the weight on the mean).
       mu: `[L, N, H]` per-head mean outputs (before the output projection).
       theta_answer: `[L, N]` blend logits at the answer tokens, or None (`theta` everywhere).
       base: `[L, N, H]` zero-shot head means (the shift form), or None (the blend form).
+      positions: where it acts; None: 'split' with `theta_answer`, else 'last' (static).
+      per_row: whether it holds one vector per row, theta `[L, B, N]` (static; made by `rows`).
     """
 
     theta: jax.Array
     mu: jax.Array
     theta_answer: jax.Array | None = None
     base: jax.Array | None = None
-    site = "heads"
+    positions: Positions | None = None
+    per_row: bool = False
+    site: ClassVar[str] = "heads"
+
+    def __post_init__(self):
+        if self.positions is None:
+            object.__setattr__(self, "positions", "split" if self.theta_answer is not None else "last")
+
+    @property
+    def form(self) -> Form:
+        """'shift' with zero-shot means `base`, else 'blend'."""
+        return "blend" if self.base is None else "shift"
+
+    def replace(self, **changes) -> "HeadBlend":
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def zeros(cls, config: ModelConfig, init: float = 0.0) -> "HeadBlend":
@@ -153,25 +171,60 @@ class HeadBlend(NamedTuple):
         return cls(jnp.where(jnp.asarray(heads, bool), jnp.inf, -jnp.inf), jnp.asarray(mu, jnp.float32))
 
     @classmethod
-    def of(cls, theta: jax.Array, mu: jax.Array, base: jax.Array | None = None) -> "HeadBlend":
-        """From fitted logits `theta`: `[L, N]`, or `[2, L, N]` (positions 'split': at the last
-        prompt token, at the answer tokens); `base` as in the class."""
-        return cls(theta, mu, None, base) if jnp.ndim(theta) == 2 else cls(theta[0], mu, theta[1], base)
+    def of(cls, theta: jax.Array, mu: jax.Array, base: jax.Array | None = None,
+           positions: Positions | None = None) -> "HeadBlend":
+        """From fitted logits `theta`: `[..., L, N]`, or `[..., 2, L, N]` (positions 'split': at the
+        last prompt token, at the answer tokens; `...` a task axis or none); `base` as in the class."""
+        if jnp.ndim(theta) == jnp.ndim(mu) - 1:
+            return cls(theta, mu, None, base, positions)
+        return cls(theta[..., 0, :, :], mu, theta[..., 1, :, :], base, positions)
+
+    @classmethod
+    def stack(cls, blends: Sequence["HeadBlend"]) -> "HeadBlend":
+        """`A` blends of one form and positions as one with a leading task axis (float32)."""
+        if len({(b.form, b.positions) for b in blends}) > 1:
+            raise ValueError("blends stacked together need one form and one positions: got "
+                             + ", ".join(sorted({f"{b.form}/{b.positions}" for b in blends})))
+        return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x, jnp.float32) for x in xs]), *blends)
+
+    def task(self, a: int) -> "HeadBlend":
+        """Task `a`'s blend of a stacked one."""
+        return jax.tree.map(lambda x: x[a], self)
+
+    def rows(self, task: jax.Array) -> "HeadBlend":
+        """One vector per row from a stacked blend: row `b` takes task `task[b]`'s (`task`: `[B]` int);
+        theta `[A, L, N]` -> `[L, B, N]`, mu `[A, L, N, H]` -> `[L, B, N, H]`."""
+        return jax.tree.map(lambda x: jnp.swapaxes(jnp.asarray(x)[task], 0, 1), self).replace(per_row=True)
 
     def logits(self) -> jax.Array:
-        """What `of` takes: theta `[L, N]`, or `[2, L, N]` stacked with `theta_answer`."""
-        return self.theta if self.theta_answer is None else jnp.stack([self.theta, self.theta_answer])
+        """What `of` takes: theta `[..., L, N]`, or `[..., 2, L, N]` stacked with `theta_answer`."""
+        return self.theta if self.theta_answer is None else jnp.stack([self.theta, self.theta_answer], axis=-3)
+
+    def fitted(self) -> jax.Array:
+        """The logits a fit trains: `theta_answer` of a split blend (its `theta` frozen), else `theta`."""
+        return self.theta if self.theta_answer is None else self.theta_answer
+
+    def fitting(self, logits: jax.Array) -> "HeadBlend":
+        """This blend with `logits` as the ones a fit trains (`fitted`)."""
+        return self.replace(**{"theta" if self.theta_answer is None else "theta_answer": logits})
 
     def check(self, config: ModelConfig) -> None:
         check_blend(config, self)
 
     def axes(self) -> "HeadBlend":
-        """theta replicated (every process holds the fitted weights), mu and base split over heads."""
-        return HeadBlend(None, "LNH", None, "LNH")
+        """One vector: theta replicated (every process holds the fitted weights), mu and base split over
+        heads. One per row: split over rows like the batch, mu over heads too. Many tasks': theta
+        replicated, mu and base split over tasks and heads."""
+        if self.per_row:
+            return HeadBlend("LBN", "LBNH", "LBN", "LBNH", self.positions, True)
+        if jnp.ndim(self.mu) == 4:
+            return HeadBlend(None, "ALNH", None, "ALNH", self.positions)
+        return HeadBlend(None, "LNH", None, "LNH", self.positions)
 
     def answer(self) -> "HeadBlend":
         """The blend at generated answer tokens: `theta_answer`'s if it has one, else itself."""
-        return self if self.theta_answer is None else HeadBlend(self.theta_answer, self.mu, None, self.base)
+        return self if self.theta_answer is None else self.replace(theta=self.theta_answer, theta_answer=None,
+                                                                   positions="answer")
 
     def apply(self, heads: jax.Array, layer: jax.Array, edit_mask: jax.Array) -> jax.Array:
         """One layer's blend (`self` is that layer's slice) on `heads` `[B, T, N, H]`."""
@@ -179,10 +232,17 @@ class HeadBlend(NamedTuple):
 
 
 def check_blend(config: ModelConfig, blend: HeadBlend) -> None:
-    """Raise a ValueError naming both shapes when `blend` does not fit `config`."""
+    """Raise a ValueError naming both shapes when `blend` does not fit `config` (one vector, or one per row)."""
     L, N, H = config.n_layers, config.n_heads, config.head_dim
-    want = {"theta": (L, N), "mu": (L, N, H)} | ({} if blend.theta_answer is None else {"theta_answer": (L, N)}) \
-        | ({} if blend.base is None else {"base": (L, N, H)})
+    check_positions(blend.positions)
+    if (blend.positions == "split") != (blend.theta_answer is not None):
+        raise ValueError(f"HeadBlend with positions {blend.positions!r} " +
+                         ("needs theta_answer (the logits at the answer tokens)" if blend.theta_answer is None else
+                          "has theta_answer: only positions 'split' has answer-token logits"))
+    B = jnp.shape(blend.theta)[1:2] if blend.per_row else ()  # one vector per row
+    want = {"theta": (L, *B, N), "mu": (L, *B, N, H)} | \
+        ({} if blend.theta_answer is None else {"theta_answer": (L, *B, N)}) | \
+        ({} if blend.base is None else {"base": (L, *B, N, H)})
     got = {name: tuple(jnp.shape(getattr(blend, name))) for name in want}
     if got != want:
         raise ValueError(
@@ -220,59 +280,10 @@ def blend_heads(heads: jax.Array, theta: jax.Array, mu: jax.Array, edit_mask: ja
     return (h32 + SHIFT_RANGE * weight * (mu32 - base.astype(jnp.float32)[..., None, :, :])).astype(heads.dtype)
 
 
-class RowBlend(NamedTuple):
-    """Soft task vectors, one per row: row `b`'s heads blend with `theta[:, b]` and `mu[:, b]`.
-
-    How many tasks share one batch (`tvjax.fitting.fit_many`): each row gathers its own task's
-    vector (`RowBlend.gather`) and is edited exactly as that task's `HeadBlend` would edit it.
-
-    Attributes:
-      theta: `[L, B, N]` blend logits.
-      mu: `[L, B, N, H]` per-head mean outputs.
-      theta_answer: `[L, B, N]` logits at the answer tokens, or None (as in `HeadBlend`).
-      base: `[L, B, N, H]` zero-shot means of the shift form, or None (as in `HeadBlend`).
-    """
-
-    theta: jax.Array
-    mu: jax.Array
-    theta_answer: jax.Array | None = None
-    base: jax.Array | None = None
-    site = "heads"
-
-    @classmethod
-    def gather(cls, theta: jax.Array, mu: jax.Array, task: jax.Array, base: jax.Array | None = None) -> "RowBlend":
-        """Row `b` takes task `task[b]`'s vector, from theta `[A, L, N]` (or `[A, 2, L, N]`, see
-        `HeadBlend.of`), mu and base (None: the blend form) `[A, L, N, H]` (`task`: `[B]` int)."""
-        rows = lambda x: None if x is None else jnp.swapaxes(jnp.asarray(x)[task], 0, 1)  # [A, L, ...] -> [L, B, ...]
-        theta = jnp.asarray(theta)
-        split = theta.ndim == 4
-        return cls(rows(theta[:, 0] if split else theta), rows(mu), rows(theta[:, 1]) if split else None, rows(base))
-
-    def check(self, config: ModelConfig) -> None:
-        L, N, H = config.n_layers, config.n_heads, config.head_dim
-        theta, mu = tuple(jnp.shape(self.theta)), tuple(jnp.shape(self.mu))
-        B = theta[1] if len(theta) == 3 else None
-        answer = theta if self.theta_answer is None else tuple(jnp.shape(self.theta_answer))
-        base = mu if self.base is None else tuple(jnp.shape(self.base))
-        if theta != (L, B, N) or mu != (L, B, N, H) or answer != theta or base != mu:
-            raise ValueError(f"RowBlend does not fit this model: got theta {theta}, mu {mu}, theta_answer "
-                             f"{answer}, base {base}; the model (L={L} layers, N={N} heads, H={H} head dim) needs "
-                             f"theta and theta_answer (L, B, N), mu and base (L, B, N, H)")
-
-    def axes(self) -> "RowBlend":
-        """Split over rows like the batch, mu over heads too."""
-        return RowBlend("LBN", "LBNH", "LBN", "LBNH")
-
-    def answer(self) -> "RowBlend":
-        """The blends at generated answer tokens (see `HeadBlend.answer`)."""
-        return self if self.theta_answer is None else RowBlend(self.theta_answer, self.mu, None, self.base)
-
-    def apply(self, heads: jax.Array, layer: jax.Array, edit_mask: jax.Array) -> jax.Array:
-        """One layer's blends (`self` is that layer's slice: theta `[B, N]`) on `heads` `[B, T, N, H]`."""
-        return blend_heads(heads, self.theta, self.mu, edit_mask, self.theta_answer, self.base)
-
-
-class ResidualEdit(NamedTuple):
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["add", "target", "weight"],
+                   meta_fields=["positions"])
+@dataclasses.dataclass(frozen=True)
+class ResidualEdit:
     """Residual-stream edit: at edited positions the output `x` of layer `l` becomes
 
         (1 - weight[l]) * x + weight[l] * target[l] + add[l]
@@ -285,12 +296,15 @@ class ResidualEdit(NamedTuple):
       add: `[L, D]` vectors added.
       target: `[L, D]` states patched in, with weight `weight`.
       weight: `[L]` weight on `target`.
+      positions: where it acts, 'last' (the last prompt token) or 'answer' (also every answer
+        token); static.
     """
 
     add: jax.Array
     target: jax.Array
     weight: jax.Array
-    site = "resid"
+    positions: Positions = "last"
+    site: ClassVar[str] = "resid"
 
     @classmethod
     def adding(cls, config: ModelConfig, layer: int, vector) -> "ResidualEdit":
@@ -317,7 +331,8 @@ class ResidualEdit(NamedTuple):
 
     def check(self, config: ModelConfig) -> None:
         L, D = config.n_layers, config.d_model
-        got = tuple(tuple(jnp.shape(a)) for a in self)
+        check_positions(self.positions, ("last", "answer"))
+        got = tuple(tuple(jnp.shape(a)) for a in (self.add, self.target, self.weight))
         if got != ((L, D), (L, D), (L,)):
             raise ValueError(f"ResidualEdit does not fit this model: got add {got[0]}, target {got[1]}, weight "
                              f"{got[2]}; the model (L={L} layers, D={D}) needs add ({L}, {D}), target ({L}, {D}), "
@@ -387,11 +402,12 @@ def as_interventions(intervention) -> tuple:
 
 
 def at_answer(intervention):
-    """What acts at generated answer tokens: each intervention's `answer()` where it has one
-    (a split `HeadBlend`'s answer weights), else the intervention itself."""
-    if intervention is None or not is_intervention(intervention):
-        return None if intervention is None else type(intervention)(map(at_answer, intervention))
-    return intervention.answer() if callable(getattr(intervention, "answer", None)) else intervention
+    """What acts at generated answer tokens: of each intervention whose `positions` is 'answer' or
+    'split', its `answer()` where it has one (a split `HeadBlend`'s answer weights), else itself;
+    None when none acts there (an intervention without `positions` acts at the last prompt token)."""
+    acting = tuple(i.answer() if callable(getattr(i, "answer", None)) else i for i in as_interventions(intervention)
+                   if getattr(i, "positions", "last") != "last")
+    return None if not acting else acting[0] if is_intervention(intervention) else acting
 
 
 def apply_at(site: str, x: jax.Array, interventions: tuple, layer, edit_mask) -> jax.Array:

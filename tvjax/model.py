@@ -166,7 +166,7 @@ class Attention(nn.Module):
         sites = {"q": q, "k": k, "v": v}
         if c.qk_norm:
             q, k = Norm(c, "H", name="q_norm")(q), Norm(c, "H", name="k_norm")(k)
-        if c.positions == "rope":
+        if c.position_embedding == "rope":
             inv_freq = inverse_frequencies(c)
             if c.local_rope_theta is not None:
                 inv_freq = jnp.where(local, inverse_frequencies(c, local=True), inv_freq)
@@ -305,7 +305,7 @@ class Decoder(nn.Module):
         x = constrain(x, "BTD")
         offset = jnp.zeros((B,), jnp.int32) if cache is None else cache.mask.sum(-1, dtype=jnp.int32)
         positions = jnp.maximum(offset[:, None] + jnp.cumsum(mask, axis=-1, dtype=jnp.int32) - 1, 0)
-        if c.positions == "learned":
+        if c.position_embedding == "learned":
             position_init = nn.with_logical_partitioning(_INIT, tuple("PD"))  # P: positions, never split
             x = x + nn.Embed(c.max_positions, c.d_model, dtype=c.jnp_dtype, param_dtype=c.jnp_dtype,
                              embedding_init=position_init, name="pos_embed")(positions)
@@ -378,7 +378,7 @@ def forward(
     """
     B, T = _check_tokens(tokens, mask, edit_mask)
     length = T if cache is None else cache.k.shape[2]
-    if config.positions == "learned" and length > config.max_positions:
+    if config.position_embedding == "learned" and length > config.max_positions:
         raise ValueError(f"{length} positions exceed the model's learned position table ({config.max_positions})")
     mask = jnp.ones((B, T), bool) if mask is None else mask.astype(bool)
     interventions = as_interventions(intervention)

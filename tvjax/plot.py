@@ -7,11 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-RANKINGS = {  # head rankings -> colour bar label
-    "soft_weights": "soft TV weight (sigmoid(theta); 2 sigmoid(theta) shifted)",
-    "indirect_effects": "indirect effect (probability gain)",
-    "reinforce_probabilities": "REINFORCE replacement probability",
-}
 
 
 def head_heatmap(scores, path, title: str = "", label: str = "", panels: tuple[str, ...] = ()) -> Path:

@@ -13,20 +13,17 @@ with the best validation objective (loss + `sparsity` x heads), as a `HeadBlend`
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from tvjax.config import ModelConfig
 from tvjax.data import Task, Template
 from tvjax.interventions import HeadBlend
-from tvjax.rows import ROWS_AXES, Rows, mean_loss, split_rows, stacked_losses, take
-from tvjax.sharding import constrain, on_mesh, put
-from tvjax.train import batch_indices, initial_means, loop, open_checkpoints, optimizer
+from tvjax.rows import Rows, mean_loss, split_rows, stacked_losses, take
+from tvjax.train import batch_indices, initial_means, loop, open_checkpoints, optimizer, run_step, train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,28 +62,21 @@ def score_function_gradient(logits: jax.Array, masks: jax.Array, rewards: jax.Ar
     return jnp.mean(advantage[:, None, None] * (masks - jax.nn.sigmoid(logits)), axis=0)
 
 
-def reinforce_step(logits, opt_state, key, mu, params, rows: Rows, index, sparsity, *, config: ModelConfig,
-                   samples: int, learning_rate: float):
-    """One Adam step on `logits` `[L, N]` from `samples` masks scored on the rows at `index` `[B]`.
+def reinforce_loss(logits, params, means: HeadBlend, rows: Rows, index, key, sparsity, *, config: ModelConfig,
+                   samples: int):
+    """REINFORCE's surrogate loss, for `tvjax.train.train_step`: its gradient with respect to
+    `logits` `[L, N]` is exactly minus `score_function_gradient` of `samples` masks scored on the
+    rows at `index` `[B]` (each mask's heads replaced by their means `means.mu` `[L, N, H]`).
 
-    Returns `(logits, opt_state, mean sampled loss)`; on the params' mesh if any.
+    Returns `(surrogate, mean sampled loss)`.
     """
-    with on_mesh(params):
-        return _reinforce_step(put(logits, None), put(opt_state, None), put(key, None), put(mu, "LNH"), params,
-                               put(rows, ROWS_AXES), put(index, None), put(sparsity, None), config=config,
-                               samples=samples, learning_rate=learning_rate)
-
-
-@functools.partial(jax.jit, static_argnames=("config", "samples", "learning_rate"))
-def _reinforce_step(logits, opt_state, key, mu, params, rows: Rows, index, sparsity, *, config: ModelConfig,
-                    samples: int, learning_rate: float):
-    masks = jax.random.bernoulli(key, jax.nn.sigmoid(logits), (samples, *logits.shape))  # [S, L, N]
-    blends = HeadBlend.hard(masks, jnp.broadcast_to(mu, (samples, *mu.shape)))
+    fixed = jax.lax.stop_gradient(logits)
+    masks = jax.random.bernoulli(key, jax.nn.sigmoid(fixed), (samples, *logits.shape))  # [S, L, N]
+    blends = HeadBlend.hard(masks, jnp.broadcast_to(means.mu, (samples, *means.mu.shape)))
     losses = stacked_losses(params, blends, take(rows, index), config=config, batch_size=samples).mean(1)
     rewards = -losses - sparsity * masks.sum((1, 2))
-    grad = -score_function_gradient(logits, masks, rewards)  # descend the negative expected reward
-    updates, opt_state = optimizer("adam", learning_rate).update(grad, opt_state, logits)
-    return constrain((optax.apply_updates(logits, updates), opt_state, losses.mean()), None)
+    estimate = jax.lax.stop_gradient(score_function_gradient(fixed, masks, rewards))
+    return -jnp.sum(estimate * logits), losses.mean()  # descend the negative expected reward
 
 
 def select_heads(model, task: Task, mu, settings: ReinforceConfig = ReinforceConfig(), *,
@@ -108,11 +98,13 @@ def select_heads(model, task: Task, mu, settings: ReinforceConfig = ReinforceCon
     state = {"logits": logits, "opt_state": optimizer("adam", settings.learning_rate).init(logits), "mu": mu}
     key = jax.random.key(settings.seed)
 
+    step_fn = train_step(reinforce_loss, "adam", settings.learning_rate, samples=settings.samples)
+
     def step(state, n):
         index = batch_indices(train.tokens.shape[0], settings.batch_size, n - 1, settings.seed)
-        logits, opt_state, loss = reinforce_step(state["logits"], state["opt_state"], jax.random.fold_in(key, n),
-                                                 state["mu"], params, train, index, settings.sparsity, config=config,
-                                                 samples=settings.samples, learning_rate=settings.learning_rate)
+        logits, opt_state, loss = run_step(step_fn, state["logits"], state["opt_state"], params,
+                                           HeadBlend(None, state["mu"]), train, index,
+                                           jax.random.fold_in(key, n), settings.sparsity, config=config)
         return {"logits": logits, "opt_state": opt_state, "mu": state["mu"]}, loss
 
     def validate(state):

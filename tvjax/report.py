@@ -6,11 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 
-BASELINES = ("zero_shot", "icl")  # scored without fitting anything: the plain model, `shots`-shot prompts
-# every method `tvjax compare` runs, in table order
-METHODS = BASELINES + ("layer_patching", "function_vector", "reinforce", "task_vector")
-LABELS = {"zero_shot": "zero-shot", "icl": "ICL", "layer_patching": "layer patching",
-          "function_vector": "function vector", "reinforce": "REINFORCE", "task_vector": "soft TV"}
+from tvjax.methods import METHODS, labels
 
 
 def markdown_table(rows: dict[str, dict], methods, mean: bool = True) -> str:
@@ -18,7 +14,7 @@ def markdown_table(rows: dict[str, dict], methods, mean: bool = True) -> str:
 
     Each cell is `first-token / exact-match` accuracy in percent.
     """
-    header = "| task | " + " | ".join(LABELS.get(m, m) for m in methods) + " |"
+    header = "| task | " + " | ".join(labels().get(m, m) for m in methods) + " |"
     lines = [header, "|---" * (len(methods) + 1) + "|"]
     for task, scores in rows.items():
         lines.append(f"| {task} | " + " | ".join(_cell(scores[m]) for m in methods) + " |")
@@ -53,7 +49,7 @@ def seconds_table(results: dict[str, dict]) -> str:
     methods = shared_methods(results)
     phases = set.intersection(*(set(r["seconds"]) for r in results.values()))
     mean = {k: sum(r["seconds"][k] for r in results.values()) / len(results) for k in phases}
-    lines = ["| task | means | " + " | ".join(LABELS.get(m, m) for m in methods) + " |",
+    lines = ["| task | means | " + " | ".join(labels().get(m, m) for m in methods) + " |",
              "|---" * (len(methods) + 2) + "|"]
     for name, seconds in [*((n, r["seconds"]) for n, r in results.items()), ("**mean**", mean)]:
         lines.append(f"| {name} | {seconds.get('means', 0):.0f} | " + " | ".join(cell(seconds, m) for m in methods)
@@ -62,13 +58,13 @@ def seconds_table(results: dict[str, dict]) -> str:
 
 
 @contextlib.contextmanager
-def timed(seconds: dict, name: str, progress=None, label: str | None = None):
+def timed(seconds: dict, name: str, progress=None, label: str | None = None, count: int = 1):
     """Time a phase into `seconds[name]` (2 decimals); a tqdm bar (if any) shows `label` (default
-    `name`) while it runs, then counts it done."""
+    `name`) while it runs, then counts it done (`count` times: a phase shared by that many tasks)."""
     if progress is not None:
         progress.set_postfix_str(label or name)
     start = time.perf_counter()
     yield
     seconds[name] = round(time.perf_counter() - start, 2)
     if progress is not None:
-        progress.update(1)
+        progress.update(count)

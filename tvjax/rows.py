@@ -1,7 +1,7 @@
 """Prompt rows: every method's training and scoring data, with cached prefixes.
 
-An intervention edits the last prompt token (and, with positions 'answer' or 'split', every
-answer token after it), so nothing before it depends on the intervention. Each prompt's prefix
+An intervention edits the last prompt token (and, where its `positions` is 'answer' or
+'split', every answer token after it), so nothing before it depends on the intervention. Each prompt's prefix
 (all but its last token) is run once, without gradient, into a KV cache; a row then runs
 only its suffix (the last prompt token, plus the answer tokens when `all_answer_tokens`)
 on top of its cached prefix, with logits only there. Shapes are fixed (bucketed prefixes),
@@ -22,10 +22,9 @@ import numpy as np
 from tvjax.batching import bucket_length, chunks, pad_left
 from tvjax.config import ModelConfig
 from tvjax.data import Prompt, Task, Template, prompts_for
-from tvjax.interventions import axes_of
 from tvjax.model import KVCache, forward
-from tvjax.sharding import constrain, on_mesh, put
-from tvjax.taskvector import check_positions
+from tvjax.sharding import constrain, on_mesh, placed, put
+from tvjax.vocabulary import check_positions
 
 CACHE_AXES = KVCache("LBSKH", "LBSKH", "BS", None)  # sharding letters of a KVCache's fields
 
@@ -49,22 +48,30 @@ class Rows(NamedTuple):
     target_mask: jax.Array
     edit: jax.Array | None = None
 
+    def axes(self) -> "Rows":
+        """Split over rows `R` like a batch (`tvjax.sharding`)."""
+        return ROWS_AXES
+
 
 ROWS_AXES = Rows(CACHE_AXES, "RT", "RT", "RT", "RT", "RT")
 
 
 def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, batch_size: int = 16,
-                 positions: str = "last") -> Rows:
-    """Run every prompt's prefix once into a KV cache and lay out suffixes and targets (on the params' mesh).
+                 intervention=None) -> Rows:
+    """Run every prompt's prefix once into a KV cache and lay out suffixes and targets (on the params' mesh),
+    for `intervention` (or any with its `positions`; None: one at the last prompt token).
 
-    `positions`: 'last' edits the last prompt token; 'answer' and 'split' also every answer
-    token: the suffix holds the whole answer, teacher-forced, and the targets are every answer
-    token and the prompt's `stop` token after them (so that the edited model still ends its answer).
+    An intervention whose `positions` is 'last' edits the last prompt token; 'answer' and
+    'split' also every answer token: the suffix holds the whole answer, teacher-forced, and the
+    targets are every answer token and the prompt's `stop` token after them (so that the edited
+    model still ends its answer); with 'split' the targets counted are the ones `theta_answer`
+    serves, all but the first answer token.
     """
+    positions = check_positions(getattr(intervention, "positions", "last"))
     config, params, _ = model
     if any(len(p.ids) < 2 for p in prompts):
         raise ValueError("every prompt row needs at least 2 tokens (a prefix and the edited last token)")
-    if check_positions(positions) != "last":
+    if positions != "last":
         targets = [p.answer + list(p.stop) for p in prompts]
     else:
         targets = [p.answer if all_answer_tokens else p.answer[:1] for p in prompts]
@@ -88,10 +95,10 @@ def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, 
 
 
 def split_rows(model, task: Task, split: str, *, template: Template, seed: int, all_answer_tokens: bool = False,
-               batch_size: int = 16, positions: str = "last") -> Rows:
+               batch_size: int = 16) -> Rows:
     """The zero-shot prompts of `task`'s `split` as rows (`prepare_rows`)."""
     prompts, _ = prompts_for(model.tokenizer, task, split, 0, template=template, seed=seed)
-    return prepare_rows(model, prompts, all_answer_tokens, batch_size, positions)
+    return prepare_rows(model, prompts, all_answer_tokens, batch_size)
 
 
 def _right_pad(rows: list[list[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,36 +141,24 @@ def take(rows: Rows, index: jax.Array) -> Rows:
                 None if rows.edit is None else rows.edit[index])
 
 
+@placed
+@functools.partial(jax.jit, static_argnames="config")
 def losses(params, intervention, rows: Rows, *, config: ModelConfig) -> jax.Array:
     """`row_losses` `[R]`, on the params' mesh if any."""
-    with on_mesh(params):
-        return _losses(params, put(intervention, axes_of(intervention)), rows, config=config)
-
-
-@functools.partial(jax.jit, static_argnames="config")
-def _losses(params, intervention, rows: Rows, *, config: ModelConfig) -> jax.Array:
     return constrain(row_losses(params, config, intervention, rows), None)
 
 
+@placed
+@functools.partial(jax.jit, static_argnames="config")
 def scores(params, intervention, rows: Rows, *, config: ModelConfig) -> tuple[jax.Array, jax.Array]:
     """`row_scores`: losses `[R]` and first-token hits `[R]`, on the params' mesh if any."""
-    with on_mesh(params):
-        return _scores(params, put(intervention, axes_of(intervention)), rows, config=config)
-
-
-@functools.partial(jax.jit, static_argnames="config")
-def _scores(params, intervention, rows: Rows, *, config: ModelConfig) -> tuple[jax.Array, jax.Array]:
     return constrain(row_scores(params, config, intervention, rows), None)
 
 
+@placed
+@functools.partial(jax.jit, static_argnames="config")
 def mean_loss(params, intervention, rows: Rows, *, config: ModelConfig) -> jax.Array:
     """Mean of `row_losses` (a float32 scalar), on the params' mesh if any."""
-    with on_mesh(params):
-        return _mean_loss(params, put(intervention, axes_of(intervention)), rows, config=config)
-
-
-@functools.partial(jax.jit, static_argnames="config")
-def _mean_loss(params, intervention, rows: Rows, *, config: ModelConfig) -> jax.Array:
     return constrain(row_losses(params, config, intervention, rows).mean(), None)
 
 

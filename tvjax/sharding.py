@@ -24,6 +24,7 @@ so every process holds the fitted weights.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 
@@ -157,6 +158,28 @@ def _map_axes(fn, tree, axes):
     is_axes = lambda a: a is None or isinstance(a, str)
     return jax.tree.map(lambda letters, sub: jax.tree.map(lambda x: fn(x, letters), sub), axes, tree,
                         is_leaf=is_axes)
+
+
+def axes_of(x):
+    """The sharding letters of `x`: its own `axes()` (an intervention, `tvjax.rows.Rows`), those of
+    each item of a tuple or list of them, else None (replicated)."""
+    if callable(getattr(x, "axes", None)):
+        return x.axes()
+    if isinstance(x, (tuple, list)) and not hasattr(x, "_fields"):
+        return type(x)(axes_of(i) for i in x)
+    return None
+
+
+def placed(kernel):
+    """`kernel(params, *args, **static)` (jitted) as an entry point: run on the params' mesh, each of
+    `args` placed by its own letters (`axes_of`)."""
+
+    @functools.wraps(kernel)
+    def run(params, *args, **static):
+        with on_mesh(params):
+            return kernel(params, *(put(x, axes_of(x)) for x in args), **static)
+
+    return run
 
 
 def mesh_of(tree) -> Mesh | None:

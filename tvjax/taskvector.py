@@ -1,82 +1,86 @@
 """Intervention files: safetensors arrays plus JSON metadata, readable without JAX.
 
-One `.safetensors` file holds one intervention, of one of two kinds:
+One `.safetensors` file holds one intervention, of a registered kind (`KINDS`, `register_kind`):
 
 - `head_blend` (the soft task vector, and REINFORCE's hard head sets): `theta` `[L, N]`
   (blend logits; `+inf` replaces a head by its mean exactly) and `mu` `[L, N, H]` (head means),
-  plus `theta_answer` `[L, N]` in a vector fitted with positions 'split' (the logits at the
-  answer tokens) and `base` `[L, N, H]` in one of the shift form (the zero-shot head means:
-  a head moves by `2 * sigmoid(theta) * (mu - base)`, see `tvjax.HeadBlend`);
+  plus `theta_answer` `[L, N]` in a vector with positions 'split' (the logits at the answer
+  tokens) and `base` `[L, N, H]` in one of the shift form (the zero-shot head means: a head
+  moves by `2 * sigmoid(theta) * (mu - base)`, see `tvjax.HeadBlend`);
 - `residual_edit` (function vectors, ICL layer patches): `add` `[L, D]`, `target` `[L, D]`
-  and `weight` `[L]`, the arrays of `tvjax.ResidualEdit`.
+  and `weight` `[L]`, the arrays of `tvjax.ResidualEdit`;
+- a kind of your own: `register_kind(Kind(...))` names its arrays, its JAX intervention and its
+  PyTorch hook; it is then saved, loaded, evaluated (`tvjax eval --intervention`) and applied
+  from PyTorch as the built-in ones are.
 
-All float32. The header metadata holds `format`, `format_version`, `kind`, the model's shape
-(`family`, `n_layers`, `n_heads`, `head_dim`, `d_model`) and free-form JSON `info` (model
-name, task, method, hyperparameters, scores, tvjax version). Version 1 files (no `kind`) are
-head blends.
+All float32. The header metadata holds `format`, `format_version`, `kind`, `positions` (where
+it acts, `tvjax.vocabulary.Positions`), the model's shape (`family`, `n_layers`, `n_heads`,
+`head_dim`, `d_model`) and free-form JSON `info` (model name, task, method, hyperparameters,
+scores, tvjax version). Version 1 files (no `kind`) are head blends; versions 1 and 2 record
+`positions` in `info` (or not at all: 'last').
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from tvjax.vocabulary import POSITIONS, SHAPE_KEYS, SHIFT_RANGE, blend_weights, check_positions, model_shape
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "KINDS", "Kind", "register_kind", "kind_of", "resolve", "InterventionFile",
+           "TaskVector", "ResidualVector", "TaskVectorError", "load_intervention", "load_task_vector", "save_intervention",
+           "save_task_vector", "save_residual_edit", "model_shape", "blend_weights", "SHIFT_RANGE", "SHAPE_KEYS"]
+
 FORMAT = "tvjax-task-vector"
-FORMAT_VERSION = 2
-SHAPE_KEYS = ("family", "n_layers", "n_heads", "head_dim", "d_model")
-KINDS = ("head_blend", "residual_edit")
-INFINITE_ALLOWED = ("theta", "theta_answer")  # +-inf theta: a head exactly replaced by its mean, or exactly untouched
-# Where an intervention acts: the last prompt token only, or also every answer token after it
-# (each generated token; in fitting, each teacher-forced answer token), with the same weights
-# ('answer') or with the file's own `theta_answer` there ('split'). Files say it in `info`.
-POSITIONS = ("last", "answer", "split")
-# The shift form's weight range: a head moves by `SHIFT_RANGE * sigmoid(theta) * (mu - base)`, so
-# theta 0 (a fit's start) adds the whole difference of its ICL and zero-shot means, and at most twice it.
-SHIFT_RANGE = 2.0
-
-
-def blend_weights(logits, base=None) -> np.ndarray:
-    """Float64 head weights of blend `logits`: `sigmoid(theta)`, times `SHIFT_RANGE` in the shift
-    form (a vector with zero-shot means `base`)."""
-    return (1.0 if base is None else SHIFT_RANGE) / (1 + np.exp(-np.asarray(logits, np.float64)))
-
-
-def array_shapes(kind: str, model: dict, split: bool = False, shift: bool = False) -> dict[str, tuple[int, ...]]:
-    """The arrays a file of `kind` holds for a model of shape `model` (`split`: a head blend
-    with `theta_answer`; `shift`: with `base`), with their shapes."""
-    L, N, H, D = (model[k] for k in ("n_layers", "n_heads", "head_dim", "d_model"))
-    return {"head_blend": {"theta": (L, N), "mu": (L, N, H)} | ({"theta_answer": (L, N)} if split else {})
-            | ({"base": (L, N, H)} if shift else {}),
-            "residual_edit": {"add": (L, D), "target": (L, D), "weight": (L,)}}[kind]
+FORMAT_VERSION = 3
 
 
 class TaskVectorError(ValueError):
     """An intervention file that is unreadable, of another format, or made for another model."""
 
 
-class TaskVector(NamedTuple):
-    """A `head_blend` file: the soft task vector or a hard head set."""
+class InterventionFile(NamedTuple):
+    """A loaded intervention file of any kind: its arrays (also as attributes: `.theta`; an
+    optional array the file lacks is None), the model shape it was made on, `info`, and where
+    it acts."""
 
-    theta: np.ndarray  # [L, N] blend logits
-    mu: np.ndarray  # [L, N, H] head means
-    model: dict  # the model shape it was fitted on (SHAPE_KEYS)
+    kind: str
+    arrays: dict  # name -> float32 np.ndarray
+    model: dict  # the model shape it was made on (SHAPE_KEYS)
     info: dict  # free-form metadata
-    theta_answer: np.ndarray | None = None  # [L, N] logits at the answer tokens (positions 'split')
-    base: np.ndarray | None = None  # [L, N, H] zero-shot head means (the shift form)
-    kind = "head_blend"
+    positions: str = "last"  # where it acts (tvjax.vocabulary.Positions)
 
-    @property
-    def positions(self) -> str:
-        """Where it acts: 'last' (the last prompt token), 'answer' (that and every answer token)
-        or 'split' (as 'answer', with `theta_answer` at the answer tokens)."""
-        return positions_of(self.info)
+    def __getattr__(self, name: str):
+        if name in KINDS.get(self.kind, _NO_KIND).shapes(self.model):
+            return self.arrays.get(name)
+        raise AttributeError(f"a {self.kind} file has no {name!r}")
+
+    def intervention(self):
+        """As its JAX intervention (imports JAX): the kind's class built from the arrays and `positions`."""
+        return resolve(KINDS[self.kind].intervention)(**self.arrays, positions=self.positions)
+
+    def check(self, config) -> None:
+        """Raise `TaskVectorError` naming both models if `config` (a ModelConfig) has another shape."""
+        want = model_shape(config)
+        if self.model != want:
+            raise TaskVectorError(f"{self.kind} made for model {self.model} cannot be applied to model {want}")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write it (arrays, model shape, positions, info) to `path`."""
+        return _save(path, self.kind, self.arrays, self.model, self.info, self.positions)
+
+
+class TaskVector(InterventionFile):
+    """A `head_blend` file: the soft task vector or a hard head set (`theta`, `mu`, and
+    `theta_answer`, `base` or None)."""
 
     def logits(self) -> np.ndarray:
         """theta `[L, N]`, or `[2, L, N]` stacked with `theta_answer` (as `HeadBlend.logits`)."""
@@ -86,125 +90,142 @@ class TaskVector(NamedTuple):
         """Each head's weight, as `logits()` is shaped (see `blend_weights`)."""
         return blend_weights(self.logits(), self.base)
 
-    def intervention(self):
-        """As a `tvjax.HeadBlend` (imports JAX)."""
-        from tvjax.interventions import HeadBlend
 
-        return HeadBlend(self.theta, self.mu, self.theta_answer, self.base)
-
-    def check(self, config) -> None:
-        """Raise `TaskVectorError` naming both shapes if `config` (a ModelConfig) differs."""
-        _check(self.model, config, self.kind)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write this task vector (arrays, model shape, info) to `path`."""
-        return save_task_vector(path, self.theta, self.mu, SimpleNamespace(**self.model), self.theta_answer,
-                                base=self.base, **self.info)
-
-
-class ResidualVector(NamedTuple):
+class ResidualVector(InterventionFile):
     """A `residual_edit` file: a function vector (`add` at one layer) or a layer patch
     (`target` with `weight` 1 at one layer); at the edited positions layer `l`'s output `x`
     becomes `(1 - weight[l]) * x + weight[l] * target[l] + add[l]`."""
 
-    add: np.ndarray  # [L, D]
-    target: np.ndarray  # [L, D]
-    weight: np.ndarray  # [L]
-    model: dict
-    info: dict
-    kind = "residual_edit"
 
-    @property
-    def positions(self) -> str:
-        """Where it acts: 'last' (the last prompt token) or 'answer' (that and every answer token)."""
-        return positions_of(self.info)
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One kind of intervention: everything tvjax needs to save, load and apply it, in JAX and PyTorch.
 
-    def intervention(self):
-        """As a `tvjax.ResidualEdit` (imports JAX)."""
-        from tvjax.interventions import ResidualEdit
+    Attributes:
+      name: the file's `kind`.
+      shapes: model shape (`SHAPE_KEYS` dict) -> `{array name: shape}` of every array it may hold.
+      intervention: its JAX class, or `'module:Name'` (imported when first needed); built as
+        `cls(**arrays, positions=positions)`, and its instances' fields of those names are saved.
+      torch_hook: `(hf_model, file) -> tvjax.torch_port.Intervention` that applies a loaded file to
+        a transformers model, or `'module:name'` of it.
+      optional: arrays a file may lack (None in the intervention).
+      positions: where it may act.
+      infinite: arrays that may hold +-inf (never NaN).
+      file: the class loaded files get (`InterventionFile` or a subclass with methods of its own).
+      check: optional `(arrays, positions) -> error message or None`, more than shapes.
+    """
 
-        return ResidualEdit(self.add, self.target, self.weight)
-
-    def check(self, config) -> None:
-        """Raise `TaskVectorError` naming both shapes if `config` (a ModelConfig) differs."""
-        _check(self.model, config, self.kind)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write this residual edit (arrays, model shape, info) to `path`."""
-        return save_residual_edit(path, self, SimpleNamespace(**self.model), **self.info)
-
-
-def model_shape(config) -> dict:
-    return {k: getattr(config, k) for k in SHAPE_KEYS}
-
-
-def check_positions(positions: str) -> str:
-    if positions not in POSITIONS:
-        raise ValueError(f"positions={positions!r}: an intervention acts at {' or '.join(map(repr, POSITIONS))}")
-    return positions
+    name: str
+    shapes: Callable[[dict], dict[str, tuple[int, ...]]]
+    intervention: type | str
+    torch_hook: Callable | str
+    optional: tuple[str, ...] = ()
+    positions: tuple[str, ...] = ("last", "answer")
+    infinite: tuple[str, ...] = ()
+    file: type = InterventionFile
+    check: Callable[[dict, str], str | None] | None = None
 
 
-def positions_of(info: dict) -> str:
-    """Where a file's intervention acts, from its `info` ('last' for files that do not say)."""
-    try:
-        return check_positions(info.get("positions", "last"))
-    except ValueError as e:
-        raise TaskVectorError(f"the file's info: {e}") from None
+KINDS: dict[str, Kind] = {}
+_NO_KIND = Kind("", lambda model: {}, "", "")
 
 
-def save_task_vector(path: str | os.PathLike, theta, mu, config, theta_answer=None, *, base=None, **info) -> Path:
+def register_kind(kind: Kind) -> Kind:
+    """Add (or replace) an intervention kind; returns it."""
+    KINDS[kind.name] = kind
+    return kind
+
+
+def kind_of(intervention) -> Kind:
+    """The registered kind whose JAX class `intervention` is an instance of."""
+    name = f"{type(intervention).__module__}:{type(intervention).__qualname__}"
+    for kind in KINDS.values():  # by class, or by the class's name (a module imported anew)
+        ref = kind.intervention
+        if (f"{ref.__module__}:{ref.__qualname__}" if isinstance(ref, type) else ref) == name:
+            return kind
+    raise TaskVectorError(f"cannot save an intervention of type {type(intervention).__name__}: the file format holds "
+                          f"the registered kinds ({', '.join(KINDS)}); add yours with tvjax.taskvector.register_kind")
+
+
+def resolve(ref):
+    """A `'module:name'` reference's object (imported), or `ref` itself."""
+    if not isinstance(ref, str):
+        return ref
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _check_split(arrays: dict, positions: str) -> str | None:
+    """A head blend with positions 'split' holds `theta_answer`, and only such a blend does."""
+    if (positions == "split") != ("theta_answer" in arrays):
+        return f"positions {positions!r} " + ("needs the answer-token logits theta_answer" if positions == "split"
+                                              else "with theta_answer (answer-token logits): only positions 'split' "
+                                                   "has them")
+    return None
+
+
+def _head_blend_shapes(model: dict) -> dict:
+    L, N, H = model["n_layers"], model["n_heads"], model["head_dim"]
+    return {"theta": (L, N), "mu": (L, N, H), "theta_answer": (L, N), "base": (L, N, H)}
+
+
+def _residual_shapes(model: dict) -> dict:
+    L, D = model["n_layers"], model["d_model"]
+    return {"add": (L, D), "target": (L, D), "weight": (L,)}
+
+
+register_kind(Kind("head_blend", _head_blend_shapes, "tvjax.interventions:HeadBlend", "tvjax.torch_port:head_blend_hook",
+                   optional=("theta_answer", "base"), positions=POSITIONS, infinite=("theta", "theta_answer"),
+                   file=TaskVector, check=_check_split))
+register_kind(Kind("residual_edit", _residual_shapes, "tvjax.interventions:ResidualEdit",
+                   "tvjax.torch_port:residual_hook", file=ResidualVector))
+
+
+def save_task_vector(path: str | os.PathLike, theta, mu, config, theta_answer=None, *, base=None,
+                     positions: str = "last", **info) -> Path:
     """Write `theta` `[L, N]` and `mu` `[L, N, H]` (and `theta_answer` `[L, N]`, positions 'split';
     `base` `[L, N, H]`, the shift form) fitted on `config`'s model to `path` (atomically)."""
-    arrays = {"theta": theta, "mu": mu} | ({} if theta_answer is None else {"theta_answer": theta_answer}) \
-        | ({} if base is None else {"base": base})
-    return _save(path, "head_blend", arrays, model_shape(config), info)
+    arrays = {"theta": theta, "mu": mu, "theta_answer": theta_answer, "base": base}
+    return _save(path, "head_blend", {k: v for k, v in arrays.items() if v is not None}, model_shape(config), info,
+                 positions)
 
 
 def save_residual_edit(path: str | os.PathLike, edit, config, **info) -> Path:
     """Write a `ResidualEdit` (or anything with `add`, `target`, `weight`) made on `config`'s model."""
     return _save(path, "residual_edit", {k: getattr(edit, k) for k in ("add", "target", "weight")},
-                 model_shape(config), info)
+                 model_shape(config), info, getattr(edit, "positions", "last"))
 
 
 def save_intervention(path: str | os.PathLike, intervention, config, **info) -> Path:
-    """Write a `HeadBlend` or a `ResidualEdit` made on `config`'s model to `path`."""
-    if all(hasattr(intervention, k) for k in ("theta", "mu")):
-        return save_task_vector(path, intervention.theta, intervention.mu, config,
-                                getattr(intervention, "theta_answer", None), base=getattr(intervention, "base", None),
-                                **info)
-    if all(hasattr(intervention, k) for k in ("add", "target", "weight")):
-        return save_residual_edit(path, intervention, config, **info)
-    raise TaskVectorError(f"cannot save an intervention of type {type(intervention).__name__}: the file format holds a HeadBlend "
-                          f"(theta, mu) or a ResidualEdit (add, target, weight)")
+    """Write an intervention of a registered kind (`HeadBlend`, `ResidualEdit`, yours) made on
+    `config`'s model to `path`: its arrays, where it acts (its `positions`) and `info`."""
+    kind = kind_of(intervention)
+    arrays = {k: getattr(intervention, k, None) for k in kind.shapes(model_shape(config))}
+    return _save(path, kind.name, {k: v for k, v in arrays.items() if v is not None}, model_shape(config), info,
+                 getattr(intervention, "positions", "last"))
 
 
-def load_intervention(path: str | os.PathLike) -> TaskVector | ResidualVector:
-    """Read an intervention file of either kind (`.kind` says which; `.intervention()` applies it)."""
-    kind, arrays, model, info = _read(Path(path))
-    if kind == "head_blend":
-        return TaskVector(arrays["theta"], arrays["mu"], model, info, arrays.get("theta_answer"), arrays.get("base"))
-    return ResidualVector(arrays["add"], arrays["target"], arrays["weight"], model, info)
+def load_intervention(path: str | os.PathLike) -> InterventionFile:
+    """Read an intervention file of any registered kind (`.kind` says which; `.intervention()` applies it)."""
+    kind, arrays, model, info, positions = _read(Path(path))
+    return KINDS[kind].file(kind, arrays, model, info, positions)
 
 
 def load_task_vector(path: str | os.PathLike) -> TaskVector:
     """Read a `head_blend` file (a soft task vector or a hard head set)."""
     loaded = load_intervention(path)
     if not isinstance(loaded, TaskVector):
-        raise TaskVectorError(f"{path} holds a {loaded.kind} (a function vector or a layer patch), not a task "
+        raise TaskVectorError(f"{path} holds a {loaded.kind} (e.g. a function vector or a layer patch), not a task "
                               f"vector; read it with tvjax.load_intervention")
     return loaded
 
 
-def _save(path, kind: str, arrays: dict, model: dict, info: dict) -> Path:
+def _save(path, kind: str, arrays: dict, model: dict, info: dict, positions: str) -> Path:
     path = Path(path)
     arrays = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
-    check_split(path, info, arrays)
-    want = array_shapes(kind, model, "theta_answer" in arrays, "base" in arrays)
-    if {k: v.shape for k, v in arrays.items()} != want:
-        raise TaskVectorError(f"{kind} arrays {_shapes(arrays, want)} do not fit model {model}, which needs {want}")
-    check_values(path, arrays)
-    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "kind": kind, "model": json.dumps(model),
-                "info": json.dumps(info, default=str)}
+    _check_contents(path, KINDS[kind], arrays, model, positions, "do not fit model")
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "kind": kind, "positions": positions,
+                "model": json.dumps(model), "info": json.dumps(info, default=str)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
     save_file(arrays, str(tmp), metadata=metadata)
@@ -212,8 +233,8 @@ def _save(path, kind: str, arrays: dict, model: dict, info: dict) -> Path:
     return path
 
 
-def _read(path: Path) -> tuple[str, dict, dict, dict]:
-    """`(kind, arrays, model, info)` of an intervention file, every check passed."""
+def _read(path: Path) -> tuple[str, dict, dict, dict, str]:
+    """`(kind, arrays, model, info, positions)` of an intervention file, every check passed."""
     if not path.is_file():
         raise TaskVectorError(f"no task-vector file at {path}")
     try:
@@ -224,51 +245,46 @@ def _read(path: Path) -> tuple[str, dict, dict, dict]:
         raise TaskVectorError(f"{path} is not a readable task-vector file (truncated?): {e}") from e
     if metadata.get("format") != FORMAT:
         raise TaskVectorError(f"{path} is not a tvjax task vector (format {metadata.get('format')!r})")
-    if int(metadata.get("format_version", 0)) > FORMAT_VERSION:
+    version = int(metadata.get("format_version", 0))
+    if version > FORMAT_VERSION:
         raise TaskVectorError(f"{path} has format version {metadata['format_version']}; this tvjax reads up to "
                               f"{FORMAT_VERSION}: upgrade tvjax")
     kind = metadata.get("kind", "head_blend")
     if kind not in KINDS:
-        raise TaskVectorError(f"{path}: unknown kind {kind!r}; kinds: {', '.join(KINDS)}")
+        raise TaskVectorError(f"{path}: unknown kind {kind!r}; kinds: {', '.join(KINDS)} (a kind of your own: "
+                              f"tvjax.taskvector.register_kind before loading)")
     model, info = (_json_entry(path, metadata, key) for key in ("model", "info"))
     missing = [k for k in SHAPE_KEYS if k not in model]
     if missing:
         raise TaskVectorError(f"{path}: the model metadata lacks {', '.join(missing)} (it has {sorted(model)}); "
                               f"write the file with tvjax.save_intervention")
-    want = array_shapes(kind, model, *(kind == "head_blend" and name in arrays for name in ("theta_answer", "base")))
+    positions = metadata.get("positions", "last") if version >= 3 else info.get("positions", "last")
+    _check_contents(path, KINDS[kind], arrays, model, positions, "disagree with the model metadata")
+    return kind, arrays, model, info, positions
+
+
+def _check_contents(path, kind: Kind, arrays: dict, model: dict, positions: str, mismatch: str) -> None:
+    """Where it acts, the arrays' names and shapes, and their values, as `kind` needs them."""
+    try:
+        check_positions(positions, kind.positions)
+    except ValueError as e:
+        raise TaskVectorError(f"{path}: {kind.name}: {e}") from None
+    problem = kind.check(arrays, positions) if kind.check else None
+    if problem:
+        raise TaskVectorError(f"{path}: {problem}")
+    shapes = kind.shapes(model)
+    want = {k: v for k, v in shapes.items() if k in arrays or k not in kind.optional}
     if {k: v.shape for k, v in arrays.items()} != want:
-        raise TaskVectorError(f"{path}: {kind} arrays {_shapes(arrays, want)} disagree with the model metadata {model}, "
+        raise TaskVectorError(f"{path}: {kind.name} arrays {_shapes(arrays, want)} {mismatch} {model}, "
                               f"which needs {_shapes(want, want)}")
-    check_values(path, arrays)
-    check_split(path, info, arrays)
-    return kind, arrays, model, info
-
-
-def check_split(path, info: dict, arrays: dict) -> None:
-    """A vector with positions 'split' holds `theta_answer`, and only such a vector does."""
-    split = info.get("positions") == "split"
-    if split != ("theta_answer" in arrays):
-        raise TaskVectorError(f"{path}: positions {info.get('positions', 'last')!r} " +
-                              ("needs the answer-token logits theta_answer" if split else
-                               "with theta_answer (answer-token logits): only positions 'split' has them"))
-
-
-def check_values(path, arrays: dict[str, np.ndarray]) -> None:
-    """Refuse NaN anywhere and infinite values, except in theta, which may be +-inf (a hard head
-    set: exactly the mean or exactly the head)."""
     for name, array in arrays.items():
-        bad = np.isnan(array) if name in INFINITE_ALLOWED else ~np.isfinite(array)
+        infinite = name in kind.infinite
+        bad = np.isnan(array) if infinite else ~np.isfinite(array)
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise TaskVectorError(f"{path}: {name} has {int(bad.sum())} "
-                                  f"{'NaN' if name in INFINITE_ALLOWED else 'non-finite'} value(s), the first at "
-                                  f"{where}; an intervention needs finite values (theta may be +-inf) and no NaN")
-
-
-def _check(model: dict, config, kind: str) -> None:
-    want = model_shape(config)
-    if model != want:
-        raise TaskVectorError(f"{kind} made for model {model} cannot be applied to model {want}")
+            raise TaskVectorError(f"{path}: {name} has {int(bad.sum())} {'NaN' if infinite else 'non-finite'} "
+                                  f"value(s), the first at {where}; an intervention needs finite values (theta may "
+                                  f"be +-inf) and no NaN")
 
 
 def _shapes(arrays: dict, want: dict) -> str:

@@ -34,8 +34,9 @@ import torch
 
 from tvjax.config import ModelConfig
 from tvjax.convert.architectures import HF_ATTENTION_OUTPUTS, MODEL_TYPES, SUPPORTED, config_from_hf
-from tvjax.taskvector import SHIFT_RANGE, ResidualVector, TaskVector, TaskVectorError, check_positions, load_intervention
-from tvjax.taskvector import model_shape as _shape
+from tvjax.taskvector import KINDS, InterventionFile, TaskVector, TaskVectorError, load_intervention, resolve
+from tvjax.vocabulary import SHIFT_RANGE, blend_weights, check_positions
+from tvjax.vocabulary import model_shape as _shape
 
 # the KV cache keyword of Hugging Face forwards (renamed from `past_key_values` in transformers 5)
 CACHE_KWARGS = ("cache", "past_key_values")
@@ -116,7 +117,7 @@ class PromptHook(Hook):
         cache = next((kwargs[k] for k in CACHE_KWARGS if kwargs.get(k) is not None), None)
         self.prefill = cache is None or cache.get_seq_length() == 0
 
-    def positions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def edited(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(rows, at)`, each `[B]`: the edited position of each row of `x` `[B, T, ...]`."""
         B, T = x.shape[:2]
         rows = torch.arange(B, device=x.device)
@@ -168,7 +169,7 @@ class TaskVectorHook(PromptHook):
         """Recompute the projection at the edited token from blended heads (`[B, T, D]` out)."""
         x = inputs[0]  # [B, T, N * H]
         B = x.shape[0]
-        rows, at = self.positions(x)
+        rows, at = self.edited(x)
         l = self.layer[name]
         o = x[rows, at].reshape(B, self.n_heads, -1).float()  # [B, N, H]
         w = (self.weight if self.prefill else self.weight_answer)[l].to(x.device)[:, None]  # [N, 1]
@@ -212,7 +213,7 @@ class ResidualHook(PromptHook):
 
     def edit(self, module, inputs, output, name):
         hidden = output[0] if isinstance(output, tuple) else output  # [B, T, D]
-        rows, at = self.positions(hidden)
+        rows, at = self.edited(hidden)
         l = self.layer[name]
         x = hidden[rows, at].float()
         w = self.weight[l].to(x.device)
@@ -243,23 +244,30 @@ def model_shape(config) -> dict:
     return _shape(_model_config(config))
 
 
-def apply_intervention(model: torch.nn.Module, intervention: str | os.PathLike | TaskVector | ResidualVector
-                       ) -> Intervention:
-    """An `Intervention` applying an intervention file of any kind (or a loaded one) to `model`:
-    a head blend on the attention output projections, a residual edit on the decoder layers.
+def apply_intervention(model: torch.nn.Module, intervention: str | os.PathLike | InterventionFile) -> Intervention:
+    """An `Intervention` applying an intervention file of any registered kind (or a loaded one) to
+    `model`, with the kind's own hook: a head blend on the attention output projections, a residual
+    edit on the decoder layers, a kind of your own as its `Kind.torch_hook` says.
 
     Raises `TaskVectorError` naming both shapes if it was made for another model.
     """
-    loaded = intervention if isinstance(intervention, (TaskVector, ResidualVector)) else load_intervention(intervention)
+    loaded = intervention if isinstance(intervention, InterventionFile) else load_intervention(intervention)
     loaded.check(_model_config(model.config))
-    if isinstance(loaded, ResidualVector):
-        hook = ResidualHook(model, loaded.add, loaded.target, loaded.weight, positions=loaded.positions)
-        return Intervention(hook.targets, hook)
-    scale = 1.0 if loaded.base is None else SHIFT_RANGE
-    weight, weight_answer = (None if theta is None else scale * torch.sigmoid(torch.as_tensor(theta, dtype=torch.float32))
+    return resolve(KINDS[loaded.kind].torch_hook)(model, loaded)
+
+
+def head_blend_hook(model: torch.nn.Module, loaded: TaskVector) -> Intervention:
+    """The `head_blend` kind's PyTorch form: a `TaskVectorHook` on the attention output projections."""
+    weight, weight_answer = (None if theta is None else blend_weights(theta, loaded.base)
                              for theta in (loaded.theta, loaded.theta_answer))
     return Intervention(attention_outputs(model), TaskVectorHook(model, weight, loaded.mu, positions=loaded.positions,
                                                                  weight_answer=weight_answer, base=loaded.base))
+
+
+def residual_hook(model: torch.nn.Module, loaded: InterventionFile) -> Intervention:
+    """The `residual_edit` kind's PyTorch form: a `ResidualHook` on the decoder layers it edits."""
+    hook = ResidualHook(model, loaded.add, loaded.target, loaded.weight, positions=loaded.positions)
+    return Intervention(hook.targets, hook)
 
 
 def from_torch(weight, mu, model, weight_answer=None, base=None, **info) -> TaskVector:
@@ -283,9 +291,9 @@ def from_torch(weight, mu, model, weight_answer=None, base=None, **info) -> Task
     mu, base = (None if m is None else _means(m, name, shape) for m, name in ((mu, "mu"), (base, "base")))
     scale = 1.0 if base is None else SHIFT_RANGE
     theta, theta_answer = (None if w is None else _logit(w, (L, N), shape, scale) for w in (weight, weight_answer))
-    if theta_answer is not None:
-        info = {**info, "positions": "split"}
-    return TaskVector(theta, mu, shape, info, theta_answer, base)
+    arrays = {"theta": theta, "mu": mu, "theta_answer": theta_answer, "base": base}
+    return TaskVector("head_blend", {k: v for k, v in arrays.items() if v is not None}, shape, info,
+                      "last" if theta_answer is None else "split")
 
 
 def _means(mu, name: str, shape: dict) -> np.ndarray:

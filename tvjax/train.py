@@ -1,9 +1,11 @@
-"""One training loop for every fitted method: seeded batches, validation, best-step keeping,
-progress, and Orbax checkpoints that resume exactly.
+"""One training loop for every fitted method: the jitted optimizer step, seeded batches,
+validation, best-step keeping, progress, and Orbax checkpoints that resume exactly.
 
-A method supplies a `step` (one optimizer update of its state), a `validate` (an objective
+A method supplies its loss; `train_step` makes the jitted Optax step from it (penzai's
+`basic_training` shape) and `run_step` places its arguments on the params' mesh by their own
+`axes()`. The loop takes a `step` (one update of the method's state), a `validate` (an objective
 to minimise and a record for the history) and `keep` (the part of the state worth keeping
-at the best validation). `loop` does the rest; the data order is a function of
+at the best validation), and does the rest; the data order is a function of
 (seed, step), so a resumed run is the same run. Many runs share one loop when the objective
 has one value per run (`[A]`, e.g. one per task): each run keeps its own best step, along
 the leading axis of what `keep` returns.
@@ -12,6 +14,7 @@ the leading axis of what `keep` returns.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -20,10 +23,11 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from tvjax import __version__
+from tvjax.version import __version__
 from tvjax.checkpoint import FitCheckpoints, ResumeError
 from tvjax.data import Task, Template
-from tvjax.taskvector import model_shape
+from tvjax.sharding import axes_of, constrain, on_mesh, put
+from tvjax.vocabulary import model_shape
 
 State = Any  # a pytree of arrays
 
@@ -45,6 +49,38 @@ def optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
     if name.startswith("_") or not callable(make):
         raise ValueError(f"unknown optax optimizer {name!r}; e.g. adam, adamw, sgd, lion, rmsprop")
     return make(learning_rate)
+
+
+@functools.cache
+def train_step(loss: Callable, optimizer_name: str, learning_rate: float, **static) -> Callable:
+    """The jitted optimizer step of `loss`, made once per (loss, optimizer, learning rate, `static`).
+
+    Args:
+      loss: `loss(trained, params, *data, config=..., **static) -> (objective, report)`, a
+        module-level function (so that compiled steps are reused): `objective` the scalar
+        minimised, `report` what the step returns (e.g. the loss, or one per task).
+      static: hashable settings `loss` takes by keyword (compiled in).
+    Returns:
+      `step(trained, opt_state, params, *data, config=...) -> (trained, opt_state, report)`,
+      jitted, `trained` and `opt_state` donated; call it through `run_step`.
+    """
+    update = optimizer(optimizer_name, learning_rate).update
+
+    @functools.partial(jax.jit, static_argnames="config", donate_argnums=(0, 1))
+    def step(trained, opt_state, params, *data, config):
+        (_, report), grad = jax.value_and_grad(loss, has_aux=True)(trained, params, *data, config=config, **static)
+        updates, opt_state = update(grad, opt_state, trained)
+        return constrain((optax.apply_updates(trained, updates), opt_state, report), None)
+
+    return step
+
+
+def run_step(step: Callable, trained, opt_state, params, *data, config):
+    """`step` (from `train_step`) on the params' mesh: `trained`, its optimizer state and plain
+    arrays replicated, each other argument placed by its own `axes()` (an intervention, `Rows`)."""
+    with on_mesh(params):
+        return step(put(trained, None), put(opt_state, None), params, *(put(x, axes_of(x)) for x in data),
+                    config=config)
 
 
 def batch_indices(n_rows: int, batch_size: int, step: int, seed: int) -> np.ndarray:

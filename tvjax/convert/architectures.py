@@ -1,123 +1,215 @@
-"""Per-architecture knowledge, in one place: Hugging Face config fields and weight names.
+"""Per-architecture knowledge, in one place: one `Architecture` record per Hugging Face model type.
 
-Each family maps a Hugging Face `config.json` to a `ModelConfig` and lists, for every
-tvjax parameter, the checkpoint tensor it comes from and how to reshape it. Hugging
-Face `nn.Linear` weights are `[out, in]`; GPT-2's `Conv1D` weights are `[in, out]`.
-`HF_ATTENTION_OUTPUTS` says where `tvjax.torch_port` hooks a family's PyTorch modules.
-Nothing here imports JAX.
+A record says how its `config.json` becomes a `ModelConfig`, which weight-naming family
+(`Weights`) its checkpoint tensors follow, and how llama.cpp writes it into a GGUF file
+(`Gguf`). Adding a model type is adding one record to `_RECORDS` (at the end); the tables
+(`ARCHITECTURES`, `MODEL_TYPES`, `HF_ATTENTION_OUTPUTS`, `GGUF_ARCHITECTURES`) are read off them.
+A weight table lists, for every tvjax parameter, the checkpoint tensor it comes from and
+how to reshape it. Hugging Face `nn.Linear` weights are `[out, in]`; GPT-2's `Conv1D`
+weights are `[in, out]`. Nothing here imports JAX.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+import functools
+from typing import Callable, Mapping
 
 import numpy as np
 
 from tvjax.config import ROPE_TYPES, ModelConfig
 
-# model_type -> family (weight-naming scheme)
-MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama", "gemma2": "llama",
-               "gemma3_text": "llama", "gpt2": "gpt2", "gpt_neox": "gpt_neox"}
-GEMMA = ("gemma2", "gemma3_text")
-# config.json fields older transformers left out when they equalled the class default
-_DEFAULTS = {
-    "gemma2": {"head_dim": 256, "query_pre_attn_scalar": 256, "sliding_window": 4096, "tie_word_embeddings": True,
-               "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0, "rms_norm_eps": 1e-6},
-    "gemma3_text": {"head_dim": 256, "query_pre_attn_scalar": 256, "sliding_window": 4096,
-                    "tie_word_embeddings": True, "rms_norm_eps": 1e-6, "rope_theta": 1e6, "rope_local_base_freq": 10000.0},
-    "qwen3": {"head_dim": 128},
-}
-SUPPORTED = ", ".join(sorted(MODEL_TYPES))
-# family -> (attribute of the layer list in a transformers base model, path of the attention output
-# projection in one layer: its input is the per-head site `[B, T, N * H]`, head-major)
-HF_ATTENTION_OUTPUTS = {"llama": ("layers", "self_attn.o_proj"), "gpt2": ("h", "attn.c_proj"),
-                        "gpt_neox": ("layers", "attention.dense")}
-
 Transform = Callable[[np.ndarray], np.ndarray]
 # tvjax param path -> (checkpoint tensor name, '{i}' for the layer index; transform)
 WeightTable = dict[tuple[str, ...], tuple[str, Transform]]
+GgufConfig = Callable[[Callable, dict], dict]  # (metadata getter, shared config fields) -> the model type's own
+# GGUF tensor names (llama.cpp's) -> Hugging Face names: whole names, and the layer tensors' short names
+# (between `blk.{i}.` and `.weight` / `.bias`) -> modules under `model.layers.{i}.`
+GGUF_GLOBAL_TENSORS = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+                       "output.weight": "lm_head.weight"}
+GGUF_LAYER_TENSORS = {
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_GGUF_QK_NORMS = {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+_GGUF_GEMMA_NORMS = {"post_attention_norm": "post_attention_layernorm", "ffn_norm": "pre_feedforward_layernorm",
+                     "post_ffw_norm": "post_feedforward_layernorm"}
 
 
 class UnsupportedArchitecture(ValueError):
     pass
 
 
+@dataclasses.dataclass(frozen=True)
+class Weights:
+    """A weight-naming family (`ModelConfig.family`): where each tvjax param lies in a checkpoint.
+
+    family: its name.  table: `ModelConfig -> (global weights, per-layer weights)`.
+    attention_output: (attribute of the layer list in a transformers base model, path of the attention
+      output projection in one layer), where `tvjax.torch_port` hooks: its input is the per-head site
+      `[B, T, N * H]`, head-major.
+    """
+
+    family: str
+    table: Callable[[ModelConfig], tuple[WeightTable, WeightTable]]
+    attention_output: tuple[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Gguf:
+    """How llama.cpp writes a model type into a GGUF file, and what reading one undoes.
+
+    arch: `general.architecture`, also the prefix of the file's metadata keys.
+    hf_class: the `architectures` entry of the config transformers builds for the file.
+    config: `(get, config) -> fields` of the Hugging Face config that are the model type's own, where
+      `get(key, default)` reads the metadata key `{arch}.{key}` and `config` holds the fields every
+      architecture shares (`rope_parameters`: the file's rotary, with its scaling).
+    layer_tensors / global_tensors: GGUF tensor names -> Hugging Face names (see `GGUF_LAYER_TENSORS`).
+    permute_qk: the q/k rows are permuted for llama.cpp's interleaved rotary (undone on reading).
+    norm_plus_one: norm weights are stored as `1 + w` (llama.cpp folds Gemma's 1 in; subtracted again).
+    rms_norm_eps: the RMSNorm epsilon of a file that has none.
+    """
+
+    arch: str
+    hf_class: str
+    config: GgufConfig
+    layer_tensors: Mapping[str, str]
+    global_tensors: Mapping[str, str] = dataclasses.field(default_factory=lambda: GGUF_GLOBAL_TENSORS)
+    permute_qk: bool = False
+    norm_plus_one: bool = False
+    rms_norm_eps: float = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """Everything tvjax knows of one Hugging Face model type.
+
+    model_type: `config.json`'s `model_type`.
+    weights: the weight-naming family its checkpoints follow.
+    config: `config.json` dict (with `defaults` filled in) -> the `ModelConfig` fields but `family`.
+    defaults: `config.json` fields older transformers left out when they equalled the class default.
+    gguf: how llama.cpp writes it; None: tvjax reads no GGUF file of it.
+    """
+
+    model_type: str
+    weights: Weights
+    config: Callable[[dict], dict]
+    defaults: Mapping = dataclasses.field(default_factory=dict)
+    gguf: Gguf | None = None
+
+
 def config_from_hf(hf: dict) -> ModelConfig:
     """Translate a Hugging Face `config.json` dict into a `ModelConfig`."""
     model_type = hf.get("model_type")
-    if model_type not in MODEL_TYPES:
+    if model_type not in ARCHITECTURES:
         raise UnsupportedArchitecture(
             f"unsupported architecture model_type={model_type!r} "
             f"(architectures={hf.get('architectures')}); supported model types: {SUPPORTED}"
         )
+    arch = ARCHITECTURES[model_type]
     try:
-        return _config_from_hf(hf, model_type)
+        return ModelConfig(family=arch.weights.family, **arch.config({**arch.defaults, **hf}))
     except KeyError as e:
         raise UnsupportedArchitecture(f"config.json of model_type {model_type!r} lacks the field {e}") from e
 
 
-def _config_from_hf(hf: dict, model_type: str) -> ModelConfig:
-    hf = {**_DEFAULTS.get(model_type, {}), **hf}
-    rope = _rope_parameters(hf)
-    eos = hf.get("eos_token_id")
-    tokens = {"bos_token_id": _first(hf.get("bos_token_id")), "pad_token_id": _first(hf.get("pad_token_id")),
-              "eos_token_id": tuple(eos) if isinstance(eos, list) else eos}
-    if model_type == "gpt2":
-        D, N = hf["n_embd"], hf["n_head"]
-        return ModelConfig(
-            family="gpt2", vocab_size=hf["vocab_size"], d_model=D, n_layers=hf["n_layer"],
-            n_heads=N, n_kv_heads=N, head_dim=D // N, mlp_dim=hf.get("n_inner") or 4 * D,
-            norm="layer", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-            activation=_activation(hf.get("activation_function", "gelu_new")), gated_mlp=False,
-            qkv_bias=True, out_bias=True, mlp_bias=True, positions="learned",
-            max_positions=hf["n_positions"], tie_embeddings=hf.get("tie_word_embeddings", True),
-            **tokens,
-        )
-    D, N = hf["hidden_size"], hf["num_attention_heads"]
-    H = hf.get("head_dim") or D // N
-    act = hf.get("hidden_activation") or hf.get("hidden_act") or ("gelu_pytorch_tanh" if model_type in GEMMA else "silu")
-    common = dict(
-        vocab_size=hf["vocab_size"], d_model=D, n_layers=hf["num_hidden_layers"], n_heads=N,
-        head_dim=H, mlp_dim=hf["intermediate_size"], activation=_activation(act),
-        max_positions=hf.get("max_position_embeddings", 2048), rope_theta=float(rope.pop("rope_theta")),
-        tie_embeddings=hf.get("tie_word_embeddings", False), **tokens,
+def weight_table(config: ModelConfig) -> tuple[WeightTable, WeightTable]:
+    """`(global weights, per-layer weights)` for `config.family`."""
+    return _WEIGHTS[config.family].table(config)
+
+
+# --- config.json -> ModelConfig fields ---------------------------------------------------------------
+
+def _gpt2_config(hf: dict) -> dict:
+    D, N = hf["n_embd"], hf["n_head"]
+    return dict(
+        vocab_size=hf["vocab_size"], d_model=D, n_layers=hf["n_layer"], n_heads=N, n_kv_heads=N, head_dim=D // N,
+        mlp_dim=hf.get("n_inner") or 4 * D, norm="layer", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        activation=_activation(hf.get("activation_function", "gelu_new")), gated_mlp=False, qkv_bias=True,
+        out_bias=True, mlp_bias=True, position_embedding="learned", max_positions=hf["n_positions"],
+        tie_embeddings=hf.get("tie_word_embeddings", True), **_tokens(hf),
     )
-    if model_type == "gpt_neox":
-        partial = rope.pop("partial_rotary_factor", 1.0)
-        return ModelConfig(
-            family="gpt_neox", n_kv_heads=N, norm="layer", norm_eps=hf.get("layer_norm_eps", 1e-5),
-            gated_mlp=False, qkv_bias=hf.get("attention_bias", True), out_bias=hf.get("attention_bias", True),
-            mlp_bias=True, parallel_residual=hf.get("use_parallel_residual", True),
-            rotary_dim=int(H * partial), rope_scaling=_scaling(rope), **common,
-        )
-    windowed = model_type in ("mistral",) + GEMMA or hf.get("use_sliding_window")
-    window, local_layers = _windows(hf, model_type) if windowed else (None, ())
+
+
+def _gpt_neox_config(hf: dict) -> dict:
+    rope = _rope_parameters(hf)
+    common = _rotary_fields(hf, rope, "silu")
+    partial = rope.pop("partial_rotary_factor", 1.0)
+    bias = hf.get("attention_bias", True)
+    return dict(
+        n_kv_heads=common["n_heads"], norm="layer", norm_eps=hf.get("layer_norm_eps", 1e-5), gated_mlp=False,
+        qkv_bias=bias, out_bias=bias, mlp_bias=True, parallel_residual=hf.get("use_parallel_residual", True),
+        rotary_dim=int(common["head_dim"] * partial), rope_scaling=_scaling(rope), **common,
+    )
+
+
+def _max_window_layers(hf: dict) -> list[str] | None:
+    """Qwen2/3: the layers from `max_window_layers` on slide."""
+    if "max_window_layers" not in hf:
+        return None
+    return ["sliding_attention" if i >= hf["max_window_layers"] else "full_attention"
+            for i in range(hf["num_hidden_layers"])]
+
+
+def _every(hf: dict, n: int) -> list[str]:
+    """Gemma: every `n`-th layer global, the others sliding."""
+    return ["full_attention" if (i + 1) % n == 0 else "sliding_attention" for i in range(hf["num_hidden_layers"])]
+
+
+def _llama_config(hf: dict, *, activation: str = "silu", sliding: bool = False,
+                  layer_types: Callable[[dict], list[str] | None] | None = _max_window_layers,
+                  fields: Callable[[dict], dict] = lambda hf: {}) -> dict:
+    """The fields of a Llama-family model type.
+
+    activation: when the config names none.  sliding: the model type always has a sliding window (else
+    only with `use_sliding_window`).  layer_types: `hf -> layer_types` for a config that lists none (None:
+    every layer slides).  fields: `hf -> the model type's own fields` (over the Llama ones).
+    """
+    rope = _rope_parameters(hf)
+    common = _rotary_fields(hf, rope, activation)
+    window, local_layers = _windows(hf, layer_types) if sliding or hf.get("use_sliding_window") else (None, ())
     local_rope = rope.pop("local_rope_theta", None)
     bias = hf.get("attention_bias", False)
-    gemma = model_type in GEMMA
-    return ModelConfig(
-        family="llama", n_kv_heads=hf.get("num_key_value_heads") or N, norm="rms",
-        norm_eps=hf.get("rms_norm_eps", 1e-6), qkv_bias=model_type == "qwen2" or bias, out_bias=bias,
-        mlp_bias=hf.get("mlp_bias", False), sliding_window=window, local_layers=local_layers,
-        local_rope_theta=local_rope if local_layers else None, rope_scaling=_scaling(rope),
-        norm_plus_one=gemma, post_norms=gemma, embed_scale=gemma, qk_norm=model_type in ("qwen3", "gemma3_text"),
-        query_pre_attn_scalar=hf.get("query_pre_attn_scalar") if gemma else None,
-        attn_softcap=hf.get("attn_logit_softcapping") if model_type == "gemma2" else None,
-        logit_softcap=hf.get("final_logit_softcapping") if gemma else None, **common,
+    return {**dict(
+        n_kv_heads=hf.get("num_key_value_heads") or common["n_heads"], norm="rms",
+        norm_eps=hf.get("rms_norm_eps", 1e-6), qkv_bias=bias, out_bias=bias, mlp_bias=hf.get("mlp_bias", False),
+        sliding_window=window, local_layers=local_layers, local_rope_theta=local_rope if local_layers else None,
+        rope_scaling=_scaling(rope), **common,
+    ), **fields(hf)}
+
+
+def _llama_like(**options) -> Callable[[dict], dict]:
+    """`_llama_config` with a model type's `options`."""
+    return functools.partial(_llama_config, **options)
+
+
+def _gemma(hf: dict) -> dict:
+    """Gemma 2/3: norms scale by `1 + w`, sandwich norms, scaled embeddings, its query scale and logit cap."""
+    return dict(norm_plus_one=True, post_norms=True, embed_scale=True,
+                query_pre_attn_scalar=hf.get("query_pre_attn_scalar"), logit_softcap=hf.get("final_logit_softcapping"))
+
+
+def _rotary_fields(hf: dict, rope: dict, activation: str) -> dict:
+    """The fields every rotary family reads alike (`rope_theta` is popped from `rope`)."""
+    D, N = hf["hidden_size"], hf["num_attention_heads"]
+    act = hf.get("hidden_activation") or hf.get("hidden_act") or activation
+    return dict(
+        vocab_size=hf["vocab_size"], d_model=D, n_layers=hf["num_hidden_layers"], n_heads=N,
+        head_dim=hf.get("head_dim") or D // N, mlp_dim=hf["intermediate_size"], activation=_activation(act),
+        max_positions=hf.get("max_position_embeddings", 2048), rope_theta=float(rope.pop("rope_theta")),
+        tie_embeddings=hf.get("tie_word_embeddings", False), **_tokens(hf),
     )
 
 
-def _windows(hf: dict, model_type: str) -> tuple[int | None, tuple[bool, ...]]:
-    """`(sliding_window, local_layers)`: which layers use the window, from `layer_types` or the
-    family's pattern (Gemma 2 alternates from layer 0; Gemma 3 has every `sliding_window_pattern`-th
-    layer global); `()` when every layer is alike."""
+def _windows(hf: dict, layer_types) -> tuple[int | None, tuple[bool, ...]]:
+    """`(sliding_window, local_layers)`: which layers use the window, from the config's `layer_types` or
+    else the model type's `layer_types(hf)`; `()` when every layer is alike."""
     window, L = hf.get("sliding_window"), hf["num_hidden_layers"]
     types = hf.get("layer_types")
-    if types is None and model_type in GEMMA:
-        every = 2 if model_type == "gemma2" else hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", 6))
-        types = ["full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(L)]
-    if types is None and model_type != "mistral" and "max_window_layers" in hf:  # Qwen2/3
-        types = ["sliding_attention" if i >= hf["max_window_layers"] else "full_attention" for i in range(L)]
+    if types is None and layer_types is not None:
+        types = layer_types(hf)
     local = tuple(t == "sliding_attention" for t in types) if types is not None else (True,) * L
     if window is None or not any(local):
         return None, ()
@@ -152,14 +244,17 @@ def _activation(name: str) -> str:
     return {"gelu_pytorch_tanh": "gelu_new", "gelu_fast": "gelu_new", "swish": "silu"}.get(name, name)
 
 
+def _tokens(hf: dict) -> dict:
+    eos = hf.get("eos_token_id")
+    return {"bos_token_id": _first(hf.get("bos_token_id")), "pad_token_id": _first(hf.get("pad_token_id")),
+            "eos_token_id": tuple(eos) if isinstance(eos, list) else eos}
+
+
 def _first(value):
     return value[0] if isinstance(value, list) else value
 
 
-def weight_table(config: ModelConfig) -> tuple[WeightTable, WeightTable]:
-    """`(global weights, per-layer weights)` for `config.family`."""
-    return _TABLES[config.family](config)
-
+# --- weight tables -----------------------------------------------------------------------------------
 
 def _linear(*shape: int) -> Transform:
     """`nn.Linear` weight `[out, in]` -> `[in, *shape]`."""
@@ -177,9 +272,7 @@ def _bias(*shape: int) -> Transform:
 
 def _same(x: np.ndarray) -> np.ndarray:
     return x
-
-
-def _llama(c: ModelConfig) -> tuple[WeightTable, WeightTable]:
+def _llama_weights(c: ModelConfig) -> tuple[WeightTable, WeightTable]:
     N, K, H, D = c.n_heads, c.n_kv_heads, c.head_dim, c.d_model
     glob = {("embed", "embedding"): ("model.embed_tokens.weight", _same),
             ("final_norm", "scale"): ("model.norm.weight", _same)}
@@ -214,7 +307,7 @@ def _llama(c: ModelConfig) -> tuple[WeightTable, WeightTable]:
     return glob, layer
 
 
-def _gpt2(c: ModelConfig) -> tuple[WeightTable, WeightTable]:
+def _gpt2_weights(c: ModelConfig) -> tuple[WeightTable, WeightTable]:
     N, H, D = c.n_heads, c.head_dim, c.d_model
     glob = {("embed", "embedding"): ("transformer.wte.weight", _same),
             ("pos_embed", "embedding"): ("transformer.wpe.weight", _same),
@@ -234,12 +327,13 @@ def _gpt2(c: ModelConfig) -> tuple[WeightTable, WeightTable]:
         ("mlp", "down", "bias"): (p + "mlp.c_proj.bias", _same),
     }
     for j, name in enumerate("qkv"):  # c_attn: Conv1D [D, 3 * D], output laid out [3, N, H]
-        layer[("attn", name, "kernel")] = (p + "attn.c_attn.weight", lambda w, j=j: w[:, j * D:(j + 1) * D].reshape(D, N, H))
+        layer[("attn", name, "kernel")] = (p + "attn.c_attn.weight",
+                                           lambda w, j=j: w[:, j * D:(j + 1) * D].reshape(D, N, H))
         layer[("attn", name, "bias")] = (p + "attn.c_attn.bias", lambda b, j=j: b[j * D:(j + 1) * D].reshape(N, H))
     return glob, layer
 
 
-def _gpt_neox(c: ModelConfig) -> tuple[WeightTable, WeightTable]:
+def _gpt_neox_weights(c: ModelConfig) -> tuple[WeightTable, WeightTable]:
     N, H, D = c.n_heads, c.head_dim, c.d_model
     glob = {("embed", "embedding"): ("gpt_neox.embed_in.weight", _same),
             ("final_norm", "scale"): ("gpt_neox.final_layer_norm.weight", _same),
@@ -263,8 +357,100 @@ def _gpt_neox(c: ModelConfig) -> tuple[WeightTable, WeightTable]:
         layer[("attn", name, "kernel")] = (p + "attention.query_key_value.weight",
                                            lambda w, j=j: w.reshape(N, 3, H, D)[:, j].transpose(2, 0, 1))
         if c.qkv_bias:
-            layer[("attn", name, "bias")] = (p + "attention.query_key_value.bias", lambda b, j=j: b.reshape(N, 3, H)[:, j])
+            layer[("attn", name, "bias")] = (p + "attention.query_key_value.bias",
+                                             lambda b, j=j: b.reshape(N, 3, H)[:, j])
     return glob, layer
 
 
-_TABLES = {"llama": _llama, "gpt2": _gpt2, "gpt_neox": _gpt_neox}
+LLAMA = Weights("llama", _llama_weights, ("layers", "self_attn.o_proj"))
+GPT2 = Weights("gpt2", _gpt2_weights, ("h", "attn.c_proj"))
+GPT_NEOX = Weights("gpt_neox", _gpt_neox_weights, ("layers", "attention.dense"))
+
+
+# --- GGUF metadata -> Hugging Face config fields -----------------------------------------------------
+
+def _silu_gguf(get, config: dict) -> dict:
+    return {"hidden_act": "silu"}
+
+
+def _qwen3_gguf(get, config: dict) -> dict:
+    """As Llama's, with transformers' Qwen3 window settings (none)."""
+    return {"hidden_act": "silu", "use_sliding_window": False, "sliding_window": None,
+            "layer_types": ["full_attention"] * config["num_hidden_layers"]}
+
+
+def _gemma_gguf(get, config: dict, *, big: int, every: int) -> dict:
+    """Gemma 2/3. llama.cpp scales queries by 1/sqrt(n_embd / n_head) in the 27B models (`big` layers: 46
+    in Gemma 2, 62 in Gemma 3; transformers' query_pre_attn_scalar 144 / 168), else by 1/sqrt(head_dim).
+    Without `attention.sliding_window_pattern` every `every`-th layer is global."""
+    D, N, L = config["hidden_size"], config["num_attention_heads"], config["num_hidden_layers"]
+    window = get("attention.sliding_window")
+    local = _local_layers(get("attention.sliding_window_pattern"), L, every)
+    return {
+        "hidden_activation": "gelu_pytorch_tanh",
+        "query_pre_attn_scalar": D // N if L == big else config["head_dim"],
+        "sliding_window": int(window) if window is not None else 4096,
+        "layer_types": ["sliding_attention" if x else "full_attention" for x in local],
+        "attn_logit_softcapping": get("attn_logit_softcapping"),
+        "final_logit_softcapping": get("final_logit_softcapping"),
+    }
+
+
+def _gemma3_gguf(get, config: dict) -> dict:
+    """As Gemma 2's (one global layer in six), the file's rotary on the global layers and llama.cpp's
+    (and transformers') base 10000 on the local ones."""
+    return {**_gemma_gguf(get, config, big=62, every=6),
+            "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                "full_attention": config["rope_parameters"]}}
+
+
+def _local_layers(pattern, n_layers: int, default: int) -> list[bool]:
+    """Which layers are sliding-window ones: llama.cpp's `sliding_window_pattern` (a period `n`: the
+    last layer of every `n` is global; or one flag per layer), else the architecture's period."""
+    if isinstance(pattern, list):
+        return [bool(x) for x in pattern]
+    n = int(pattern or default)
+    return [i % n < n - 1 for i in range(n_layers)]
+
+
+# --- the records -------------------------------------------------------------------------------------
+
+_GEMMA_GGUF = dict(norm_plus_one=True, rms_norm_eps=1e-6)
+_RECORDS = (
+    Architecture("llama", LLAMA, _llama_config,
+                 gguf=Gguf("llama", "LlamaForCausalLM", _silu_gguf, GGUF_LAYER_TENSORS, permute_qk=True)),
+    Architecture("mistral", LLAMA, _llama_like(sliding=True, layer_types=None)),  # llama.cpp writes it as 'llama'
+    Architecture("qwen2", LLAMA, _llama_like(fields=lambda hf: {"qkv_bias": True}),
+                 gguf=Gguf("qwen2", "Qwen2ForCausalLM", _silu_gguf, GGUF_LAYER_TENSORS)),
+    Architecture("qwen3", LLAMA, _llama_like(fields=lambda hf: {"qk_norm": True}), defaults={"head_dim": 128},
+                 gguf=Gguf("qwen3", "Qwen3ForCausalLM", _qwen3_gguf, {**GGUF_LAYER_TENSORS, **_GGUF_QK_NORMS})),
+    Architecture(
+        "gemma2", LLAMA,
+        _llama_like(activation="gelu_pytorch_tanh", sliding=True, layer_types=lambda hf: _every(hf, 2),
+                    fields=lambda hf: {**_gemma(hf), "attn_softcap": hf.get("attn_logit_softcapping")}),
+        defaults={"head_dim": 256, "query_pre_attn_scalar": 256, "sliding_window": 4096, "tie_word_embeddings": True,
+                  "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0, "rms_norm_eps": 1e-6},
+        gguf=Gguf("gemma2", "Gemma2ForCausalLM", functools.partial(_gemma_gguf, big=46, every=2),
+                  {**GGUF_LAYER_TENSORS, **_GGUF_GEMMA_NORMS}, **_GEMMA_GGUF),
+    ),
+    Architecture(
+        "gemma3_text", LLAMA,
+        _llama_like(activation="gelu_pytorch_tanh", sliding=True, fields=lambda hf: {**_gemma(hf), "qk_norm": True},
+                    layer_types=lambda hf: _every(hf, hf.get("sliding_window_pattern",
+                                                             hf.get("_sliding_window_pattern", 6)))),
+        defaults={"head_dim": 256, "query_pre_attn_scalar": 256, "sliding_window": 4096, "tie_word_embeddings": True,
+                  "rms_norm_eps": 1e-6, "rope_theta": 1e6, "rope_local_base_freq": 10000.0},
+        # a gemma3 GGUF holds the text model only
+        gguf=Gguf("gemma3", "Gemma3ForCausalLM", _gemma3_gguf,
+                  {**GGUF_LAYER_TENSORS, **_GGUF_GEMMA_NORMS, **_GGUF_QK_NORMS}, **_GEMMA_GGUF),
+    ),
+    Architecture("gpt2", GPT2, _gpt2_config),
+    Architecture("gpt_neox", GPT_NEOX, _gpt_neox_config),
+)
+ARCHITECTURES = {a.model_type: a for a in _RECORDS}  # model_type -> its record
+GGUF_ARCHITECTURES = {a.gguf.arch: a for a in _RECORDS if a.gguf is not None}  # GGUF architecture -> its record
+MODEL_TYPES = {a.model_type: a.weights.family for a in _RECORDS}  # model_type -> family
+SUPPORTED = ", ".join(sorted(MODEL_TYPES))
+_WEIGHTS = {a.weights.family: a.weights for a in _RECORDS}
+# family -> where tvjax.torch_port hooks its attention output (`Weights.attention_output`)
+HF_ATTENTION_OUTPUTS = {family: w.attention_output for family, w in _WEIGHTS.items()}
