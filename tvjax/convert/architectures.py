@@ -70,6 +70,8 @@ class Gguf:
     permute_qk: the q/k rows are permuted for llama.cpp's interleaved rotary (undone on reading).
     norm_plus_one: norm weights are stored as `1 + w` (llama.cpp folds Gemma's 1 in; subtracted again).
     rms_norm_eps: the RMSNorm epsilon of a file that has none.
+    sentencepiece: its `llama` vocabulary is Gemma's sentencepiece one, which tvjax builds without PyTorch
+      (`tvjax.convert.tokenizer`).
     """
 
     arch: str
@@ -80,6 +82,7 @@ class Gguf:
     permute_qk: bool = False
     norm_plus_one: bool = False
     rms_norm_eps: float = 1e-5
+    sentencepiece: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -415,7 +418,7 @@ def _local_layers(pattern, n_layers: int, default: int) -> list[bool]:
 
 # --- the records -------------------------------------------------------------------------------------
 
-_GEMMA_GGUF = dict(norm_plus_one=True, rms_norm_eps=1e-6)
+_GEMMA_GGUF = dict(norm_plus_one=True, rms_norm_eps=1e-6, sentencepiece=True)
 _RECORDS = (
     Architecture("llama", LLAMA, _llama_config,
                  gguf=Gguf("llama", "LlamaForCausalLM", _silu_gguf, GGUF_LAYER_TENSORS, permute_qk=True)),

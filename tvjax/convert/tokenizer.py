@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tvjax.convert.architectures import GGUF_ARCHITECTURES
 from tvjax.convert.gguf import _reader
 from tvjax.convert.hf import CheckpointError
 
@@ -31,7 +32,6 @@ _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 PRE_SPLITS = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT}
 DIGITS_FIRST = {"smollm"}  # every digit its own piece, then GPT-2's split (as the original tokenizer.json)
-GEMMA_ARCHITECTURES = ("gemma", "gemma2", "gemma3")  # their sentencepiece vocabularies are built here
 
 
 def gguf_tokenizer(path: str | Path, *, reader=None):
@@ -44,7 +44,7 @@ def gguf_tokenizer(path: str | Path, *, reader=None):
     meta = {k: fields[k].contents() for k in fields if k.startswith("tokenizer.")}
     kind = meta.get("tokenizer.ggml.model")
     arch = fields["general.architecture"].contents() if "general.architecture" in fields else None
-    if kind == "llama" and arch in GEMMA_ARCHITECTURES:
+    if kind == "llama" and arch in GGUF_ARCHITECTURES and GGUF_ARCHITECTURES[arch].gguf.sentencepiece:
         return _gemma_tokenizer(meta)
     if kind != "gpt2":
         return _transformers_tokenizer(path)
