@@ -23,6 +23,7 @@ compare across machines, not the absolute numbers.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -450,8 +451,9 @@ def bench_compile(args) -> None:
         params = jax.eval_shape(lambda: tvjax.init_params(config, jax.random.key(0)))
         opt_state = jax.eval_shape(optimizer(fc.optimizer, fc.learning_rate).init, theta)
         index = jax.ShapeDtypeStruct((fc.batch_size,), jnp.int32)
-        lowerings[L] = lambda: fit_step(fc).lower(theta, opt_state, params, blend, layered, index, index, 0.0,
-                                                  config=config).compile()
+        lowering = fit_step(fc).lower  # bound now: the loop's variables change
+        lowerings[L] = functools.partial(lambda *a, **k: lowering(*a, **k).compile(), theta, opt_state, params,
+                                         blend, layered, index, index, 0.0, config=config)
     times = {L: [] for L in lowerings}
     for _ in range(args.rounds):  # alternate, so machine noise hits both alike
         for L, compile_step in lowerings.items():
