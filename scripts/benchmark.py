@@ -148,7 +148,8 @@ def bench_fit_step(args) -> None:
     from tvjax.fitting import FitConfig, fit_step
     from tvjax.interventions import HeadBlend
     from tvjax.rows import prepare_rows
-    from tvjax.train import batch_indices, optimizer, run_step
+    from tvjax.sharding import placed
+    from tvjax.train import batch_indices, optimizer
 
     s = Setup(args.task)
     config, params, _ = s.model
@@ -164,7 +165,7 @@ def bench_fit_step(args) -> None:
 
         def ours():
             index = jnp.asarray(batch_indices(len(train), B, next(steps), 0))
-            state[0], state[1], loss = run_step(fit_step(fc), state[0], state[1], params, blend, rows, index, task,
+            state[0], state[1], loss = placed(fit_step(fc))(params, state[0], state[1], blend, rows, index, task,
                                                 0.0, config=config)
             loss.block_until_ready()
 
@@ -452,7 +453,7 @@ def bench_compile(args) -> None:
         opt_state = jax.eval_shape(optimizer(fc.optimizer, fc.learning_rate).init, theta)
         index = jax.ShapeDtypeStruct((fc.batch_size,), jnp.int32)
         lowering = fit_step(fc).lower  # bound now: the loop's variables change
-        lowerings[L] = functools.partial(lambda *a, **k: lowering(*a, **k).compile(), theta, opt_state, params,
+        lowerings[L] = functools.partial(lambda *a, **k: lowering(*a, **k).compile(), params, theta, opt_state,
                                          blend, layered, index, index, 0.0, config=config)
     times = {L: [] for L in lowerings}
     for _ in range(args.rounds):  # alternate, so machine noise hits both alike

@@ -152,7 +152,8 @@ def _fit_step(config, params, args, peak):
     from tvjax.fitting import FitConfig, fit_step
     from tvjax.interventions import HeadBlend
     from tvjax.rows import prepare_rows
-    from tvjax.train import batch_indices, optimizer, run_step
+    from tvjax.sharding import placed
+    from tvjax.train import batch_indices, optimizer
 
     rng = np.random.default_rng(1)
     n_rows, B, T = 4 * args.fit_batch, args.fit_batch, args.length
@@ -167,7 +168,7 @@ def _fit_step(config, params, args, peak):
 
     def step():
         index = jnp.asarray(batch_indices(n_rows, B, state[2], 0))
-        state[0], state[1], loss = run_step(fit_step(fc), state[0], state[1], params, blend, rows, index, task, 0.0,
+        state[0], state[1], loss = placed(fit_step(fc))(params, state[0], state[1], blend, rows, index, task, 0.0,
                                             config=config)
         state[2] += 1
         loss.block_until_ready()

@@ -26,9 +26,8 @@ from tvjax.extract import extract_means_many
 from tvjax.interventions import HeadBlend
 from tvjax.model import param_axes
 from tvjax.rows import Rows, prepare_rows, row_losses, scores, take
-from tvjax.sharding import put
-from tvjax.train import batch_indices, drawn_rows, initial_means, loop, open_checkpoints, optimizer, run_step, \
-    train_step
+from tvjax.sharding import placed, put
+from tvjax.train import batch_indices, drawn_rows, initial_means, loop, open_checkpoints, optimizer, train_step
 from tvjax.vocabulary import Form, Positions, check_form, check_positions
 
 
@@ -50,7 +49,7 @@ class FitConfig:
     positions: Positions = "last"  # where theta acts: 'last' prompt token, or 'answer': also every answer token
     # (teacher-forced here, generated in evaluation), with the loss on every answer token, or 'split':
     # theta fitted as 'last' fits it, then frozen while a second theta of its own at the answer tokens
-    # (theta_answer, HeadBlend.of; from ANSWER_INIT) is fitted, `steps` more, on the answer tokens after
+    # (theta_answer; from ANSWER_INIT) is fitted, `steps` more, on the answer tokens after
     # the first and the stop
     form: Form = "blend"  # how a head moves: 'blend' o + sigmoid(theta) * (mu - o), toward its task mean, or
     # 'shift' o + 2 * sigmoid(theta) * (mu - base), by the difference between its ICL and zero-shot means
@@ -102,7 +101,7 @@ def lower_train_step(mesh, theta, opt_state, params, blend: HeadBlend, rows: Row
     """The fitting step on `mesh`, lowered for these arrays or `jax.ShapeDtypeStruct`s (memory planning)."""
     with jax.set_mesh(mesh):
         params = put(params, param_axes(config))
-        return fit_step(settings).lower(put(theta, None), put(opt_state, None), params, put(blend, blend.axes()),
+        return fit_step(settings).lower(params, put(theta, None), put(opt_state, None), put(blend, blend.axes()),
                                         put(rows, rows.axes()), *put((index, task, sparsity), None), config=config)
 
 
@@ -201,11 +200,11 @@ def _fit_stage(model, tasks: Sequence[Task], start: HeadBlend, settings: FitConf
     theta = jnp.full((A, L, N), settings.init if start.positions != "split" else ANSWER_INIT, jnp.float32)
     state = {"theta": theta, "opt_state": optimizer(settings.optimizer, settings.learning_rate).init(theta), **means}
     frame = lambda state: start.replace(mu=state["mu"], base=state.get("base"))  # all but the fitted logits
-    step_fn = fit_step(settings)
+    run = placed(fit_step(settings))
 
     def step(state, n):
-        theta, opt_state, loss = run_step(step_fn, state["theta"], state["opt_state"], params, frame(state), train,
-                                          drawn.index(n - 1), row_task, settings.sparsity, config=config)
+        theta, opt_state, loss = run(params, state["theta"], state["opt_state"], frame(state), train,
+                                     drawn.index(n - 1), row_task, settings.sparsity, config=config)
         return {**state, "theta": theta, "opt_state": opt_state}, loss
 
     def validate(state):

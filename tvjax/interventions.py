@@ -171,15 +171,6 @@ class HeadBlend:
         return cls(jnp.where(jnp.asarray(heads, bool), jnp.inf, -jnp.inf), jnp.asarray(mu, jnp.float32))
 
     @classmethod
-    def of(cls, theta: jax.Array, mu: jax.Array, base: jax.Array | None = None,
-           positions: Positions | None = None) -> "HeadBlend":
-        """From fitted logits `theta`: `[..., L, N]`, or `[..., 2, L, N]` (positions 'split': at the
-        last prompt token, at the answer tokens; `...` a task axis or none); `base` as in the class."""
-        if jnp.ndim(theta) == jnp.ndim(mu) - 1:
-            return cls(theta, mu, None, base, positions)
-        return cls(theta[..., 0, :, :], mu, theta[..., 1, :, :], base, positions)
-
-    @classmethod
     def stack(cls, blends: Sequence["HeadBlend"]) -> "HeadBlend":
         """`A` blends of one form and positions as one with a leading task axis (float32)."""
         if len({(b.form, b.positions) for b in blends}) > 1:
@@ -197,15 +188,12 @@ class HeadBlend:
         return jax.tree.map(lambda x: jnp.swapaxes(jnp.asarray(x)[task], 0, 1), self).replace(per_row=True)
 
     def logits(self) -> jax.Array:
-        """What `of` takes: theta `[..., L, N]`, or `[..., 2, L, N]` stacked with `theta_answer`."""
+        """theta `[..., L, N]`, or `[..., 2, L, N]` stacked with `theta_answer`."""
         return self.theta if self.theta_answer is None else jnp.stack([self.theta, self.theta_answer], axis=-3)
 
-    def fitted(self) -> jax.Array:
-        """The logits a fit trains: `theta_answer` of a split blend (its `theta` frozen), else `theta`."""
-        return self.theta if self.theta_answer is None else self.theta_answer
-
     def fitting(self, logits: jax.Array) -> "HeadBlend":
-        """This blend with `logits` as the ones a fit trains (`fitted`)."""
+        """This blend with `logits` as the ones a fit trains: `theta_answer` of a split blend (its `theta`
+        frozen), else `theta`."""
         return self.replace(**{"theta" if self.theta_answer is None else "theta_answer": logits})
 
     def check(self, config: ModelConfig) -> None:

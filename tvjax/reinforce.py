@@ -23,7 +23,8 @@ from tvjax.config import ModelConfig
 from tvjax.data import Task, Template
 from tvjax.interventions import HeadBlend
 from tvjax.rows import Rows, mean_loss, split_rows, stacked_losses, take
-from tvjax.train import batch_indices, initial_means, loop, open_checkpoints, optimizer, run_step, train_step
+from tvjax.sharding import placed
+from tvjax.train import batch_indices, initial_means, loop, open_checkpoints, optimizer, train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,13 +99,12 @@ def select_heads(model, task: Task, mu, settings: ReinforceConfig = ReinforceCon
     state = {"logits": logits, "opt_state": optimizer("adam", settings.learning_rate).init(logits), "mu": mu}
     key = jax.random.key(settings.seed)
 
-    step_fn = train_step(reinforce_loss, "adam", settings.learning_rate, samples=settings.samples)
+    run = placed(train_step(reinforce_loss, "adam", settings.learning_rate, samples=settings.samples))
 
     def step(state, n):
         index = batch_indices(train.tokens.shape[0], settings.batch_size, n - 1, settings.seed)
-        logits, opt_state, loss = run_step(step_fn, state["logits"], state["opt_state"], params,
-                                           HeadBlend(None, state["mu"]), train, index,
-                                           jax.random.fold_in(key, n), settings.sparsity, config=config)
+        logits, opt_state, loss = run(params, state["logits"], state["opt_state"], HeadBlend(None, state["mu"]),
+                                      train, index, jax.random.fold_in(key, n), settings.sparsity, config=config)
         return {"logits": logits, "opt_state": opt_state, "mu": state["mu"]}, loss
 
     def validate(state):

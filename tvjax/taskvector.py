@@ -37,7 +37,7 @@ from tvjax.vocabulary import POSITIONS, SHAPE_KEYS, SHIFT_RANGE, blend_weights, 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "KINDS", "Kind", "register_kind", "kind_of", "resolve", "InterventionFile",
            "TaskVector", "ResidualVector", "TaskVectorError", "load_intervention", "load_task_vector", "save_intervention",
-           "save_task_vector", "save_residual_edit", "model_shape", "blend_weights", "SHIFT_RANGE", "SHAPE_KEYS"]
+           "save_task_vector", "model_shape", "blend_weights", "SHIFT_RANGE", "SHAPE_KEYS"]
 
 FORMAT = "tvjax-task-vector"
 FORMAT_VERSION = 3
@@ -188,12 +188,6 @@ def save_task_vector(path: str | os.PathLike, theta, mu, config, theta_answer=No
     arrays = {"theta": theta, "mu": mu, "theta_answer": theta_answer, "base": base}
     return _save(path, "head_blend", {k: v for k, v in arrays.items() if v is not None}, model_shape(config), info,
                  positions)
-
-
-def save_residual_edit(path: str | os.PathLike, edit, config, **info) -> Path:
-    """Write a `ResidualEdit` (or anything with `add`, `target`, `weight`) made on `config`'s model."""
-    return _save(path, "residual_edit", {k: getattr(edit, k) for k in ("add", "target", "weight")},
-                 model_shape(config), info, getattr(edit, "positions", "last"))
 
 
 def save_intervention(path: str | os.PathLike, intervention, config, **info) -> Path:

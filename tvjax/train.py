@@ -2,8 +2,7 @@
 validation, best-step keeping, progress, and Orbax checkpoints that resume exactly.
 
 A method supplies its loss; `train_step` makes the jitted Optax step from it (penzai's
-`basic_training` shape) and `run_step` places its arguments on the params' mesh by their own
-`axes()`. The loop takes a `step` (one update of the method's state), a `validate` (an objective
+`basic_training` shape), which `tvjax.sharding.placed` runs on the params' mesh. The loop takes a `step` (one update of the method's state), a `validate` (an objective
 to minimise and a record for the history) and `keep` (the part of the state worth keeping
 at the best validation), and does the rest; the data order is a function of
 (seed, step), so a resumed run is the same run. Many runs share one loop when the objective
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 from tvjax.version import __version__
 from tvjax.checkpoint import FitCheckpoints, ResumeError
 from tvjax.data import Task, Template
-from tvjax.sharding import axes_of, constrain, on_mesh, put
+from tvjax.sharding import constrain
 from tvjax.vocabulary import model_shape
 
 State = Any  # a pytree of arrays
@@ -61,26 +60,19 @@ def train_step(loss: Callable, optimizer_name: str, learning_rate: float, **stat
         minimised, `report` what the step returns (e.g. the loss, or one per task).
       static: hashable settings `loss` takes by keyword (compiled in).
     Returns:
-      `step(trained, opt_state, params, *data, config=...) -> (trained, opt_state, report)`,
-      jitted, `trained` and `opt_state` donated; call it through `run_step`.
+      `step(params, trained, opt_state, *data, config=...) -> (trained, opt_state, report)`,
+      jitted, `trained` and `opt_state` donated; `tvjax.sharding.placed(step)` runs it on the
+      params' mesh, each argument placed by its own `axes()` (`trained` replicated).
     """
     update = optimizer(optimizer_name, learning_rate).update
 
-    @functools.partial(jax.jit, static_argnames="config", donate_argnums=(0, 1))
-    def step(trained, opt_state, params, *data, config):
+    @functools.partial(jax.jit, static_argnames="config", donate_argnums=(1, 2))
+    def step(params, trained, opt_state, *data, config):
         (_, report), grad = jax.value_and_grad(loss, has_aux=True)(trained, params, *data, config=config, **static)
         updates, opt_state = update(grad, opt_state, trained)
         return constrain((optax.apply_updates(trained, updates), opt_state, report), None)
 
     return step
-
-
-def run_step(step: Callable, trained, opt_state, params, *data, config):
-    """`step` (from `train_step`) on the params' mesh: `trained`, its optimizer state and plain
-    arrays replicated, each other argument placed by its own `axes()` (an intervention, `Rows`)."""
-    with on_mesh(params):
-        return step(put(trained, None), put(opt_state, None), params, *(put(x, axes_of(x)) for x in data),
-                    config=config)
 
 
 def batch_indices(n_rows: int, batch_size: int, step: int, seed: int) -> np.ndarray:
