@@ -9,6 +9,8 @@ Dimension letters: B batch, T tokens, L layers, N heads, H head dim, V vocab.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -68,8 +70,10 @@ class TorchPipeline:
 
         return step, theta, hook
 
-    def fit(self, train, valid, mu: torch.Tensor, config: FitConfig = FitConfig()) -> torch.Tensor:
-        """`theta` `[L, N]` with the best validation loss, as `tvjax.fitting` (first-token loss)."""
+    def fit(self, train, valid, mu: torch.Tensor, config: FitConfig = FitConfig()) -> tuple[torch.Tensor, float]:
+        """`theta` `[L, N]` with the best validation loss, as `tvjax.fitting` (first-token loss), and
+        the seconds the fit took to reach it."""
+        start = time.perf_counter()
         step, theta, hook = self.step_fn(mu, config)
         valid_batch, valid_targets = self.batch(valid), torch.tensor([p.answer[0] for p in valid])
 
@@ -78,14 +82,15 @@ class TorchPipeline:
                 return float(self.first_token_loss(hook, theta, valid_batch, valid_targets))
 
         best, best_loss = theta.detach().clone(), validate()
+        to_best = time.perf_counter() - start
         for i in range(config.steps):
             rows = [train[j] for j in batch_indices(len(train), config.batch_size, i, config.seed)]
             step(self.batch(rows), torch.tensor([p.answer[0] for p in rows]))
             if (i + 1) % config.eval_every == 0 or i + 1 == config.steps:
                 loss = validate()
                 if loss < best_loss:
-                    best, best_loss = theta.detach().clone(), loss
-        return best
+                    best, best_loss, to_best = theta.detach().clone(), loss, time.perf_counter() - start
+        return best, to_best
 
     def generate(self, prompts, theta: torch.Tensor, mu: torch.Tensor, max_new_tokens: int) -> np.ndarray:
         """`[B, max_new_tokens]` greedy tokens with the task vector (transformers' `generate`)."""

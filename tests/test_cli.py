@@ -86,7 +86,8 @@ def test_fit_resume_continues_from_checkpoints(tmp_path, capsys, tiny_lm_dir):
                                                             "light", "music", "ocean", "paper", "quiet", "sharp"]))
     out = tmp_path / "out"
     fit = ["fit", "--model", str(tiny_lm_dir), "--task", str(task), "--out", str(out), "--shots", "2",
-           "--n-prompts", "2", "--batch-size", "2", "--eval-every", "2", "--resume"]
+           "--n-prompts", "2", "--batch-size", "2", "--eval-every", "2", "--positions", "last", "--form", "blend",
+           "--resume"]  # one stage: its checkpoints in one folder
     assert main(fit + ["--steps", "4"]) == 0
     assert sorted(p.name for p in (out / "checkpoints" / "caps").iterdir() if p.name.isdigit()) == ["2", "4"]
     assert main(fit + ["--steps", "6"]) == 0
@@ -98,7 +99,7 @@ def test_fit_resume_continues_from_checkpoints(tmp_path, capsys, tiny_lm_dir):
 
 
 
-OTHER_STRINGS = {"adam": "sgd", "last": "answer", "blend": "shift"}  # string fields' defaults -> another valid value
+OTHER_STRINGS = {"adam": "sgd", "split": "answer", "shift": "blend"}  # string fields' defaults -> another valid value
 
 
 def _other(value):
@@ -147,7 +148,7 @@ def test_fit_several_tasks_together(tmp_path, capsys, tiny_lm_dir):
     out = tmp_path / "out"
     fit = ["fit", "--model", str(tiny_lm_dir), "--task", f"{tmp_path / 'caps.tsv'},{tmp_path / 'rev.tsv'}",
            "--out", str(out), "--shots", "2", "--n-prompts", "2", "--steps", "2", "--batch-size", "2",
-           "--eval-every", "1"]
+           "--eval-every", "1", "--positions", "last", "--form", "blend"]
     assert main(fit) == 0
     assert capsys.readouterr().out.count("soft TV") == 2
     for name in ("caps", "rev"):
@@ -158,9 +159,19 @@ def test_fit_several_tasks_together(tmp_path, capsys, tiny_lm_dir):
     assert (out / "checkpoints" / "caps+rev" / "2").is_dir()
     longer = fit + ["--resume"]
     longer[longer.index("--steps") + 1] = "4"
-    assert main(longer) == 0  # continues from step 2, with the checkpoint's means
+    assert main(longer + ["--baselines", "zero_shot"]) == 0  # continues from step 2, with the checkpoint's means
     resumed = json.loads((out / "rev.json").read_text())
     assert [h["step"] for h in resumed["history"]] == [0, 1, 2, 3, 4] and "means" not in resumed["seconds"]
+    assert set(resumed["scores"]) == {"zero_shot", "task_vector"} and "eval_icl" not in resumed["seconds"]
+
+
+def test_baselines_are_chosen_by_name():
+    parse = lambda *argv: build_parser().parse_args(["fit", "--task", "antonym", *argv]).baselines
+    assert parse() == ("zero_shot", "icl") and parse("--baselines", "none") == ()
+    assert parse("--baselines", "icl,zero_shot") == ("zero_shot", "icl")
+    assert build_parser().parse_args(["compare", "--baselines", "icl"]).baselines == ("icl",)
+    with pytest.raises(SystemExit):
+        parse("--baselines", "few_shot")
 
 
 def test_version_and_the_model_a_task_vector_records(tmp_path, capsys, tiny_lm, tiny_lm_dir):

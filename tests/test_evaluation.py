@@ -55,3 +55,44 @@ def test_a_row_scores_first_token_exact_match_and_contains(tiny_lm):
     for text, expected in rows.items():
         row = np.asarray(tokenizer(text)["input_ids"] + [2, 7])
         assert score_row(tokenizer, row, prompt, (2,)).tolist() == expected, text
+
+
+def _generated(model, task, shots: int = 0, intervention=None) -> list[float]:
+    """`[first token, exact, contains]` of `task`'s test split with every answer generated."""
+    from tvjax.batching import pad_id, pad_left
+    from tvjax.evaluation import answer_budget, score_row
+
+    config, params, tokenizer = model
+    prompts, _ = prompts_for(tokenizer, task, "test", shots)
+    tokens, mask = pad_left([p.ids for p in prompts], pad_id(tokenizer))
+    new = tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=answer_budget(prompts),
+                         intervention=intervention)
+    return np.mean([score_row(tokenizer, row, p, config.eos_ids) for p, row in zip(prompts, new)], 0).tolist()
+
+
+def test_one_token_answers_score_as_generated(tiny_lm, echo_task, tiny_task):
+    c = tiny_lm.config
+    mu = jnp.asarray(np.random.default_rng(1).normal(size=(c.n_layers, c.n_heads, c.head_dim)), jnp.float32)
+    blends = [None, tvjax.HeadBlend(jnp.full((c.n_layers, c.n_heads), 2.0), mu),
+              tvjax.HeadBlend(jnp.zeros((c.n_layers, c.n_heads)), mu, jnp.full((c.n_layers, c.n_heads), 1.0))]
+    for task in (echo_task, tiny_task):
+        for blend in blends:
+            s = evaluate_many(tiny_lm, [task], interventions=[blend], batch_size=8)[0]
+            assert [s.first_token, s.exact_match, s.contains] == _generated(tiny_lm, task, 0, blend)
+    s = tvjax.evaluate(tiny_lm, echo_task, shots=2, batch_size=8)
+    assert [s.first_token, s.exact_match, s.contains] == _generated(tiny_lm, echo_task, 2)
+
+
+def test_a_one_token_answer_is_settled_only_where_two_tokens_decide_it(tiny_lm):
+    from tvjax.data.prompts import Prompt
+    from tvjax.evaluation import settled_score
+
+    tokenizer = tiny_lm.tokenizer
+    one = lambda text: tokenizer(text)["input_ids"][0]
+    prompt = Prompt([5, 6], [one(" hot")], ("cold", "hot"))
+    cases = {(" hot", "\n"): [1, 1, 1], (" hot", "ter"): None, (" hot", " "): None, (" warm", "\n"): [0, 0, 0],
+             (" h", "\n"): None, (" hotter", "\n"): None, (" ", "\n"): None}
+    for (first, after), expected in cases.items():
+        score = settled_score(tokenizer, prompt, [one(first), one(after)], (2,))
+        assert (None if score is None else score.tolist()) == expected, (first, after)
+    assert settled_score(tokenizer, prompt, [one(" hot"), 2], (2,)).tolist() == [1, 1, 1]  # then end of sequence

@@ -14,7 +14,8 @@ from tvjax import FitConfig, HeadBlend
 from tvjax.data import prompts_for
 from tvjax.rows import prepare_rows, row_losses
 
-FAST = FitConfig(steps=30, eval_every=5, batch_size=4, learning_rate=0.2)
+LAST = {"positions": "last", "form": "blend"}  # one stage at the last prompt token, the mechanics tested here
+FAST = FitConfig(steps=30, eval_every=5, batch_size=4, learning_rate=0.2, **LAST)
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +75,10 @@ def test_training_loop_compiles_once(tiny_lm, tiny_task, fitted):
     from tvjax.fitting import fit_step
 
     mu, _ = fitted
-    settings = FitConfig(steps=7, eval_every=3, batch_size=4, seed=3)
+    settings = FitConfig(steps=7, eval_every=3, batch_size=4, seed=3)  # the defaults: two stages
     before = fit_step(settings)._cache_size()
     tvjax.fit(tiny_lm, tiny_task, mu, settings)
-    assert fit_step(settings)._cache_size() - before <= 1
+    assert fit_step(settings)._cache_size() - before <= 2  # one program per stage
 
 
 def test_sparsity_penalty_lowers_the_weights(tiny_lm, tiny_task, fitted):
@@ -89,7 +90,7 @@ def test_sparsity_penalty_lowers_the_weights(tiny_lm, tiny_task, fitted):
 
 def test_optimizer_is_selectable_and_checked(tiny_lm, tiny_task, fitted):
     mu, _ = fitted
-    result = tvjax.fit(tiny_lm, tiny_task, mu, FitConfig(steps=3, eval_every=3, batch_size=4, optimizer="sgd"))
+    result = tvjax.fit(tiny_lm, tiny_task, mu, FitConfig(steps=3, eval_every=3, batch_size=4, optimizer="sgd", **LAST))
     assert result.history[-1]["step"] == 3
     with pytest.raises(ValueError, match="unknown optax optimizer 'adamm'"):
         tvjax.fit(tiny_lm, tiny_task, mu, FitConfig(steps=3, optimizer="adamm"))
@@ -113,7 +114,7 @@ def test_many_tasks_fit_together_as_each_alone(tiny_lm, three_tasks):
     from tvjax.evaluation import evaluate_many
     from tvjax.extract import extract_means_many
 
-    settings = FitConfig(steps=12, eval_every=4, batch_size=4, learning_rate=0.2, all_answer_tokens=True)
+    settings = FitConfig(steps=12, eval_every=4, batch_size=4, learning_rate=0.2, all_answer_tokens=True, **LAST)
     mus = extract_means_many(tiny_lm, three_tasks, n_prompts=6, shots=3)
     together = tvjax.fit_many(tiny_lm, three_tasks, mus, settings)
     for task, mu, many in zip(three_tasks, mus, together):
@@ -144,7 +145,8 @@ def test_split_vectors_fit_and_score_together_as_each_alone(tiny_lm, three_tasks
     from tvjax.evaluation import evaluate_many
     from tvjax.extract import extract_means_many
 
-    settings = FitConfig(steps=6, eval_every=3, batch_size=4, learning_rate=0.2, positions="split", form=form)
+    settings = FitConfig(steps=6, eval_every=3, batch_size=4, learning_rate=0.2, positions="split", form=form,
+                         answer_steps=6)
     mus = extract_means_many(tiny_lm, three_tasks, n_prompts=4, shots=2)
     together = tvjax.fit_many(tiny_lm, three_tasks, mus, settings)
     for task, mu, many in zip(three_tasks, mus, together):
@@ -156,10 +158,13 @@ def test_split_vectors_fit_and_score_together_as_each_alone(tiny_lm, three_tasks
         assert np.abs(alone.blend.theta - alone.blend.theta_answer).max() > 1e-3, "fitted apart"
         # the first stage is the 'last' fit, frozen while theta_answer is fitted
         last = tvjax.fit(tiny_lm, task, mu, dataclasses.replace(settings, positions="last"))
-        np.testing.assert_array_equal(alone.blend.theta, last.blend.theta)
+        np.testing.assert_allclose(alone.blend.theta, last.blend.theta, atol=1e-5)
         assert [(h["stage"], h["step"]) for h in alone.history] == [
             (stage, step) for stage in ("last", "answer") for step in (0, 3, 6)]
-        assert alone.history[:3] == [{**h, "stage": "last"} for h in last.history]
+        for split_entry, last_entry in zip(alone.history[:3], last.history):  # rows of one prefill, read apart
+            assert split_entry.keys() == {**last_entry, "stage": "last"}.keys()
+            for key, value in last_entry.items():
+                np.testing.assert_allclose(split_entry[key] if value is not None else 0, value or 0, rtol=1e-5)
     assert {r.blend.positions for r in together} == {"split"}  # the blends carry where they act
     shared = evaluate_many(tiny_lm, three_tasks, interventions=[r.blend for r in together], batch_size=8)
     assert shared == [tvjax.evaluate(tiny_lm, task, intervention=r.blend)
@@ -175,7 +180,8 @@ def test_answer_positions_beat_the_last_token_on_uppercase_exact_match():
     valid split, which is why 'last' stays the default; docs/method.md has the table)."""
     model, mu, exact = tvjax.load(), None, {}
     for positions in ("last", "answer"):
-        settings = FitConfig(steps=100, learning_rate=0.3, batch_size=16, eval_every=10, positions=positions)
+        settings = FitConfig(steps=100, learning_rate=0.3, batch_size=16, eval_every=10, positions=positions,
+                             form="blend")
         tv = tvjax.TaskVectorExtractor(model, "uppercase", fit_config=settings)
         tv.mu = mu  # the first fit's means for both
         tv.fit()

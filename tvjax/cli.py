@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--shots", type=int, default=10)
     fit.add_argument("--n-prompts", type=int, default=50, help="ICL prompts averaged for the means")
     fit.add_argument("--template", default=None, help="prompt template with {input} and {output}")
+    _add_baselines_flag(fit)
     add_config_flags(fit.add_argument_group("fitting (tvjax.fitting.FitConfig)"), FitConfig(), help=FIT_HELP)
     fit.add_argument("--checkpoint-dir", default=None,
                      help="save Orbax checkpoints of the fit here (with --resume, default <out>/checkpoints/<task>; "
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--model", default=None, help=model_help)
     cmp.add_argument("--methods", default=None,
                      help=f"comma-separated subset of {', '.join(METHODS)} (default: all)")
+    _add_baselines_flag(cmp)
     cmp.add_argument("--out", default="results/compare", help="writes compare.{md,json,png} and tasks/<task>.json")
     cmp.add_argument("--redo", action="store_true", help="recompute tasks that already have results in --out")
     defaults = CompareConfig()
@@ -207,6 +209,21 @@ def _add_scale_flags(parser) -> None:
                              "with the prompt ('none': all at once; default 1024)")
 
 
+def _add_baselines_flag(parser) -> None:
+    parser.add_argument("--baselines", default=",".join(BASELINES), type=_baselines, metavar="NAMES",
+                        help=f"baselines scored beside the fitted methods: comma-separated, of "
+                             f"{', '.join(BASELINES)}, or 'none' (default: all; the {METHODS['icl'].label} "
+                             f"baseline runs the longest prompts)")
+
+
+def _baselines(text: str) -> tuple[str, ...]:
+    names = [n.strip() for n in text.split(",") if n.strip() and n.strip() != "none"]
+    unknown = sorted(set(names) - set(BASELINES))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown baselines {unknown}: give some of {', '.join(BASELINES)}, or none")
+    return tuple(m for m in BASELINES if m in names)
+
+
 def _add_compile_cache_flag(parser) -> None:
     parser.add_argument("--compile-cache", default=os.environ.get("TVJAX_COMPILE_CACHE", "default"), metavar="DIR",
                         help="keep compiled XLA programs in DIR so later runs skip compiling (default: "
@@ -284,6 +301,7 @@ def cmd_fit(args) -> None:
 
     tasks = [load_task(name.strip(), args.seed) for name in args.task.split(",") if name.strip()]  # before the model
     config = config_from_flags(args, FitConfig())
+    methods = (*args.baselines, "task_vector")
     start = time.perf_counter()
     model = _load_model(args)
     settings = dict(shots=args.shots, n_prompts=args.n_prompts, fit_config=config, template=_template(args),
@@ -295,9 +313,10 @@ def cmd_fit(args) -> None:
     if len(tasks) == 1:
         tv = TaskVectorExtractor(model, tasks[0], **settings)
         tv.fit(checkpoints, resume=args.resume)
-        fitted = [(tv, tv.evaluate())]
+        fitted = [(tv, tv.evaluate(methods))]
     else:
-        fitted = fit_together(model, tasks, checkpoint_dir=checkpoints, resume=args.resume, **settings)
+        fitted = fit_together(model, tasks, methods=methods, checkpoint_dir=checkpoints, resume=args.resume,
+                              **settings)
     if jax.process_index() != 0:  # every process of a multi-process run has the results; one writes them
         return
     for tv, scores in fitted:
@@ -398,7 +417,9 @@ def cmd_compare(args) -> None:
     from tvjax.report import markdown_table, shared_methods
 
     tasks = task_paths(args.tasks) if args.tasks else builtin_names()
-    methods = check_methods(METHODS if args.methods is None else [m.strip() for m in args.methods.split(",")])
+    methods = check_methods([m for m in (METHODS if args.methods is None else [m.strip() for m in
+                                                                          args.methods.split(",")])
+                             if m not in BASELINES or m in args.baselines])
     config = compare_config(args)
     results = compare(_load_model(args), tasks, args.out, config, methods, redo=args.redo,
                       model_name=args.model or DEFAULT_MODEL)

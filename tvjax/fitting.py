@@ -33,31 +33,40 @@ from tvjax.vocabulary import Form, Positions, check_form, check_positions
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
-    """Hyperparameters of `fit`: the published recipe (Adam, learning rate 0.2, batch 1, weights
-    starting at 0.5) for 800 steps, chosen by valid accuracy over the built-in suite with
-    scripts/sweep_fit.py on the default model (docs/method.md has the sweep)."""
+    """Hyperparameters of `fit`. The defaults: the shift form, fitted in two stages ('split'):
+    400 steps of the published recipe (Adam, learning rate 0.2, batch 1, weights starting at 1:
+    the whole ICL minus zero-shot difference) at the last prompt token, then 100 at the answer
+    tokens; chosen by valid accuracy over the built-in suite with scripts/sweep_fit.py on the
+    default model (docs/method.md has the sweep)."""
 
-    steps: int = 800
+    steps: int = 400
     learning_rate: float = 0.2
     batch_size: int = 1
-    init: float = 0.0  # initial theta: sigmoid(0) = 0.5 weight on the means
+    init: float = 0.0  # initial theta: weight sigmoid(0) = 0.5 on the means (blend), 2 sigmoid(0) = 1 (shift)
     seed: int = 0
-    eval_every: int = 80
+    eval_every: int = 40
+    patience: int = 0  # stop once every task's best validation loss is this many validations old (0: never)
+    answer_steps: int | None = None  # with positions 'split': the answer stage's steps (None: a quarter of `steps`)
     sparsity: float = 0.0  # penalty weight on mean(sigmoid(theta))
     optimizer: str = "adam"  # any optax optimizer taking a learning rate: adam, adamw, sgd, lion, ...
     all_answer_tokens: bool = False  # loss on every answer token instead of the first
-    positions: Positions = "last"  # where theta acts: 'last' prompt token, or 'answer': also every answer token
-    # (teacher-forced here, generated in evaluation), with the loss on every answer token, or 'split':
+    positions: Positions = "split"  # where theta acts: 'last' prompt token, or 'answer': also every answer
+    # token (teacher-forced here, generated in evaluation), with the loss on every answer token, or 'split':
     # theta fitted as 'last' fits it, then frozen while a second theta of its own at the answer tokens
-    # (theta_answer; from ANSWER_INIT) is fitted, `steps` more, on the answer tokens after
-    # the first and the stop
-    form: Form = "blend"  # how a head moves: 'blend' o + sigmoid(theta) * (mu - o), toward its task mean, or
-    # 'shift' o + 2 * sigmoid(theta) * (mu - base), by the difference between its ICL and zero-shot means
-    # (`HeadBlend.base`), keeping what it carries about the query
+    # (theta_answer; from ANSWER_INIT) is fitted, `answer_steps` more, on the answer tokens after the
+    # first and the stop
+    form: Form = "shift"  # how a head moves: 'shift' o + 2 * sigmoid(theta) * (mu - base), by the difference
+    # between its ICL and zero-shot means (`HeadBlend.base`), keeping what it carries about the query, or
+    # 'blend' o + sigmoid(theta) * (mu - o), toward its task mean
 
     def __post_init__(self):
         check_positions(self.positions)
         check_form(self.form)
+
+    @property
+    def answer_stage(self) -> "FitConfig":
+        """The settings of the answer stage of positions 'split': `answer_steps` steps."""
+        return dataclasses.replace(self, steps=self.answer_steps or max(1, self.steps // 4))
 
 
 # Where positions 'split' starts theta_answer: weight sigmoid(-6) = 0.25% on the means, so the
@@ -151,12 +160,17 @@ def fit_many(model, tasks: Sequence[Task], mus, settings: FitConfig = FitConfig(
         bases = extract_means_many(model, tasks, shots=0, template=template, seed=settings.seed)
     mu, base = (None if xs is None else _stacked(xs, shape, name) for xs, name in ((mus, "mean"), (bases, "base")))
     stage = functools.partial(_fit_stage, model, tasks, template=template, resume=resume, run_info=run_info)
+    start = HeadBlend(None, mu, None, base, settings.positions)
     if settings.positions != "split":
-        return stage(HeadBlend(None, mu, None, base, settings.positions), settings, checkpoint_dir=checkpoint_dir)
+        return stage(start, settings, _data(model, tasks, settings, template, start), checkpoint_dir=checkpoint_dir)
+    answer = settings.answer_stage
+    data = _data(model, tasks, max(settings, answer, key=lambda s: s.steps), template, start)  # rows of both stages
     last = dataclasses.replace(settings, positions="last")
-    firsts = stage(HeadBlend(None, mu, None, base), last, checkpoint_dir=_subdir(checkpoint_dir, "last"))
+    last_data = (_data(model, tasks, last, template, start.replace(positions="last")) if settings.all_answer_tokens
+                 else [(rows.at_last(), drawn) for rows, drawn in data])  # the same prefixes, the first position
+    firsts = stage(start.replace(positions="last"), last, last_data, checkpoint_dir=_subdir(checkpoint_dir, "last"))
     first = HeadBlend.stack([r.blend for r in firsts])
-    seconds = stage(first.replace(theta_answer=first.theta, positions="split"), settings,
+    seconds = stage(first.replace(theta_answer=first.theta, positions="split"), answer, data,
                     checkpoint_dir=_subdir(checkpoint_dir, "answer"))
     return [_two_stages(a, b) for a, b in zip(firsts, seconds)]
 
@@ -180,11 +194,11 @@ def _two_stages(first: FitResult, second: FitResult) -> FitResult:
     return second._replace(history=history)
 
 
-def _fit_stage(model, tasks: Sequence[Task], start: HeadBlend, settings: FitConfig, *, template: Template,
-               checkpoint_dir, resume: bool, run_info: dict | None) -> list[FitResult]:
+def _fit_stage(model, tasks: Sequence[Task], start: HeadBlend, settings: FitConfig, data: list, *,
+               template: Template, checkpoint_dir, resume: bool, run_info: dict | None) -> list[FitResult]:
     """One loop of `fit_many`: the fitted logits of `start` (stacked; `theta`, or `theta_answer`
     beside a frozen `theta` when it is split), from `settings.init` (`ANSWER_INIT` at the answer
-    tokens); `start.mu` and `start.base` may be None when resuming."""
+    tokens), on `data` (`_data`'s); `start.mu` and `start.base` may be None when resuming."""
     config, params, _ = model
     A, L, N = len(tasks), config.n_layers, config.n_heads
     checkpoints = open_checkpoints(checkpoint_dir, resume, model=model, task=tasks if A > 1 else tasks[0],
@@ -193,12 +207,12 @@ def _fit_stage(model, tasks: Sequence[Task], start: HeadBlend, settings: FitConf
     if settings.form == "shift":
         means["base"] = initial_means(start.base, checkpoints, config, "fit (form 'shift', its zero-shot means base)",
                                       runs=A)
-    (train, drawn), (valid, valid_rows) = (_rows(model, tasks, split, settings, template, start)
-                                           for split in ("train", "valid"))
+    (train, drawn), (valid, valid_rows) = data
     row_task = np.repeat(np.arange(A), settings.batch_size)  # [A * B]
     valid_task = np.repeat(np.arange(A), [len(r) for r in valid_rows.rows])  # [R]
     theta = jnp.full((A, L, N), settings.init if start.positions != "split" else ANSWER_INIT, jnp.float32)
-    state = {"theta": theta, "opt_state": optimizer(settings.optimizer, settings.learning_rate).init(theta), **means}
+    state = {"theta": theta, "opt_state": optimizer(settings.optimizer, settings.learning_rate).init(theta),
+             **means}
     frame = lambda state: start.replace(mu=state["mu"], base=state.get("base"))  # all but the fitted logits
     run = placed(fit_step(settings))
 
@@ -215,7 +229,8 @@ def _fit_stage(model, tasks: Sequence[Task], start: HeadBlend, settings: FitConf
 
     desc = f"fit {tasks[0].name if A == 1 else f'{A} tasks'}" + (" (answer tokens)" * (start.positions == "split"))
     trained = loop(step, validate, state, steps=settings.steps, eval_every=settings.eval_every,
-                   keep=lambda state: state["theta"], desc=desc, checkpoints=checkpoints)
+                   keep=lambda state: state["theta"], desc=desc, checkpoints=checkpoints,
+                   patience=settings.patience)
     best = frame(trained.state).fitting(trained.best)
     results = []
     for a, best_step in enumerate(trained.best_step):
@@ -240,6 +255,11 @@ class Drawn(NamedTuple):
         starts = np.cumsum([0] + [len(r) for r in self.rows[:-1]])
         return np.concatenate([start + np.searchsorted(rows, batch_indices(size, self.batch_size, step, self.seed))
                                for start, rows, size in zip(starts, self.rows, self.sizes)])
+
+
+def _data(model, tasks: Sequence[Task], settings: FitConfig, template: Template, blend: HeadBlend) -> list:
+    """`[(train rows, Drawn), (valid rows, Drawn)]` of the tasks for `blend` (`_rows`)."""
+    return [_rows(model, tasks, split, settings, template, blend) for split in ("train", "valid")]
 
 
 def _rows(model, tasks: Sequence[Task], split: str, settings: FitConfig, template: Template,

@@ -58,7 +58,9 @@ FIT_HELP = {"steps": "training steps",
             "positions": "where the vector acts: 'last' (the last prompt token), 'answer' (also every answer "
                          "token, generated or teacher-forced; the loss covers the whole answer) or 'split' (as "
                          "'answer', with weights of their own at the answer tokens, fitted after the last "
-                         "token's: twice the steps)",
+                         "token's, --answer-steps more)",
+            "patience": "stop once every task's best validation is this many validations old (0: run every step)",
+            "answer_steps": "with --positions split: the answer stage's steps (default: a quarter of --steps)",
             "form": "how a head moves: 'blend' (toward its ICL mean) or 'shift' (by its ICL minus zero-shot "
                     "mean, keeping what it carries about the query)"}
 

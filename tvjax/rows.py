@@ -52,12 +52,17 @@ class Rows(NamedTuple):
         """Split over rows `R` like a batch (`tvjax.sharding`)."""
         return ROWS_AXES
 
+    def at_last(self) -> "Rows":
+        """The rows as an edit of the last prompt token alone sees them: the suffix's first
+        position (the last prompt token), its target (the first answer token) counted."""
+        return Rows(self.cache, self.tokens[:, :1], self.mask[:, :1], self.targets[:, :1], self.mask[:, :1])
+
 
 ROWS_AXES = Rows(CACHE_AXES, "RT", "RT", "RT", "RT", "RT")
 
 
 def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, batch_size: int = 16,
-                 intervention=None) -> Rows:
+                 intervention=None, whole_answer: bool = False) -> Rows:
     """Run every prompt's prefix once into a KV cache and lay out suffixes and targets (on the params' mesh),
     for `intervention` (or any with its `positions`; None: one at the last prompt token).
 
@@ -65,13 +70,17 @@ def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, 
     'split' also every answer token: the suffix holds the whole answer, teacher-forced, and the
     targets are every answer token and the prompt's `stop` token after them (so that the edited
     model still ends its answer); with 'split' the targets counted are the ones `theta_answer`
-    serves, all but the first answer token.
+    serves, all but the first answer token. `whole_answer` puts the whole answer in the suffix
+    whatever the positions, the targets its tokens and the stop (0 where a prompt has none), so
+    that `greedy` reads what the model picks after each answer token.
     """
     positions = check_positions(getattr(intervention, "positions", "last"))
     config, params, _ = model
     if any(len(p.ids) < 2 for p in prompts):
         raise ValueError("every prompt row needs at least 2 tokens (a prefix and the edited last token)")
-    if positions != "last":
+    if whole_answer:  # the suffix holds every answer token, stop or not
+        targets = [p.answer + list(p.stop or (0,)) for p in prompts]
+    elif positions != "last":
         targets = [p.answer + list(p.stop) for p in prompts]
     else:
         targets = [p.answer if all_answer_tokens else p.answer[:1] for p in prompts]
@@ -123,11 +132,16 @@ def row_losses(params, config: ModelConfig, intervention, rows: Rows) -> jax.Arr
     return row_scores(params, config, intervention, rows)[0]
 
 
+def row_logits(params, config: ModelConfig, intervention, rows: Rows) -> jax.Array:
+    """`[R, Ts, V]` logits of the rows' suffixes, with `intervention` at each row's edited positions."""
+    edit = jnp.zeros(rows.tokens.shape, bool).at[:, 0].set(True) if rows.edit is None else rows.edit
+    return forward(params, rows.tokens, config=config, mask=rows.mask, intervention=intervention, edit_mask=edit,
+                   cache=rows.cache).logits
+
+
 def row_scores(params, config: ModelConfig, intervention, rows: Rows) -> tuple[jax.Array, jax.Array]:
     """`row_losses` `[R]` and whether each row's first answer token is the most likely one `[R]` (bool)."""
-    edit = jnp.zeros(rows.tokens.shape, bool).at[:, 0].set(True) if rows.edit is None else rows.edit
-    logits = forward(params, rows.tokens, config=config, mask=rows.mask, intervention=intervention, edit_mask=edit,
-                     cache=rows.cache).logits  # [R, Ts, V]
+    logits = row_logits(params, config, intervention, rows)  # [R, Ts, V]
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), rows.targets[..., None], axis=-1)[..., 0]
     hit = jnp.argmax(logits[:, 0], axis=-1) == rows.targets[:, 0]
     return (nll * rows.target_mask).sum(-1) / rows.target_mask.sum(-1), hit
@@ -153,6 +167,14 @@ def losses(params, intervention, rows: Rows, *, config: ModelConfig) -> jax.Arra
 def scores(params, intervention, rows: Rows, *, config: ModelConfig) -> tuple[jax.Array, jax.Array]:
     """`row_scores`: losses `[R]` and first-token hits `[R]`, on the params' mesh if any."""
     return constrain(row_scores(params, config, intervention, rows), None)
+
+
+@placed
+@functools.partial(jax.jit, static_argnames="config")
+def greedy(params, intervention, rows: Rows, *, config: ModelConfig) -> jax.Array:
+    """`[R, Ts]` the most likely token after each suffix position (the answer teacher-forced: what
+    greedy decoding picks there as long as it has followed the answer), on the params' mesh if any."""
+    return constrain(jnp.argmax(row_logits(params, config, intervention, rows), axis=-1), None)
 
 
 @placed

@@ -124,8 +124,9 @@ def initial_means(mu, checkpoints: FitCheckpoints | None, config, who: str, runs
 
 def loop(step: Callable[[State, int], tuple[State, jax.Array]], validate: Callable[[State], tuple[float, dict]],
          state: State, *, steps: int, eval_every: int, keep: Callable[[State], State], desc: str,
-         checkpoints: FitCheckpoints | None = None) -> Trained:
-    """Run `step` for steps 1..`steps`, validating every `eval_every` steps and at the end.
+         checkpoints: FitCheckpoints | None = None, patience: int = 0) -> Trained:
+    """Run `step` for steps 1..`steps`, validating every `eval_every` steps and at the end, or
+    until `patience` validations in a row (of every run) have not improved on the best.
 
     Args:
       step: `(state, n) -> (state, loss)`, the n-th update (it may donate `state`'s buffers);
@@ -137,6 +138,8 @@ def loop(step: Callable[[State, int], tuple[State, jax.Array]], validate: Callab
       keep: what of the state to keep at the best validation (copied: `step` may donate it).
       checkpoints: save `(state, best)` and the history at every validation; when they hold a
         step, continue from it.
+      patience: stop early once every run's best is `patience` validations old (0: never).
+        Read from the history, so a resumed run stops where the run would have.
     """
     if resumable(checkpoints):
         start, saved, progress = checkpoints.restore({"state": state, "best": keep(state)})
@@ -151,6 +154,8 @@ def loop(step: Callable[[State, int], tuple[State, jax.Array]], validate: Callab
         best_step = np.zeros(np.shape(best_objective), int).tolist()  # 0, or one 0 per run
         history = [{"step": 0, "train_loss": None, **record}]
     running = []
+    if patience and _stale(history, best_step) >= patience:
+        steps = start  # a resumed run that had already stopped
     bar = tqdm(range(start + 1, steps + 1), desc=desc, leave=False, disable=None, initial=start, total=steps)
     try:
         for n in bar:
@@ -170,10 +175,18 @@ def loop(step: Callable[[State, int], tuple[State, jax.Array]], validate: Callab
                     checkpoints.save(n, {"state": state, "best": best},
                                      {"best_objective": best_objective, "best_step": best_step, "history": history},
                                      float(np.mean(objective)))
+                if patience and _stale(history, best_step) >= patience:
+                    break
     finally:
+        bar.close()
         if checkpoints is not None:
             checkpoints.close()
     return Trained(state, best, best_step, history)
+
+
+def _stale(history: list, best_step) -> int:
+    """Validations since the most recent of the runs' best steps."""
+    return sum(h["step"] > np.max(best_step) for h in history)
 
 
 def _copy(tree: State) -> State:
