@@ -88,7 +88,7 @@ def evaluate_many(model, tasks: Sequence[Task], *, interventions: Sequence | Non
         raise ValueError(f"evaluate_many needs one intervention per task: {len(interventions)} for {len(tasks)} tasks")
     if first_token_only:
         return [first_token_scores(model, t, [i], shots=shots, split=split, seed=seed, template=template,
-                                   desc=desc)[0] for t, i in zip(tasks, interventions)]
+                                   chunk=batch_size, desc=desc)[0] for t, i in zip(tasks, interventions)]
     per_task = [prompts_for(tokenizer, t, split, shots, template=template, seed=seed) for t in tasks]
     budgets = [max_new_tokens or answer_budget(prompts) for prompts, _ in per_task]
     items = sorted(((a, p) for a, (prompts, _) in enumerate(per_task) for p in prompts),
