@@ -57,10 +57,10 @@ def first_token_scores(model, task: Task, interventions: Sequence, *, shots: int
     """
     config, params, tokenizer = model
     prompts, skipped = prompts_for(tokenizer, task, split, shots, template=template, seed=seed)
-    hits = np.zeros(len(interventions))
+    hits, length = np.zeros(len(interventions)), bucket_length(max(len(p.ids) - 1 for p in prompts))
     for part, real in tqdm(list(chunks(prompts, min(chunk, len(prompts)))), desc=desc or f"first tokens {task.name}",
                            leave=False, disable=None):  # one shape: the last chunk is padded
-        rows = prepare_rows(model, part, batch_size=64)
+        rows = prepare_rows(model, part, batch_size=64, prefix_length=length)  # one shape for every chunk
         hits += [np.sum(scores(params, i, rows, config=config)[1][:real]) for i in interventions]
     return [Scores(h / len(prompts), None, None, len(prompts), len(skipped)) for h in hits.tolist()]
 
@@ -117,12 +117,13 @@ def _settle(model, items: list, for_rows, budgets: list, batch_size: int, desc: 
     config, params, tokenizer = model
     hits = np.zeros((len(budgets), 3))
     short = lambda item: len(item[1].answer) == 1 and budgets[item[0]] >= 2
-    rest = [item for item in items if not short(item)]
-    for chunk, real in tqdm(list(chunks([item for item in items if short(item)], batch_size)),
-                            desc=f"{desc} (one-token answers)", leave=False, disable=None):
+    rest, settling = [item for item in items if not short(item)], [item for item in items if short(item)]
+    length = settling and bucket_length(max(len(p.ids) - 1 for _, p in settling))  # one shape for every batch
+    for chunk, real in tqdm(list(chunks(settling, batch_size)), desc=f"{desc} (one-token answers)", leave=False,
+                            disable=None):
         intervention = for_rows(np.asarray([a for a, _ in chunk]))
         rows = prepare_rows(model, [p for _, p in chunk], batch_size=batch_size, intervention=intervention,
-                            whole_answer=True)
+                            whole_answer=True, prefix_length=length)
         tokens = np.asarray(greedy(params, intervention, rows, config=config))  # [B, 2]
         for (a, prompt), row in zip(chunk[:real], tokens[:real]):
             score = settled_score(tokenizer, prompt, row[:2], config.eos_ids)

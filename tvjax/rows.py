@@ -62,7 +62,7 @@ ROWS_AXES = Rows(CACHE_AXES, "RT", "RT", "RT", "RT", "RT")
 
 
 def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, batch_size: int = 16,
-                 intervention=None, whole_answer: bool = False) -> Rows:
+                 intervention=None, whole_answer: bool = False, prefix_length: int | None = None) -> Rows:
     """Run every prompt's prefix once into a KV cache and lay out suffixes and targets (on the params' mesh),
     for `intervention` (or any with its `positions`; None: one at the last prompt token).
 
@@ -72,7 +72,8 @@ def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, 
     model still ends its answer); with 'split' the targets counted are the ones `theta_answer`
     serves, all but the first answer token. `whole_answer` puts the whole answer in the suffix
     whatever the positions, the targets its tokens and the stop (0 where a prompt has none), so
-    that `greedy` reads what the model picks after each answer token.
+    that `greedy` reads what the model picks after each answer token. `prefix_length` pads every
+    prefix to that length (default: the bucket of the longest), so that batches share one shape.
     """
     positions = check_positions(getattr(intervention, "positions", "last"))
     config, params, _ = model
@@ -85,7 +86,7 @@ def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, 
     else:
         targets = [p.answer if all_answer_tokens else p.answer[:1] for p in prompts]
     suffixes = [[p.ids[-1]] + t[:-1] for p, t in zip(prompts, targets)]
-    Tp, Ts = bucket_length(max(len(p.ids) - 1 for p in prompts)), max(map(len, suffixes))
+    Tp, Ts = prefix_length or bucket_length(max(len(p.ids) - 1 for p in prompts)), max(map(len, suffixes))
     caches = []
     with on_mesh(params):
         for chunk, _ in chunks(prompts, batch_size):  # padded rows are cut off below
