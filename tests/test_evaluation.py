@@ -70,7 +70,7 @@ def _generated(model, task, shots: int = 0, intervention=None) -> list[float]:
     return np.mean([score_row(tokenizer, row, p, config.eos_ids) for p, row in zip(prompts, new)], 0).tolist()
 
 
-def test_one_token_answers_score_as_generated(tiny_lm, echo_task, tiny_task):
+def test_scores_are_those_of_generating_every_answer(tiny_lm, echo_task, tiny_task):
     c = tiny_lm.config
     mu = jnp.asarray(np.random.default_rng(1).normal(size=(c.n_layers, c.n_heads, c.head_dim)), jnp.float32)
     blends = [None, tvjax.HeadBlend(jnp.full((c.n_layers, c.n_heads), 2.0), mu),
@@ -82,17 +82,3 @@ def test_one_token_answers_score_as_generated(tiny_lm, echo_task, tiny_task):
     s = tvjax.evaluate(tiny_lm, echo_task, shots=2, batch_size=8)
     assert [s.first_token, s.exact_match, s.contains] == _generated(tiny_lm, echo_task, 2)
 
-
-def test_a_one_token_answer_is_settled_only_where_two_tokens_decide_it(tiny_lm):
-    from tvjax.data.prompts import Prompt
-    from tvjax.evaluation import settled_score
-
-    tokenizer = tiny_lm.tokenizer
-    one = lambda text: tokenizer(text)["input_ids"][0]
-    prompt = Prompt([5, 6], [one(" hot")], ("cold", "hot"))
-    cases = {(" hot", "\n"): [1, 1, 1], (" hot", "ter"): None, (" hot", " "): None, (" warm", "\n"): [0, 0, 0],
-             (" h", "\n"): None, (" hotter", "\n"): None, (" ", "\n"): None}
-    for (first, after), expected in cases.items():
-        score = settled_score(tokenizer, prompt, [one(first), one(after)], (2,))
-        assert (None if score is None else score.tolist()) == expected, (first, after)
-    assert settled_score(tokenizer, prompt, [one(" hot"), 2], (2,)).tolist() == [1, 1, 1]  # then end of sequence

@@ -1,12 +1,11 @@
 """Accuracy on a task: zero-shot, K-shot ICL, or zero-shot with an intervention.
 
-Three scores per prompt, all from batched greedy generation: first-token accuracy (the
-first generated token is the answer's first token), exact match (the first line of the
-generation, stripped, equals the answer) and contains (the stripped generation begins with
-the answer, whatever follows it). A one-token answer is scored without generating where one
-forward decides it (`settled_score`: the first token, and what follows the right one).
-`first_token_only` scores the first token alone (`first_token_scores`: the prompts'
-prefixes run once, then only the last prompt token under each intervention).
+Three scores per prompt, all from one batched greedy generation: first-token accuracy
+(the first generated token is the answer's first token), exact match (the first line of
+the generation, stripped, equals the answer) and contains (the stripped generation begins
+with the answer, whatever follows it). `first_token_only` scores the first token alone
+without generating (`first_token_scores`: the prompts' prefixes run once, then only the
+last prompt token under each intervention).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from tvjax.batching import bucket_length, chunks, pad_id, pad_left
 from tvjax.data import Task, Template, prompts_for
 from tvjax.generation import generate, until_eos
 from tvjax.interventions import HeadBlend, Intervention
-from tvjax.rows import greedy, prepare_rows, scores
+from tvjax.rows import prepare_rows, scores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +45,7 @@ def evaluate(model, task: Task, *, intervention: Intervention | tuple | None = N
 
 
 def first_token_scores(model, task: Task, interventions: Sequence, *, shots: int = 0, split: str = "test",
-                       seed: int = 0, template: Template = Template(), chunk: int = 64,
+                       seed: int = 0, template: Template = Template(), chunk: int = 256,
                        desc: str | None = None) -> list[Scores]:
     """First-token accuracy of `task`'s `split` under each of `interventions` (None: the plain
     model), exact match and contains None.
@@ -57,10 +56,10 @@ def first_token_scores(model, task: Task, interventions: Sequence, *, shots: int
     """
     config, params, tokenizer = model
     prompts, skipped = prompts_for(tokenizer, task, split, shots, template=template, seed=seed)
-    hits, length = np.zeros(len(interventions)), bucket_length(max(len(p.ids) - 1 for p in prompts))
+    hits = np.zeros(len(interventions))
     for part, real in tqdm(list(chunks(prompts, min(chunk, len(prompts)))), desc=desc or f"first tokens {task.name}",
                            leave=False, disable=None):  # one shape: the last chunk is padded
-        rows = prepare_rows(model, part, batch_size=64, prefix_length=length)  # one shape for every chunk
+        rows = prepare_rows(model, part, batch_size=64)
         hits += [np.sum(scores(params, i, rows, config=config)[1][:real]) for i in interventions]
     return [Scores(h / len(prompts), None, None, len(prompts), len(skipped)) for h in hits.tolist()]
 
@@ -77,10 +76,8 @@ def evaluate_many(model, tasks: Sequence[Task], *, interventions: Sequence | Non
     to its rows through `HeadBlend.rows`) and its own generation budget (`max_new_tokens`, by
     default `answer_budget` of its prompts). Rows are batched in order of budget, padded to the
     longest prompt of all tasks, and a batch stops decoding once every row has ended: a task's
-    scores are the ones it gets alone but for that padding. Prompts with a one-token answer are
-    generated only where one forward does not decide their scores (`settled_score`).
-    `first_token_only` scores the first token without generating (`first_token_scores`) and
-    leaves exact match and contains None.
+    scores are the ones it gets alone but for that padding. `first_token_only` scores the first
+    token without generating (`first_token_scores`) and leaves exact match and contains None.
     """
     config, params, tokenizer = model
     interventions = [None] * len(tasks) if interventions is None else list(interventions)
@@ -88,17 +85,17 @@ def evaluate_many(model, tasks: Sequence[Task], *, interventions: Sequence | Non
         raise ValueError(f"evaluate_many needs one intervention per task: {len(interventions)} for {len(tasks)} tasks")
     if first_token_only:
         return [first_token_scores(model, t, [i], shots=shots, split=split, seed=seed, template=template,
-                                   chunk=batch_size, desc=desc)[0] for t, i in zip(tasks, interventions)]
+                                   desc=desc)[0] for t, i in zip(tasks, interventions)]
     per_task = [prompts_for(tokenizer, t, split, shots, template=template, seed=seed) for t in tasks]
     budgets = [max_new_tokens or answer_budget(prompts) for prompts, _ in per_task]
     items = sorted(((a, p) for a, (prompts, _) in enumerate(per_task) for p in prompts),
                    key=lambda item: budgets[item[0]])  # a batch decodes as long as its longest budget
     length = bucket_length(max(len(p.ids) for _, p in items))
     for_rows = _per_row(interventions)
-    desc = desc or f"eval {tasks[0].name if len(tasks) == 1 else f'{len(tasks)} tasks'}"
-    hits, items = _settle(model, items, for_rows, budgets, batch_size, desc)
-    pad = pad_id(tokenizer)
-    for chunk, real in tqdm(list(chunks(items, batch_size)), desc=desc, leave=False, disable=None):
+    hits, pad = np.zeros((len(tasks), 3)), pad_id(tokenizer)
+    for chunk, real in tqdm(list(chunks(items, batch_size)),
+                            desc=desc or f"eval {tasks[0].name if len(tasks) == 1 else f'{len(tasks)} tasks'}",
+                            leave=False, disable=None):
         task = np.asarray([a for a, _ in chunk])
         tokens, mask = pad_left([p.ids for _, p in chunk], pad, length)
         new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max(budgets[a] for a in task),
@@ -107,53 +104,6 @@ def evaluate_many(model, tasks: Sequence[Task], *, interventions: Sequence | Non
             hits[a] += score_row(tokenizer, row[:budgets[a]], prompt, config.eos_ids)
     return [Scores(*(hits[a] / len(prompts)).tolist(), len(prompts), len(skipped))
             for a, (prompts, skipped) in enumerate(per_task)]
-
-
-def _settle(model, items: list, for_rows, budgets: list, batch_size: int, desc: str) -> tuple[np.ndarray, list]:
-    """Score the `(task, prompt)` items with a one-token answer (and a budget of 2 tokens or more)
-    by one teacher-forced forward each, in batches; returns `[A, 3]` their hits (as `score_row`)
-    and the items left to generate, in order of budget: the others, and the ones one forward
-    did not settle."""
-    config, params, tokenizer = model
-    hits = np.zeros((len(budgets), 3))
-    short = lambda item: len(item[1].answer) == 1 and budgets[item[0]] >= 2
-    rest, settling = [item for item in items if not short(item)], [item for item in items if short(item)]
-    length = settling and bucket_length(max(len(p.ids) - 1 for _, p in settling))  # one shape for every batch
-    for chunk, real in tqdm(list(chunks(settling, batch_size)), desc=f"{desc} (one-token answers)", leave=False,
-                            disable=None):
-        intervention = for_rows(np.asarray([a for a, _ in chunk]))
-        rows = prepare_rows(model, [p for _, p in chunk], batch_size=batch_size, intervention=intervention,
-                            whole_answer=True, prefix_length=length)
-        tokens = np.asarray(greedy(params, intervention, rows, config=config))  # [B, 2]
-        for (a, prompt), row in zip(chunk[:real], tokens[:real]):
-            score = settled_score(tokenizer, prompt, row[:2], config.eos_ids)
-            if score is None:
-                rest.append((a, prompt))
-            else:
-                hits[a] += score
-    return hits, sorted(rest, key=lambda item: budgets[item[0]])
-
-
-def settled_score(tokenizer, prompt, tokens, eos_ids: tuple[int, ...]) -> np.ndarray | None:
-    """`score_row` of the greedy generation for a one-token answer `prompt` where its first two
-    tokens decide it, else None (only generating further does).
-
-    Args:
-      tokens: `[first, after]`: the greedy first token, and the greedy token after the answer's
-        first token (the one generation picks next where `first` is that token).
-    Decided: the right first token followed by the end of the sequence or a line break (the
-    first line is that token), and a wrong first token whose text neither begins the answer
-    nor begins with it (the generation can match it no more).
-    """
-    first, after = (int(t) for t in tokens)
-    start = tokenizer.decode([first], skip_special_tokens=True).strip()
-    if first == prompt.answer[0]:
-        ended = after in eos_ids or tokenizer.decode([after]).startswith("\n")
-        return score_row(tokenizer, np.array([first, after]), prompt, eos_ids) if start and ended else None
-    target = prompt.pair[1].strip()
-    if start and "\n" not in start and not target.startswith(start) and not start.startswith(target):
-        return np.zeros(3)
-    return None
 
 
 def _per_row(interventions: list):

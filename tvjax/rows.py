@@ -62,7 +62,7 @@ ROWS_AXES = Rows(CACHE_AXES, "RT", "RT", "RT", "RT", "RT")
 
 
 def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, batch_size: int = 16,
-                 intervention=None, whole_answer: bool = False, prefix_length: int | None = None) -> Rows:
+                 intervention=None) -> Rows:
     """Run every prompt's prefix once into a KV cache and lay out suffixes and targets (on the params' mesh),
     for `intervention` (or any with its `positions`; None: one at the last prompt token).
 
@@ -70,23 +70,18 @@ def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, 
     'split' also every answer token: the suffix holds the whole answer, teacher-forced, and the
     targets are every answer token and the prompt's `stop` token after them (so that the edited
     model still ends its answer); with 'split' the targets counted are the ones `theta_answer`
-    serves, all but the first answer token. `whole_answer` puts the whole answer in the suffix
-    whatever the positions, the targets its tokens and the stop (0 where a prompt has none), so
-    that `greedy` reads what the model picks after each answer token. `prefix_length` pads every
-    prefix to that length (default: the bucket of the longest), so that batches share one shape.
+    serves, all but the first answer token.
     """
     positions = check_positions(getattr(intervention, "positions", "last"))
     config, params, _ = model
     if any(len(p.ids) < 2 for p in prompts):
         raise ValueError("every prompt row needs at least 2 tokens (a prefix and the edited last token)")
-    if whole_answer:  # the suffix holds every answer token, stop or not
-        targets = [p.answer + list(p.stop or (0,)) for p in prompts]
-    elif positions != "last":
+    if positions != "last":
         targets = [p.answer + list(p.stop) for p in prompts]
     else:
         targets = [p.answer if all_answer_tokens else p.answer[:1] for p in prompts]
     suffixes = [[p.ids[-1]] + t[:-1] for p, t in zip(prompts, targets)]
-    Tp, Ts = prefix_length or bucket_length(max(len(p.ids) - 1 for p in prompts)), max(map(len, suffixes))
+    Tp, Ts = bucket_length(max(len(p.ids) - 1 for p in prompts)), max(map(len, suffixes))
     caches = []
     with on_mesh(params):
         for chunk, _ in chunks(prompts, batch_size):  # padded rows are cut off below
@@ -133,16 +128,11 @@ def row_losses(params, config: ModelConfig, intervention, rows: Rows) -> jax.Arr
     return row_scores(params, config, intervention, rows)[0]
 
 
-def row_logits(params, config: ModelConfig, intervention, rows: Rows) -> jax.Array:
-    """`[R, Ts, V]` logits of the rows' suffixes, with `intervention` at each row's edited positions."""
-    edit = jnp.zeros(rows.tokens.shape, bool).at[:, 0].set(True) if rows.edit is None else rows.edit
-    return forward(params, rows.tokens, config=config, mask=rows.mask, intervention=intervention, edit_mask=edit,
-                   cache=rows.cache).logits
-
-
 def row_scores(params, config: ModelConfig, intervention, rows: Rows) -> tuple[jax.Array, jax.Array]:
     """`row_losses` `[R]` and whether each row's first answer token is the most likely one `[R]` (bool)."""
-    logits = row_logits(params, config, intervention, rows)  # [R, Ts, V]
+    edit = jnp.zeros(rows.tokens.shape, bool).at[:, 0].set(True) if rows.edit is None else rows.edit
+    logits = forward(params, rows.tokens, config=config, mask=rows.mask, intervention=intervention, edit_mask=edit,
+                     cache=rows.cache).logits  # [R, Ts, V]
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), rows.targets[..., None], axis=-1)[..., 0]
     hit = jnp.argmax(logits[:, 0], axis=-1) == rows.targets[:, 0]
     return (nll * rows.target_mask).sum(-1) / rows.target_mask.sum(-1), hit
@@ -168,14 +158,6 @@ def losses(params, intervention, rows: Rows, *, config: ModelConfig) -> jax.Arra
 def scores(params, intervention, rows: Rows, *, config: ModelConfig) -> tuple[jax.Array, jax.Array]:
     """`row_scores`: losses `[R]` and first-token hits `[R]`, on the params' mesh if any."""
     return constrain(row_scores(params, config, intervention, rows), None)
-
-
-@placed
-@functools.partial(jax.jit, static_argnames="config")
-def greedy(params, intervention, rows: Rows, *, config: ModelConfig) -> jax.Array:
-    """`[R, Ts]` the most likely token after each suffix position (the answer teacher-forced: what
-    greedy decoding picks there as long as it has followed the answer), on the params' mesh if any."""
-    return constrain(jnp.argmax(row_logits(params, config, intervention, rows), axis=-1), None)
 
 
 @placed
