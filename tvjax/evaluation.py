@@ -45,21 +45,24 @@ def evaluate(model, task: Task, *, intervention: Intervention | tuple | None = N
 
 
 def first_token_scores(model, task: Task, interventions: Sequence, *, shots: int = 0, split: str = "test",
-                       seed: int = 0, template: Template = Template(), chunk: int = 256,
+                       seed: int = 0, template: Template = Template(), chunk: int = 256, batch_size: int = 16,
                        desc: str | None = None) -> list[Scores]:
     """First-token accuracy of `task`'s `split` under each of `interventions` (None: the plain
     model), exact match and contains None.
 
     Only the last prompt token depends on an intervention, so each chunk of prompts runs its
     prefixes once into a KV cache (`tvjax.rows`) and then the last token alone per
-    intervention: scoring K interventions costs about one forward of the prompts, not K.
+    intervention: scoring K interventions costs about one forward of the prompts, not K. The
+    prefixes run in batches of `batch_size` (the rows generation would pad), in even chunks of
+    at most about `chunk` prompts.
     """
     config, params, tokenizer = model
     prompts, skipped = prompts_for(tokenizer, task, split, shots, template=template, seed=seed)
-    hits = np.zeros(len(interventions))
-    for part, real in tqdm(list(chunks(prompts, min(chunk, len(prompts)))), desc=desc or f"first tokens {task.name}",
-                           leave=False, disable=None):  # one shape: the last chunk is padded
-        rows = prepare_rows(model, part, batch_size=64)
+    hits, parts = np.zeros(len(interventions)), -(-len(prompts) // chunk)
+    size = -(-len(prompts) // parts // batch_size) * batch_size  # even chunks: the last one pads least
+    for part, real in tqdm(list(chunks(prompts, size)), desc=desc or f"first tokens {task.name}", leave=False,
+                           disable=None):  # one shape: the last chunk is padded
+        rows = prepare_rows(model, part, batch_size=batch_size)  # prefixes in batches, as generation runs them
         hits += [np.sum(scores(params, i, rows, config=config)[1][:real]) for i in interventions]
     return [Scores(h / len(prompts), None, None, len(prompts), len(skipped)) for h in hits.tolist()]
 
@@ -85,7 +88,7 @@ def evaluate_many(model, tasks: Sequence[Task], *, interventions: Sequence | Non
         raise ValueError(f"evaluate_many needs one intervention per task: {len(interventions)} for {len(tasks)} tasks")
     if first_token_only:
         return [first_token_scores(model, t, [i], shots=shots, split=split, seed=seed, template=template,
-                                   desc=desc)[0] for t, i in zip(tasks, interventions)]
+                                   batch_size=batch_size, desc=desc)[0] for t, i in zip(tasks, interventions)]
     per_task = [prompts_for(tokenizer, t, split, shots, template=template, seed=seed) for t in tasks]
     budgets = [max_new_tokens or answer_budget(prompts) for prompts, _ in per_task]
     items = sorted(((a, p) for a, (prompts, _) in enumerate(per_task) for p in prompts),
