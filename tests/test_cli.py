@@ -1,7 +1,13 @@
 """The `tvjax` command, run in-process on a tiny model with a real tokenizer."""
 
 import dataclasses
+import hashlib
 import json
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -177,8 +183,7 @@ def test_baselines_are_chosen_by_name():
 def test_version_and_the_model_a_task_vector_records(tmp_path, capsys, tiny_lm, tiny_lm_dir):
     import tvjax
 
-    with pytest.raises(SystemExit):
-        main(["--version"])
+    assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"tvjax {tvjax.__version__}"
     c = tiny_lm.config
     arrays = np.zeros((c.n_layers, c.n_heads)), np.zeros((c.n_layers, c.n_heads, c.head_dim))
@@ -188,3 +193,166 @@ def test_version_and_the_model_a_task_vector_records(tmp_path, capsys, tiny_lm, 
     custom = save_task_vector(tmp_path / "custom.safetensors", *arrays, c, model="custom")
     assert main(["generate", "--tv", str(custom), "--prompt", "hi"]) == 2
     assert "give it with --model" in capsys.readouterr().err
+
+
+WORDS = ("apple river stone cloud green house light music ocean paper quiet sharp table water young zebra bread "
+         "chair dream earth flame grape heart index juice knife lemon money night olive").split()
+
+
+@pytest.fixture()
+def inputs(tmp_path, tiny_lm):
+    """Files for bad-input cases: a good task, a task of one repeated pair, a malformed one, a
+    file where a folder belongs, a checkpoint folder holding a step, intervention files."""
+    files = {"task": tmp_path / "caps.tsv", "repeated": tmp_path / "same.tsv", "malformed": tmp_path / "bad.json",
+             "file": tmp_path / "file.txt", "checkpoints": tmp_path / "ckpt", "text": tmp_path / "notes.safetensors",
+             "other_model": tmp_path / "other.safetensors", "float16": tmp_path / "half.safetensors",
+             "empty_dir": tmp_path / "no_tasks", "json": tmp_path / "other.json"}
+    files["task"].write_text("\n".join(f"{w}\t{w.upper()}" for w in WORDS))
+    files["repeated"].write_text("\n".join(["hot\tcold"] * 30))
+    files["malformed"].write_text('[{"input": "a", "output": "A"},\n {"input": "b"}]')
+    files["file"].write_text("not a folder")
+    (files["checkpoints"] / "4").mkdir(parents=True)
+    files["text"].write_text("not safetensors")
+    c = tiny_lm.config
+    save_task_vector(files["other_model"], np.zeros((3, c.n_heads)), np.zeros((3, c.n_heads, c.head_dim)),
+                     c.replace(n_layers=3))
+    _float16_theta(files["float16"], c)
+    files["empty_dir"].mkdir()
+    files["json"].write_text('{"results": {"caps": {"scores": {}}}}')
+    return files
+
+
+def _float16_theta(path, config):
+    """A head-blend file whose theta is float16 (the format says float32)."""
+    from safetensors.numpy import save_file
+
+    from tvjax.taskvector import load_task_vector
+
+    tv = save_task_vector(path, np.zeros((config.n_layers, config.n_heads)),
+                          np.zeros((config.n_layers, config.n_heads, config.head_dim)), config)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        metadata, arrays = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file({**arrays, "theta": arrays["theta"].astype(np.float16)}, str(path), metadata=metadata)
+    del tv, load_task_vector
+
+
+# (command line, words the one-line error must hold); {name} is a file of `inputs`, {out} a fresh folder
+BAD_INPUTS = [
+    ("fit --task {task} --steps 0", "--steps: 0: must be an integer >= 1"),
+    ("fit --task {task} --steps -5", "--steps: -5"),
+    ("fit --task {task} --batch-size 0", "--batch-size: 0"),
+    ("fit --task {task} --eval-every 0", "--eval-every: 0"),
+    ("fit --task {task} --n-prompts 0", "--n-prompts: 0"),
+    ("fit --task {task} --shots -1", "--shots: -1"),
+    ("fit --task {task} --learning-rate -1", "--learning-rate: -1: must be a finite number > 0"),
+    ("fit --task {task} --learning-rate nan", "--learning-rate: nan"),
+    ("fit --task {task} --init inf", "--init: inf"),
+    ("fit --task {task} --optimizer adamm", "--optimizer: adamm: must be an optax optimizer"),
+    ("fit --task {task} --patience -1", "--patience: -1"),
+    ("fit --task {task} --answer-steps 0", "--answer-steps: 0"),
+    ("fit --task {task} --sparsity -0.5", "--sparsity: -0.5"),
+    ("fit --task {task} --positions middle", "--positions: invalid choice: 'middle'"),
+    ("fit --task {task} --form push", "--form: invalid choice"),
+    ("fit --task {task} --steps ten", "--steps: 'ten' is not an integer"),
+    ("fit --task {task} --attention-chunk 0", "--attention-chunk"),
+    ("fit --task {task} --baselines few_shot", "unknown baselines ['few_shot']"),
+    ("fit --task antonyms", "no task 'antonyms'"),
+    ("fit --task {repeated}", "1 distinct train pairs (15 with repeats); 10-shot prompts need at least 11"),
+    ("fit --task {task} --shots 20", "20-shot prompts need at least 21"),
+    ("fit --task {malformed}", "bad.json:2:"),
+    ("fit --task {task} --template Q:{{input}}", "must contain {{input}} once, then {{output}} once"),
+    ("fit --task {task} --out {file}", "--out {file}: {file} is a file, not a folder"),
+    ("fit --task {task} --out {file}/results", "is a file, not a folder"),
+    ("fit --task {task} --out /proc/tvjax-results", "--out /proc/tvjax-results: cannot write there"),
+    ("fit --task {task} --checkpoint-dir {checkpoints}", "already holds checkpoints (latest step 4)"),
+    ("eval --task {task} --shots 0", "--shots: 0"),
+    ("eval --task {task} --seed -1", "--seed: -1"),
+    ("eval --task {task} --out {file}", "is a file, not a folder"),
+    ("eval --tv {empty_dir}/missing.safetensors", "no task-vector file at"),
+    ("eval --task {task} --tv {text}", "notes.safetensors"),
+    ("eval --task {task} --split dev", "--split: invalid choice: 'dev'"),
+    ("generate --prompt hi --max-new-tokens 0", "--max-new-tokens: 0"),
+    ("generate --prompt hi --max-new-tokens -1", "--max-new-tokens: -1"),
+    ("generate --prompt hi --temperature -1", "--temperature: -1: must be a finite number >= 0"),
+    ("generate --prompt hi --top-p 1.5", "--top-p: 1.5: must be a number in (0, 1]"),
+    ("generate --prompt hi --top-k 0", "--top-k: 0"),
+    ("generate --prompt hi --tv {other_model}", "cannot be applied"),
+    ("compare --tasks {task} --methods nosuch", "nosuch"),
+    ("compare --tasks {task} --reinforce-samples 1", "--reinforce-samples: 1: must be an integer >= 2"),
+    ("compare --tasks {task} --k 0", "--k: 0"),
+    ("compare --tasks {empty_dir}", "no task files"),
+    ("compare --tasks {task} --out {file}", "is a file, not a folder"),
+    ("plot {empty_dir}/compare.json", "no file"),
+    ("plot {json}", "is not a compare.json"),
+]
+
+
+def _tree(root) -> dict:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("line, says", BAD_INPUTS, ids=[line for line, _ in BAD_INPUTS])
+def test_a_bad_input_is_refused_in_one_line_before_any_work(tmp_path, capsys, inputs, tiny_lm_dir, line, says):
+    names = {k: str(v) for k, v in inputs.items()}
+    argv = [w.format(**names) for w in line.split()]
+    if argv[0] in ("fit", "eval", "generate", "compare"):
+        argv += ["--model", str(tiny_lm_dir)] + (["--out", str(tmp_path / "out")] if "--out" not in argv and
+                                                 argv[0] != "generate" else [])
+    before = _tree(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"tvjax {argv[0]}: error: ") and "Traceback" not in err, err
+    assert says.format(**names) in err, err
+    assert _tree(tmp_path) == before  # nothing written, nothing changed
+
+
+def test_help_shows_every_flag_with_a_line_and_its_default(capsys):
+    from tvjax.fields import help_of
+    from tvjax.fitting import FitConfig
+    from tvjax.function_vectors import FunctionVectorConfig
+    from tvjax.reinforce import ReinforceConfig
+
+    for settings in (FitConfig, ReinforceConfig, FunctionVectorConfig, CompareConfig):
+        assert all(help_of(f) for f in dataclasses.fields(settings)), settings
+    for command in ("fit", "eval", "generate", "compare"):
+        assert main([command, "--help"]) == 0
+        capsys.readouterr()
+        parser = build_parser()._subparsers._group_actions[0].choices[command]
+        for action in parser._actions:
+            assert action.help, (command, action.option_strings)
+    assert main(["fit", "--help"]) == 0
+    text = capsys.readouterr().out
+    for flag, default in (("--steps", 400), ("--learning-rate", 0.2), ("--batch-size", 1), ("--eval-every", 40),
+                          ("--n-prompts", 50), ("--shots", 10)):
+        entry = re.search(rf"^  {flag} \S+\s+(.*?)(?=^  -)", text, re.S | re.M).group(1)  # its help, to the next flag
+        assert f"(default: {default})" in " ".join(entry.split()), entry
+
+
+def test_ctrl_c_says_where_the_fit_stopped_and_resume_continues(tmp_path, tiny_lm_dir):
+    """SIGINT in a checkpointed fit: one line naming the step and the checkpoint it resumes from,
+    exit 130, the latest 3 steps plus the best kept; --resume then finishes the run."""
+    task = tmp_path / "caps.tsv"
+    task.write_text("\n".join(f"{w}\t{w.upper()}" for w in WORDS))
+    ckpt = tmp_path / "out" / "checkpoints" / "caps"
+    fit = [sys.executable, "-m", "tvjax.cli", "fit", "--model", str(tiny_lm_dir), "--task", str(task), "--out",
+           str(tmp_path / "out"), "--shots", "2", "--n-prompts", "2", "--eval-every", "2", "--positions", "last",
+           "--form", "blend", "--baselines", "none", "--resume", "--steps"]
+    child = subprocess.Popen(fit + ["100000"], stderr=subprocess.PIPE, text=True)
+    steps = lambda: sorted(int(p.name) for p in ckpt.glob("*") if p.name.isdigit()) if ckpt.is_dir() else []
+    while child.poll() is None and len(steps()) < 5:
+        time.sleep(0.01)
+    child.send_signal(signal.SIGINT)
+    err = child.communicate(timeout=120)[1]
+    assert child.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("tvjax fit: fit caps interrupted at step "), err
+    saved = int(last.split("continues from step ")[1].split(",")[0])
+    assert saved == steps()[-1] and len(steps()) <= 4  # the latest 3 and the best
+    done = subprocess.run(fit + [str(saved + 4)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert steps()[-1] == saved + 4 and len(steps()) <= 4
+    history = json.loads((tmp_path / "out" / "caps.json").read_text())["history"]
+    assert [h["step"] for h in history][-3:] == [saved, saved + 2, saved + 4]

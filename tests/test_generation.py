@@ -1,13 +1,16 @@
-"""Greedy generation with the KV cache against transformers' `generate`."""
+"""Generation with the KV cache against transformers' `generate`: greedy, stop strings, sampling."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import transformers
 
 import tvjax
-from tvjax import HeadBlend
-from tvjax.batching import pad_left
+from tvjax import HeadBlend, generation
+from tvjax.batching import encode, pad_left
+from tvjax.data import Template
+from tvjax.generation import template_stop
 from conftest import positional_blend, torch_blend
 
 RNG = np.random.default_rng(2)
@@ -117,3 +120,113 @@ def test_answer_positions_blend_every_generated_token_as_a_reference_loop_does(t
     last = tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=8,
                           intervention=HeadBlend(theta, mu, None, base), eos_token_id=-1)
     assert not np.array_equal(last, ours), "blending the generated tokens should change this generation"
+
+
+def test_greedy_is_temperature_zero(tiny_models):
+    _, (config, params, _), _ = tiny_models("llama")
+    prompt = np.asarray([RNG.integers(3, config.vocab_size, size=6)])
+    greedy = tvjax.generate(params, prompt, config=config, max_new_tokens=8, eos_token_id=-1)
+    np.testing.assert_array_equal(tvjax.generate(params, prompt, config=config, max_new_tokens=8, eos_token_id=-1,
+                                                 temperature=0, top_k=3, top_p=0.5, seed=4), greedy)
+
+
+def test_a_seeded_sample_is_reproducible_and_differs_across_seeds(tiny_models):
+    _, (config, params, _), _ = tiny_models("llama")
+    tokens, mask = pad_left([RNG.integers(3, config.vocab_size, size=n).tolist() for n in (5, 8)])
+    sample = lambda seed: tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=12, eos_token_id=-1,
+                                         temperature=1.0, seed=seed)
+    np.testing.assert_array_equal(sample(0), sample(0))
+    assert not np.array_equal(sample(0), sample(1))
+    greedy = tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=12, eos_token_id=-1)
+    assert not np.array_equal(sample(0), greedy)
+
+
+@pytest.mark.parametrize("options", [{"top_k": 1}, {"temperature": 1e-5}, {"top_p": 1e-6}])
+def test_sampling_reduced_to_the_most_likely_token_is_greedy(tiny_models, options):
+    _, (config, params, _), _ = tiny_models("llama")
+    tokens, mask = pad_left([RNG.integers(3, config.vocab_size, size=n).tolist() for n in (5, 8)])
+    greedy = tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=12, eos_token_id=-1)
+    sampled = tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=12, eos_token_id=-1,
+                             **{"temperature": 1.0, **options})
+    np.testing.assert_array_equal(sampled, greedy)
+
+
+def test_samples_follow_the_top_k_then_top_p_distribution(tiny_models):
+    """First tokens of many copies of one prompt against softmax(logits / T) kept to its top 5,
+    then to the 3 most likely of those (transformers' warpers, computed here in NumPy)."""
+    _, (config, params, _), _ = tiny_models("llama")
+    prompt = RNG.integers(3, config.vocab_size, size=6)
+    logits = np.asarray(tvjax.forward(params, jnp.asarray([prompt]), config=config).logits[0, -1], np.float64)
+    top = np.argsort(-logits)[:5]
+    probs = np.exp((logits[top] - logits[top].max()) / 0.5)
+    probs /= probs.sum()
+    top_p = probs[:3].sum() - 1e-3 * probs[2]  # reached by the third token
+    n = 4000
+    first = tvjax.generate(params, np.tile(prompt, (n, 1)), config=config, max_new_tokens=1, temperature=0.5, top_k=5,
+                           top_p=float(top_p), seed=3)[:, 0]
+    counts = np.asarray([(first == t).sum() for t in top[:3]])
+    assert counts.sum() == n, "only the 3 kept tokens are drawn"
+    np.testing.assert_allclose(counts / n, probs[:3] / probs[:3].sum(), atol=0.03)
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"max_new_tokens": 0}, "max_new_tokens"), ({"temperature": -0.5}, "temperature"), ({"top_k": 0}, "top_k"),
+    ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p")])
+def test_bad_generation_arguments_raise(tiny_models, options, message):
+    _, (config, params, _), _ = tiny_models("llama")
+    with pytest.raises(ValueError, match=message):
+        tvjax.generate(params, np.asarray([[5, 6, 7]]), config=config, **{"temperature": 1.0, **options})
+
+
+def test_template_stop_is_its_separator():
+    assert template_stop(Template()) == ("\n",)  # "Q: {input}\nA: {output}\n\n"
+    assert template_stop(Template("{input} -> {output}; \n")) == (";", "\n")
+    assert template_stop(Template("{input} = {output} ")) == ()
+    assert template_stop(Template("{input}:{output}")) == ()
+
+
+def _one_token_stop(tokenizer, row) -> tuple[int, str]:
+    """`(position, text)` of the first token of `row` past its first one that is new (and so the
+    row's first stop) and that is a whole stop string on its own."""
+    row = row.tolist()
+    texts = [tokenizer.decode([t]) for t in row]
+    return next((i, texts[i]) for i in range(1, len(row))
+                if row[i] not in row[:i] and tokenizer(texts[i], add_special_tokens=False)["input_ids"] == [row[i]])
+
+
+def test_stop_strings_cut_the_text_and_end_decoding(tiny_lm, monkeypatch):
+    """Every stop string cuts the text before its first occurrence; one that is a single token
+    also ends its row inside the decoding loop (end-of-sequence after it). Prompts as
+    `tvjax generate --query` writes them."""
+    config, params, tokenizer = tiny_lm
+    prompts = [Template().query(w)[0] for w in ("fast", "heavy")]
+    free = generation.generate_text(tiny_lm, prompts, 12)
+    tokens, mask = encode(tokenizer, prompts)
+    row = tvjax.generate(params, tokens, config=config, mask=mask, max_new_tokens=12)[0]
+    at, stop = _one_token_stop(tokenizer, row)
+    decoded = []
+    monkeypatch.setattr(generation, "generate", lambda *a, **k: decoded.append(tvjax.generate(*a, **k)) or decoded[-1])
+    texts = generation.generate_text(tiny_lm, prompts, 12, stop=[stop])
+    assert texts == [text[:text.index(stop)] if stop in text else text for text in free]
+    assert at < 11 and texts[0] != free[0]
+    np.testing.assert_array_equal(decoded[0][0, :at + 1], row[:at + 1])
+    assert (decoded[0][0, at + 1:] == config.eos_ids[0]).all(), "the row ends at its stop token"
+    several = free[1][2:7]  # inside and across tokens
+    assert generation.generate_text(tiny_lm, prompts[1:], 12, stop=["never", several]) == \
+        [free[1][:free[1].index(several)]]
+    with pytest.raises(ValueError, match="stop string"):
+        generation.generate_text(tiny_lm, prompts, 12, stop=[""])
+
+
+def test_a_one_token_stop_ends_where_transformers_stop_strings_end(tiny_lm, tiny_lm_dir):
+    config, params, tokenizer = tiny_lm
+    ids = tokenizer(Template().query("fast")[0])["input_ids"]
+    ours = tvjax.generate(params, np.asarray([ids]), config=config, max_new_tokens=12)[0]
+    at, stop = _one_token_stop(tokenizer, ours)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_lm_dir).float().eval()
+    with torch.no_grad():
+        out = hf.generate(torch.as_tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                          max_new_tokens=12, do_sample=False, stop_strings=[stop], tokenizer=tokenizer)
+    theirs = out[0, len(ids):].numpy()
+    np.testing.assert_array_equal(theirs, ours[: at + 1])
+    assert generation.generate_text(tiny_lm, [ids], 12, stop=[stop]) == [tokenizer.decode(theirs[:at].tolist())]

@@ -8,7 +8,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tvjax"
 
 # Bottom to top. A module may import its own layer and the ones below it.
 LAYERS = [
-    {"version", "vocabulary", "config", "batching", "checkpoint", "methods", "data", "sharding", "taskvector"},
+    {"version", "vocabulary", "fields", "files", "config", "batching", "checkpoint", "methods", "data", "sharding",
+     "taskvector"},
     {"attention", "rope", "interventions", "model", "convert", "compile_cache"},
     {"rows", "train", "extract", "generation", "evaluation", "scoring"},  # the engine
     {"fitting", "reinforce", "function_vectors", "patching"},  # the methods

@@ -42,9 +42,11 @@ class FitCheckpoints:
         self.run = json.loads(json.dumps(run, default=str))  # as it will read back
         policy = policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
-            policies.BestN(get_metric_fn=lambda m: m["valid_loss"], reverse=True, n=1),
+            policies.BestN(get_metric_fn=_valid_loss, reverse=True, n=1),
         ])
-        options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=True)
+        options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=True,
+                                               best_fn=_valid_loss, best_mode="min")  # metrics written: a resumed
+        # run's manager reads the earlier steps' losses, so its policy can drop them too
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         latest = self.manager.latest_step()
         if latest is not None and not resume:
@@ -53,6 +55,11 @@ class FitCheckpoints:
                               f"(--resume, or resume=True) or choose another directory")
 
     def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def finished_step(self) -> int | None:
+        """The latest step once every pending save has finished."""
+        self.manager.wait_until_finished()
         return self.manager.latest_step()
 
     def save(self, step: int, state, progress: dict, valid_loss: float) -> None:
@@ -89,6 +96,10 @@ class FitCheckpoints:
         """Wait for pending saves and release the manager."""
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _valid_loss(metrics: dict) -> float:
+    return metrics["valid_loss"]
 
 
 def has_checkpoints(directory) -> bool:

@@ -14,12 +14,17 @@ from pathlib import Path
 
 from tvjax.config import ATTENTION, REMAT_POLICIES
 from tvjax.data.tasks import TaskError
-from tvjax.methods import BASELINES, FIT_HELP, METHODS
+from tvjax.fields import COUNT, SEED, Allowed, allowed_of, help_of, number
+from tvjax.files import check_output_dir, write_text
+from tvjax.methods import BASELINES, METHODS
 
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a flag refused in one line
+        return e.code
     try:
         for plugin in args.plugin + [m for m in os.environ.get("TVJAX_PLUGINS", "").split(",") if m.strip()]:
             importlib.import_module(plugin.strip())
@@ -31,7 +36,30 @@ def main(argv=None) -> int:
     except (TaskError, ValueError, OSError, ImportError) as e:  # our errors are ValueErrors with the fix in them
         print(f"tvjax {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # a fit's `Interrupted` says where it stopped and how to go on
+        print(f"tvjax {args.command}: {e or 'interrupted'}", file=sys.stderr)
+        return 130
     return 0
+
+
+class Parser(argparse.ArgumentParser):
+    """Every flag's default in its help, and errors in one line (no usage block)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=_WithDefaults, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _WithDefaults(argparse.HelpFormatter):
+    """Help texts end with the flag's default, unless they say it or it is unset (None, off)."""
+
+    def _get_help_string(self, action) -> str:
+        help = action.help or ""
+        if "default" in help or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return help
+        return help + " (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from tvjax.version import __version__
 
-    parser = argparse.ArgumentParser(prog="tvjax", description="Task vectors for language models in JAX.")
+    parser = Parser(prog="tvjax", description="Task vectors for language models in JAX.")
     parser.add_argument("--version", action="version", version=f"tvjax {__version__}")
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="import MODULE first (repeatable; also $TVJAX_PLUGINS, comma-separated): it may register "
@@ -57,11 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "comma-separated, are fitted together in shared batches")
     fit.add_argument("--model", default=None, help=model_help)
     fit.add_argument("--out", default="results", help="directory for <task>.safetensors and <task>.json")
-    fit.add_argument("--shots", type=int, default=10)
-    fit.add_argument("--n-prompts", type=int, default=50, help="ICL prompts averaged for the means")
-    fit.add_argument("--template", default=None, help="prompt template with {input} and {output}")
+    add_config_flags(fit, CompareConfig(), skip=_NOT_FIT_FLAGS)
+    fit.add_argument("--template", default=None, help="prompt template with {input} and {output}; \\n and \\t as "
+                                                      "typed are a line break and a tab (default: the standard one)")
     _add_baselines_flag(fit)
-    add_config_flags(fit.add_argument_group("fitting (tvjax.fitting.FitConfig)"), FitConfig(), help=FIT_HELP)
+    add_config_flags(fit.add_argument_group("fitting (tvjax.fitting.FitConfig)"), FitConfig())
     fit.add_argument("--checkpoint-dir", default=None,
                      help="save Orbax checkpoints of the fit here (with --resume, default <out>/checkpoints/<task>; "
                           "for several tasks fitted together, <out>/checkpoints/<task1>+<task2>+...)")
@@ -76,9 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--intervention", "--tv", dest="tv", default=None, metavar="FILE",
                     help="an intervention file: a task vector from `tvjax fit`, or any kind `tvjax compare` writes")
     ev.add_argument("--out", default="results", help="directory for <task>.eval.json and <task>.eval.csv")
-    ev.add_argument("--shots", type=int, default=10)
-    ev.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    ev.add_argument("--seed", type=int, default=None, help="split seed (default: the task vector's, else 0)")
+    ev.add_argument("--shots", type=_checked(int, COUNT), default=10, metavar="INT",
+                    help="demonstrations per prompt of the ICL baseline")
+    ev.add_argument("--split", default="test", choices=("train", "valid", "test"), help="the split scored")
+    ev.add_argument("--seed", type=_checked(int, SEED), default=None, metavar="INT",
+                    help="split seed (default: the task vector's, else 0)")
     ev.add_argument("--template", default=None, help="default: the task vector's, else the standard one")
     ev.add_argument("--first-token-only", action="store_true",
                     help="score the first answer token alone: one forward per batch instead of generating")
@@ -86,15 +116,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compile_cache_flag(ev)
     ev.set_defaults(run=cmd_eval)
 
-    gen = sub.add_parser("generate", help="greedy generation, with or without a task vector")
+    gen = sub.add_parser("generate", help="generation (greedy, or sampled), with or without a task vector")
     what = gen.add_mutually_exclusive_group(required=True)
-    what.add_argument("--prompt", help="raw prompt text")
+    what.add_argument("--prompt", help="raw prompt text (\\n and \\t as typed are a line break and a tab)")
     what.add_argument("--query", nargs="+", help="inputs written with the template, e.g. --query fast hot")
     gen.add_argument("--model", default=None, help=model_help + " (default: the one the task vector records)")
     gen.add_argument("--intervention", "--tv", dest="tv", default=None, metavar="FILE",
                      help="an intervention file of any kind (applied at the last prompt token)")
-    gen.add_argument("--max-new-tokens", type=int, default=16)
-    gen.add_argument("--template", default=None, help="for --query (default: the task vector's)")
+    gen.add_argument("--max-new-tokens", type=_checked(int, COUNT), default=16, metavar="INT",
+                     help="tokens generated at most")
+    gen.add_argument("--template", default=None, help="for --query, and the default --stop (default: the task "
+                                                      "vector's)")
+    gen.add_argument("--stop", nargs="*", default=None, metavar="TEXT",
+                     help="end each answer at the first of these strings (\\n typed is a line break); a bare --stop: "
+                          "never (default: the template's separator, as the fit ends answers)")
+    gen.add_argument("--temperature", type=_checked(float, number(0)), default=0.0, metavar="FLOAT",
+                     help="sample at this temperature (0: greedy)")
+    gen.add_argument("--top-k", type=_checked(int, COUNT), default=None, metavar="INT",
+                     help="sample among the k most likely tokens (default: all)")
+    gen.add_argument("--top-p", type=_checked(float, Allowed(lambda p: 0 < p <= 1, "a number in (0, 1]")),
+                     default=None, metavar="FLOAT", help="sample among the most likely tokens whose probability "
+                                                         "reaches p (default: all)")
+    gen.add_argument("--seed", type=_checked(int, SEED), default=0, metavar="INT", help="the sampling seed")
     _add_scale_flags(gen)
     _add_compile_cache_flag(gen)
     gen.set_defaults(run=cmd_generate)
@@ -110,9 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", default="results/compare", help="writes compare.{md,json,png} and tasks/<task>.json")
     cmp.add_argument("--redo", action="store_true", help="recompute tasks that already have results in --out")
     defaults = CompareConfig()
-    add_config_flags(cmp, defaults, skip=("template", *_method_flags()),
-                     help={"shots": "ICL prompts (means, the ICL baseline, the function vector's prompts)",
-                           "n_prompts": "ICL prompts averaged for the means", "seed": "splits and every method"})
+    add_config_flags(cmp, defaults, skip=("template", *_method_flags()))
     for name, (title, flags) in _method_flags().items():
         add_config_flags(cmp.add_argument_group(title), getattr(defaults, name), skip=_SHARED, **flags)
     _add_scale_flags(cmp)
@@ -122,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="PNG heatmaps (layers x heads) of head rankings, and the comparison chart")
     plot.add_argument("files", nargs="+", help="compare.json from `tvjax compare` (every task's rankings and the "
                                                "bar chart) or task-vector .safetensors files (soft weights)")
-    plot.add_argument("--out", default="results/plots")
+    plot.add_argument("--out", default="results/plots", help="directory for the PNG files")
     plot.set_defaults(run=cmd_plot)
     return parser
 
@@ -134,15 +175,17 @@ def _method_flags() -> dict:
 
 
 _SHARED = ("seed", "shots", "sweep")  # method settings that `compare_config` takes from compare's own flags
+_NOT_FIT_FLAGS = ("seed", "template", "fit", "function_vector", "reinforce")  # CompareConfig fields fit lacks
 
 
 def add_config_flags(parser, defaults, prefix: str = "", *, skip=(), help=None, aliases=None) -> None:
     """A flag `--<prefix><field-name>` for each field of the dataclass instance `defaults` (but `skip`).
 
-    Each flag defaults to the field's value in `defaults` and stores into `<prefix><field_name>`
-    (dashes as underscores), where `config_from_flags` reads it back. Bool fields are switches
-    (`store_true`); `int | None` fields take an int. `help` / `aliases` give, per field, a help
-    text / more option strings (`{"k": ["--k"]}`).
+    Each flag defaults to the field's value in `defaults`, is helped by the field's help text
+    and checked against what it allows (`tvjax.fields.option`) as it is parsed, and stores into
+    `<prefix><field_name>` (dashes as underscores), where `config_from_flags` reads it back. Bool
+    fields are switches (`store_true`); `int | None` fields take an int. `help` / `aliases` give,
+    per field, another help text / more option strings (`{"k": ["--k"]}`).
     """
     help, aliases = help or {}, aliases or {}
     hints = typing.get_type_hints(type(defaults))
@@ -156,8 +199,27 @@ def add_config_flags(parser, defaults, prefix: str = "", *, skip=(), help=None, 
             options = {"choices": typing.get_args(hints[field.name]), "default": getattr(defaults, field.name)}
         else:
             kind = _flag_type(hints[field.name])
-            options = {"type": kind, "metavar": kind.__name__.upper(), "default": getattr(defaults, field.name)}
-        parser.add_argument(*flags, dest=_dest(prefix, field.name), help=help.get(field.name), **options)
+            options = {"type": _checked(kind, allowed_of(field)), "metavar": kind.__name__.upper(),
+                       "default": getattr(defaults, field.name)}
+        parser.add_argument(*flags, dest=_dest(prefix, field.name), help=help.get(field.name, help_of(field)),
+                            **options)
+
+
+def _checked(kind: type, allowed: Allowed | None):
+    """A flag's parser: `kind` of the text, refused (one line naming the value and what is allowed)
+    unless `allowed`."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an' if kind is int else 'a'} "
+                                             f"{ {int: 'integer', float: 'number'}.get(kind, kind.__name__)}") from None
+        if allowed is not None and not allowed.test(value):
+            raise argparse.ArgumentTypeError(f"{text}: must be {allowed.says}")
+        return value
+
+    parse.__name__ = kind.__name__  # what argparse names in its own messages
+    return parse
 
 
 def config_from_flags(args, defaults, prefix: str = ""):
@@ -257,15 +319,17 @@ def _template(args, info: dict | None = None):
 
     if args.template is None:
         return Template((info or {}).get("template", DEFAULT_TEMPLATE))
-    return Template(args.template.replace("\\n", "\n").replace("\\t", "\t"))  # shell-typed \n
+    return Template(_typed(args.template))
 
 
-def _model_and_intervention(args):
-    """The model of `args` and the intervention file of `--intervention` (or None), checked against
-    each other.
+def _typed(text: str) -> str:
+    """Text as typed in a shell: \\n and \\t are a line break and a tab."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
 
-    Without `--model`, the model is the one the file records (read before loading).
-    """
+
+def _intervention_file(args):
+    """The intervention file of `--intervention` (or None), read and checked before any model
+    loads; without `--model`, the model becomes the one the file records."""
     from tvjax.taskvector import load_intervention
 
     tv = load_intervention(args.tv) if args.tv else None
@@ -276,10 +340,15 @@ def _model_and_intervention(args):
                              f"give it with --model")
         print(f"model: {recorded} (recorded in {args.tv}; --model overrides)", file=sys.stderr)
         args.model = recorded
+    return tv
+
+
+def _model_for(args, tv):
+    """The model of `args`, checked against the intervention file `tv` (or None)."""
     model = _load_model(args)
     if tv is not None:
         tv.check(model.config)
-    return model, tv
+    return model
 
 
 def cmd_tasks(args) -> None:
@@ -295,21 +364,22 @@ def cmd_fit(args) -> None:
     import jax
 
     from tvjax.convert import DEFAULT_MODEL
-    from tvjax.data import load_task
     from tvjax.extractor import TaskVectorExtractor, fit_together
     from tvjax.fitting import FitConfig
 
-    tasks = [load_task(name.strip(), args.seed) for name in args.task.split(",") if name.strip()]  # before the model
+    tasks = _tasks(args.task, args.seed, args.shots)  # everything checked before the model loads
     config = config_from_flags(args, FitConfig())
     methods = (*args.baselines, "task_vector")
-    start = time.perf_counter()
-    model = _load_model(args)
-    settings = dict(shots=args.shots, n_prompts=args.n_prompts, fit_config=config, template=_template(args),
-                    seed=args.seed, model_name=args.model or DEFAULT_MODEL)
-    loaded = time.perf_counter() - start
-    out = Path(args.out)
+    template, out = _template(args), check_output_dir(args.out, "--out")
     checkpoints = args.checkpoint_dir or (out / "checkpoints" / "+".join(t.name for t in tasks) if args.resume
                                           else None)
+    if checkpoints is not None:
+        _check_checkpoint_dir(Path(checkpoints), args.resume)
+    start = time.perf_counter()
+    model = _load_model(args)
+    settings = dict(shots=args.shots, n_prompts=args.n_prompts, fit_config=config, template=template,
+                    seed=args.seed, model_name=args.model or DEFAULT_MODEL)
+    loaded = time.perf_counter() - start
     if len(tasks) == 1:
         tv = TaskVectorExtractor(model, tasks[0], **settings)
         tv.fit(checkpoints, resume=args.resume)
@@ -324,6 +394,30 @@ def cmd_fit(args) -> None:
         _write_fit(tv, scores, config, out)
 
 
+def _tasks(names: str, seed: int, shots: int) -> list:
+    """The comma-separated tasks of `names`, each checked to make `shots`-shot prompts."""
+    from tvjax.data import load_task
+
+    tasks = [load_task(name.strip(), seed) for name in names.split(",") if name.strip()]
+    if not tasks:
+        raise ValueError(f"--task {names!r} names no task")
+    for task in tasks:
+        task.require(shots)
+    return tasks
+
+
+def _check_checkpoint_dir(directory: Path, resume: bool) -> None:
+    """Refuse a checkpoint folder that cannot be written, or that holds checkpoints without --resume."""
+    from tvjax.checkpoint import has_checkpoints
+
+    check_output_dir(directory, "--checkpoint-dir")
+    steps = [int(p.name) for d in (directory, *directory.glob("*/")) if has_checkpoints(d) for p in d.iterdir()
+             if p.name.isdigit()]  # a split fit keeps each stage's in a folder of its own
+    if steps and not resume:
+        raise ValueError(f"--checkpoint-dir {directory} already holds checkpoints (latest step {max(steps)}): "
+                         f"continue them with --resume, or choose another folder")
+
+
 def _write_fit(tv, scores: dict, config, out: Path) -> None:
     """Save one task's vector and results JSON, and print its table."""
     from tvjax.report import markdown_table
@@ -333,7 +427,7 @@ def _write_fit(tv, scores: dict, config, out: Path) -> None:
     results = {"model": tv.model_name, "task": task.name, "task_vector": str(path),
                "scores": {m: s.as_dict() for m, s in scores.items()}, "fit": dataclasses.asdict(config),
                "best_step": tv.result.best_step, "history": tv.result.history, "seconds": tv.timings}
-    (out / f"{task.name}.json").write_text(json.dumps(results, indent=2))
+    write_text(out / f"{task.name}.json", json.dumps(results, indent=2))
     print(markdown_table({task.name: {m: s.as_dict() for m, s in scores.items()}}, list(scores), mean=False))
     print(f"first-token / exact-match accuracy (%) on the test split, {scores['task_vector'].n} prompts"
           f"{_skipped(scores['task_vector'])}; best validation step {tv.result.best_step}")
@@ -345,21 +439,22 @@ def cmd_eval(args) -> None:
     import jax
 
     from tvjax.convert import DEFAULT_MODEL
-    from tvjax.data import load_task
-    from tvjax.evaluation import evaluate
+    from tvjax.evaluation import Scores, evaluate
     from tvjax.extractor import TaskVectorExtractor
     from tvjax.report import markdown_table
 
-    model, tv_file = _model_and_intervention(args)
+    tv_file = _intervention_file(args)
     info = tv_file.info if tv_file else {}
     seed = info.get("seed", 0) if args.seed is None else args.seed
     if args.task is None and "task" not in info:
         raise ValueError("--task is needed" + (" (the task vector records none)" if args.tv else ""))
-    task = load_task(args.task or info["task"], seed)
+    task = _tasks(args.task or info["task"], seed, args.shots)[0]
+    template, out = _template(args, info), check_output_dir(args.out, "--out")
     if info.get("task") not in (None, task.name):
         print(f"warning: the task vector was fitted on task {info['task']!r}, evaluating it on {task.name!r}",
               file=sys.stderr)
-    tv = TaskVectorExtractor(model, task, shots=args.shots, template=_template(args, info), seed=seed)
+    model = _model_for(args, tv_file)
+    tv = TaskVectorExtractor(model, task, shots=args.shots, template=template, seed=seed)
     scores = tv.evaluate(BASELINES, split=args.split, first_token_only=args.first_token_only)
     if tv_file is not None:  # scored under the method that made it (compare's files record it)
         method = info.get("method", "task_vector")
@@ -373,15 +468,13 @@ def cmd_eval(args) -> None:
     print(markdown_table({task.name: table}, methods, mean=False))
     print(f"first-token / exact-match accuracy (%) on the {args.split} split (seed {seed}), "
           f"{scores['zero_shot'].n} prompts{_skipped(scores['zero_shot'])}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     paths = out / f"{task.name}.eval.json", out / f"{task.name}.eval.csv"
-    paths[0].write_text(json.dumps({"model": args.model or DEFAULT_MODEL, "task": task.name, "split": args.split,
-                                    "seed": seed, "shots": args.shots, "task_vector": args.tv, "scores": table},
-                                   indent=2))
-    fields = ("first_token", "exact_match", "contains", "n", "skipped")
-    paths[1].write_text("\n".join(["method," + ",".join(fields)] +
-                                  [",".join([m, *(str(s[f]) for f in fields)]) for m, s in table.items()]) + "\n")
+    write_text(paths[0], json.dumps({"model": args.model or DEFAULT_MODEL, "task": task.name, "split": args.split,
+                                     "seed": seed, "shots": args.shots, "task_vector": args.tv, "scores": table},
+                                    indent=2))
+    fields = [f.name for f in dataclasses.fields(Scores)]  # None (not scored) as an empty cell
+    write_text(paths[1], "\n".join(["method," + ",".join(fields)] + [
+        ",".join([m, *("" if s[f] is None else str(s[f]) for f in fields)]) for m, s in table.items()]) + "\n")
     print(f"wrote {paths[0]} and {paths[1]}")
 
 
@@ -392,16 +485,22 @@ def _skipped(scores) -> str:
 def cmd_generate(args) -> None:
     import jax
 
-    from tvjax.generation import generate_text
+    from tvjax.generation import generate_text, template_stop
 
-    model, tv = _model_and_intervention(args)
+    tv = _intervention_file(args)
+    info = tv.info if tv else {}
+    template = _template(args, info)
+    stop = template_stop(template) if args.stop is None else [_typed(s) for s in args.stop]
+    if "" in stop:
+        raise ValueError("--stop '': an empty stop string would end every answer at once")
+    model = _model_for(args, tv)
     if model.tokenizer is None:
         raise ValueError("this checkpoint has no tokenizer; copy its tokenizer files into the checkpoint directory")
-    info = tv.info if tv else {}
     # Queries end like the fitting prompts did (e.g. with the ' ' token before digits).
-    prompts = [args.prompt] if args.prompt else [_template(args, info).query(q)[0] + info.get("lead", "")
-                                                 for q in args.query]
-    texts = generate_text(model, prompts, args.max_new_tokens, intervention=tv.intervention() if tv else None)
+    prompts = [_typed(args.prompt)] if args.prompt else [template.query(q)[0] + info.get("lead", "")
+                                                         for q in args.query]
+    texts = generate_text(model, prompts, args.max_new_tokens, intervention=tv.intervention() if tv else None,
+                          stop=stop, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if jax.process_index() != 0:
         return
     for prompt, text in zip(prompts, texts):
@@ -413,7 +512,7 @@ def cmd_compare(args) -> None:
 
     from tvjax.compare import check_methods, compare, task_paths, write_report
     from tvjax.convert import DEFAULT_MODEL
-    from tvjax.data import builtin_names
+    from tvjax.data import builtin_names, load_task
     from tvjax.report import markdown_table, shared_methods
 
     tasks = task_paths(args.tasks) if args.tasks else builtin_names()
@@ -421,6 +520,9 @@ def cmd_compare(args) -> None:
                                                                           args.methods.split(",")])
                              if m not in BASELINES or m in args.baselines])
     config = compare_config(args)
+    for spec in tasks:  # every task checked before the model loads
+        load_task(spec, config.seed).require(config.shots)
+    check_output_dir(args.out, "--out")
     results = compare(_load_model(args), tasks, args.out, config, methods, redo=args.redo,
                       model_name=args.model or DEFAULT_MODEL)
     if jax.process_index() != 0:
@@ -436,10 +538,12 @@ def cmd_plot(args) -> None:
     from tvjax.report import shared_methods
     from tvjax.taskvector import load_task_vector
 
-    out, written = Path(args.out), []
-    for file in map(Path, args.files):
+    out, written = check_output_dir(args.out, "--out"), []
+    inputs = {file: _compare_results(file) if file.suffix == ".json" else load_task_vector(file)
+              for file in map(Path, args.files)}  # every input read before the first figure
+    for file, read in inputs.items():
         if file.suffix == ".json":
-            results = json.loads(file.read_text())["results"]
+            results = read
             for name, result in results.items():
                 for ranking, values in result["rankings"].items():
                     written.append(head_heatmap(values, out / f"{name}_{ranking}.png", f"{name}: {ranking}",
@@ -447,13 +551,23 @@ def cmd_plot(args) -> None:
             written.append(comparison_chart({n: r["scores"] for n, r in results.items()}, shared_methods(results),
                                             labels(), out / f"{file.stem}.png"))
         else:
-            tv = load_task_vector(file)
+            tv = read
             split = tv.theta_answer is not None  # where the task lives: the prompt's last token vs the answer
             written.append(head_heatmap(tv.weights(),
                                         out / f"{file.stem}_soft_weights.png",
                                         f"{tv.info.get('task', file.stem)}: soft_weights", rankings()["soft_weights"],
                                         ("last prompt token", "answer tokens") if split else ()))
     print("\n".join(map(str, written)))
+
+
+def _compare_results(file: Path) -> dict:
+    """The `results` of a compare.json, each with its `rankings` and `scores`."""
+    if not file.is_file():
+        raise ValueError(f"no file {file}")
+    results = json.loads(file.read_text()).get("results")
+    if not isinstance(results, dict) or any({"rankings", "scores"} - set(r) for r in results.values()):
+        raise ValueError(f"{file} is not a compare.json of `tvjax compare` (its results with rankings and scores)")
+    return results
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from tvjax.version import __version__
 from tvjax.data import Task, Template, load_task
 from tvjax.evaluation import evaluate
 from tvjax.extract import mean_prompts, site_means
+from tvjax.fields import COUNT, SEED, check_fields, option
+from tvjax.files import write_text
 from tvjax.fitting import FitConfig, FitResult, fit_many
 from tvjax.function_vectors import FunctionVectorConfig, function_vector_for
 from tvjax.patching import layer_patch
@@ -41,13 +43,17 @@ SITES = ("heads", "resid")  # the means every fitted method draws on
 class CompareConfig:
     """Settings shared by every method (means, splits, template) and each method's own."""
 
-    shots: int = 10  # ICL prompts: the means and the ICL baseline
-    n_prompts: int = 50  # ICL prompts averaged for the means
-    seed: int = 0
-    template: Template = Template()
-    fit: FitConfig = FitConfig()
-    function_vector: FunctionVectorConfig = FunctionVectorConfig(sweep=True)
-    reinforce: ReinforceConfig = ReinforceConfig()
+    shots: int = option(10, "demonstrations per ICL prompt (the means, the ICL baseline, the function vector's "
+                            "prompts)", COUNT)
+    n_prompts: int = option(50, "ICL prompts averaged for the means", COUNT)
+    seed: int = option(0, "the splits and every method", SEED)
+    template: Template = option(Template(), "the prompt template")
+    fit: FitConfig = option(FitConfig(), "the soft task vector's settings")
+    function_vector: FunctionVectorConfig = option(FunctionVectorConfig(sweep=True), "the function vector's settings")
+    reinforce: ReinforceConfig = option(ReinforceConfig(), "REINFORCE's settings")
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 def phases(methods) -> int:
@@ -206,8 +212,7 @@ def compare(model, tasks: list[str], out, config: CompareConfig = CompareConfig(
             bar.set_description(f"compare {task.name}")
             result = compare_task(model, task, config, methods, progress=bar, model_name=model_name,
                                   save_to=Path(out) / "interventions", shared=shared.get(task.name, {}))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(result, indent=1))
+            write_text(path, json.dumps(result, indent=1))
             results[task.name] = result
             log(f"{task.name}: " + ", ".join(f"{m} {100 * s['first_token']:.0f}/{100 * s['exact_match']:.0f}"
                                              for m, s in result["scores"].items()))
@@ -219,11 +224,10 @@ def write_report(results: dict[str, dict], out, **info) -> dict[str, Path]:
     from tvjax.plot import comparison_chart
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     methods = shared_methods(results)
     scores = {name: r["scores"] for name, r in results.items()}
     paths = {"json": out / "compare.json", "md": out / "compare.md", "png": out / "compare.png"}
-    paths["json"].write_text(json.dumps({**info, "methods": methods, "results": results}, indent=1))
-    paths["md"].write_text(markdown_table(scores, methods) + "\n\n" + seconds_table(results) + "\n")
+    write_text(paths["json"], json.dumps({**info, "methods": methods, "results": results}, indent=1))
+    write_text(paths["md"], markdown_table(scores, methods) + "\n\n" + seconds_table(results) + "\n")
     comparison_chart(scores, methods, labels(), paths["png"])
     return paths

@@ -20,6 +20,7 @@ import numpy as np
 from tvjax.data import Task, TaskError, prompts_for
 from tvjax.evaluation import Scores, answer_budget, evaluate_many
 from tvjax.extract import extract_means_many, site_means
+from tvjax.files import write_text
 from tvjax.fitting import FitConfig, fit_many
 from tvjax.interventions import HeadBlend
 
@@ -167,8 +168,7 @@ def sweep_table(done: dict, names: Sequence[str]) -> str:
 
 
 def _write(path: Path, done: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(done, indent=1))
+    write_text(path, json.dumps(done, indent=1))
 
 
 def _mean(entry: dict, names: Sequence[str], metric: str) -> float:

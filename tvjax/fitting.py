@@ -23,11 +23,13 @@ import numpy as np
 from tvjax.config import ModelConfig
 from tvjax.data import Task, Template, prompts_for
 from tvjax.extract import extract_means_many
+from tvjax.fields import COUNT, FINITE, NON_NEGATIVE, PENALTY, RATE, SEED, STEPS, check_fields, option, optional
 from tvjax.interventions import HeadBlend
 from tvjax.model import param_axes
 from tvjax.rows import Rows, prepare_rows, row_losses, scores, take
 from tvjax.sharding import placed, put
-from tvjax.train import batch_indices, drawn_rows, initial_means, loop, open_checkpoints, optimizer, train_step
+from tvjax.train import (OPTIMIZER, batch_indices, drawn_rows, initial_means, loop, open_checkpoints, optimizer,
+                         train_step)
 from tvjax.vocabulary import Form, Positions, check_form, check_positions
 
 
@@ -39,29 +41,34 @@ class FitConfig:
     tokens; chosen by valid accuracy over the built-in suite with scripts/sweep_fit.py on the
     default model (docs/method.md has the sweep)."""
 
-    steps: int = 400
-    learning_rate: float = 0.2
-    batch_size: int = 1
-    init: float = 0.0  # initial theta: weight sigmoid(0) = 0.5 on the means (blend), 2 sigmoid(0) = 1 (shift)
-    seed: int = 0
-    eval_every: int = 40
-    patience: int = 0  # stop once every task's best validation loss is this many validations old (0: never)
-    answer_steps: int | None = None  # with positions 'split': the answer stage's steps (None: a quarter of `steps`)
-    sparsity: float = 0.0  # penalty weight on mean(sigmoid(theta))
-    optimizer: str = "adam"  # any optax optimizer taking a learning rate: adam, adamw, sgd, lion, ...
-    all_answer_tokens: bool = False  # loss on every answer token instead of the first
-    positions: Positions = "split"  # where theta acts: 'last' prompt token, or 'answer': also every answer
-    # token (teacher-forced here, generated in evaluation), with the loss on every answer token, or 'split':
-    # theta fitted as 'last' fits it, then frozen while a second theta of its own at the answer tokens
-    # (theta_answer; from ANSWER_INIT) is fitted, `answer_steps` more, on the answer tokens after the
-    # first and the stop
-    form: Form = "shift"  # how a head moves: 'shift' o + 2 * sigmoid(theta) * (mu - base), by the difference
-    # between its ICL and zero-shot means (`HeadBlend.base`), keeping what it carries about the query, or
-    # 'blend' o + sigmoid(theta) * (mu - o), toward its task mean
+    steps: int = option(400, "training steps (with --positions split: of the first stage)", STEPS)
+    learning_rate: float = option(0.2, "the optimizer's learning rate", RATE)
+    batch_size: int = option(1, "train rows per step (of each task)", COUNT)
+    init: float = option(0.0, "initial theta: weight sigmoid(0) = 0.5 on the means (blend), 2 sigmoid(0) = 1 "
+                              "(shift)", FINITE)
+    seed: int = option(0, "the splits' shuffle and the order of the train rows", SEED)
+    eval_every: int = option(40, "validate (and keep the best vector, and checkpoint) every this many steps", COUNT)
+    patience: int = option(0, "stop once every task's best validation is this many validations old (0: run every "
+                              "step)", NON_NEGATIVE)
+    answer_steps: int | None = option(None, "with positions split: the answer stage's steps (default: a quarter of steps)",
+                                      optional(STEPS, "a quarter of steps"))
+    sparsity: float = option(0.0, "penalty weight on the mean head weight mean(sigmoid(theta))", PENALTY)
+    optimizer: str = option("adam", "any optax optimizer taking a learning rate: adam, adamw, sgd, lion, ...",
+                            OPTIMIZER)
+    all_answer_tokens: bool = option(False, "the loss on every answer token instead of the first (positions last)")
+    positions: Positions = option("split", "where the vector acts: 'last' (the last prompt token), 'answer' (also "
+                                           "every answer token, generated or teacher-forced; the loss covers the "
+                                           "whole answer) or 'split' (theta fitted as 'last' fits it, then frozen "
+                                           "while weights of its own at the answer tokens, theta_answer, are fitted "
+                                           "answer_steps more on the answer after its first token and the stop)")
+    form: Form = option("shift", "how a head moves: 'blend' o + sigmoid(theta) (mu - o), toward its ICL mean, or "
+                                 "'shift' o + 2 sigmoid(theta) (mu - base), by its ICL minus zero-shot mean (keeping "
+                                 "what it carries about the query)")
 
     def __post_init__(self):
         check_positions(self.positions)
         check_form(self.form)
+        check_fields(self)
 
     @property
     def answer_stage(self) -> "FitConfig":

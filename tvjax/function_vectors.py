@@ -25,6 +25,7 @@ import numpy as np
 from tvjax.batching import pad_id, pad_left
 from tvjax.data import Prompt, Task, Template, build_texts, prompts_for, tokenize
 from tvjax.interventions import HeadBlend, ResidualEdit, check_layer
+from tvjax.fields import COUNT, NON_NEGATIVE, SEED, check_fields, option, optional
 from tvjax.model import forward
 from tvjax.rows import losses, prepare_rows, stacked_row_losses
 from tvjax.scoring import best_layer
@@ -34,13 +35,17 @@ from tvjax.scoring import best_layer
 class FunctionVectorConfig:
     """Settings of `function_vector_for`."""
 
-    k: int = 10  # heads summed
-    n_prompts: int = 20  # shuffled-label ICL prompts the indirect effects are averaged over
-    shots: int = 10
-    layer: int | None = None  # where the vector is added; None: L // 3, or the sweep's choice
-    sweep: bool = False  # choose the layer with the lowest validation loss instead
-    batch_size: int = 27  # heads (or layers) per vmapped forward
-    seed: int = 0
+    k: int = option(10, "heads summed", COUNT)
+    n_prompts: int = option(20, "shuffled-label ICL prompts the indirect effects are averaged over", COUNT)
+    shots: int = option(10, "demonstrations per shuffled-label prompt", COUNT)
+    layer: int | None = option(None, "add the vector at this layer", optional(NON_NEGATIVE, "L // 3, or the sweep's "
+                                                                                            "choice"))
+    sweep: bool = option(False, "choose the layer with the lowest validation loss instead")
+    batch_size: int = option(27, "heads (or layers) per vmapped forward", COUNT)
+    seed: int = option(0, "the prompts drawn and their shuffled labels", SEED)
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 class FunctionVector(NamedTuple):

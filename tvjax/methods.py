@@ -28,7 +28,8 @@ class Method:
       shots: evaluated with `shots`-shot prompts (ICL), else zero-shot.
       rankings: the head rankings it reports -> the colour bar label of their heatmaps.
       settings: the `CompareConfig` field holding its settings (a dataclass), or None.
-      flags: `(help group title, tvjax.cli.add_config_flags keywords)` for its settings' flags.
+      flags: `(help group title, tvjax.cli.add_config_flags keywords)` for its settings' flags (their
+        help texts come from the settings' fields, `tvjax.fields.option`).
     """
 
     name: str
@@ -54,16 +55,6 @@ def register_method(method: Method) -> Method:
     return method
 
 
-FIT_HELP = {"steps": "training steps",
-            "positions": "where the vector acts: 'last' (the last prompt token), 'answer' (also every answer "
-                         "token, generated or teacher-forced; the loss covers the whole answer) or 'split' (as "
-                         "'answer', with weights of their own at the answer tokens, fitted after the last "
-                         "token's, --answer-steps more)",
-            "patience": "stop once every task's best validation is this many validations old (0: run every step)",
-            "answer_steps": "with --positions split: the answer stage's steps (default: a quarter of --steps)",
-            "form": "how a head moves: 'blend' (toward its ICL mean) or 'shift' (by its ICL minus zero-shot "
-                    "mean, keeping what it carries about the query)"}
-
 register_method(Method("zero_shot", "zero-shot"))
 register_method(Method("icl", "ICL", shots=True))
 register_method(Method("layer_patching", "layer patching", fit="tvjax.compare:fit_layer_patching"))
@@ -72,17 +63,16 @@ register_method(Method(
     rankings={"indirect_effects": "indirect effect (probability gain)"}, settings="function_vector",
     flags=("function vector (tvjax.function_vectors.FunctionVectorConfig)", {
         "prefix": "fv-", "aliases": {"k": ["--k"], "n_prompts": ["--fv-prompts"]},
-        "help": {"k": "heads summed", "n_prompts": "shuffled-label prompts",
-                 "layer": "add the vector at this layer (default: the best valid layer of a sweep)"}})))
+        "help": {"layer": "add the vector at this layer (default: the best valid layer of a sweep)"}})))
 register_method(Method(
     "reinforce", "REINFORCE", fit="tvjax.compare:fit_reinforce",
     rankings={"reinforce_probabilities": "REINFORCE replacement probability"}, settings="reinforce",
     flags=("REINFORCE (tvjax.reinforce.ReinforceConfig)", {
-        "prefix": "reinforce-", "help": {"samples": "head masks per step", "sparsity": "penalty per replaced head"}})))
+        "prefix": "reinforce-"})))
 register_method(Method(
     "task_vector", "soft TV", fit="tvjax.compare:fit_soft_task_vectors", together=True,
     rankings={"soft_weights": "soft TV weight (sigmoid(theta); 2 sigmoid(theta) shifted)"}, settings="fit",
-    flags=("soft task vector (tvjax.fitting.FitConfig)", {"help": FIT_HELP})))
+    flags=("soft task vector (tvjax.fitting.FitConfig)", {})))
 
 BASELINES = tuple(name for name, m in METHODS.items() if not m.fitted)  # scored without fitting anything
 

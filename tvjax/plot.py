@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tvjax.files import replacing
+
 
 
 def head_heatmap(scores, path, title: str = "", label: str = "", panels: tuple[str, ...] = ()) -> Path:
@@ -65,8 +67,7 @@ def comparison_chart(rows: dict[str, dict], methods, labels: dict[str, str], pat
 
 
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    return Path(path)

@@ -22,6 +22,7 @@ import numpy as np
 from tvjax.config import ModelConfig
 from tvjax.data import Task, Template
 from tvjax.interventions import HeadBlend
+from tvjax.fields import COUNT, FINITE, PENALTY, RATE, SEED, STEPS, check_fields, integer, option
 from tvjax.rows import Rows, mean_loss, split_rows, stacked_losses, take
 from tvjax.sharding import placed
 from tvjax.train import batch_indices, initial_means, loop, open_checkpoints, optimizer, train_step
@@ -31,14 +32,17 @@ from tvjax.train import batch_indices, initial_means, loop, open_checkpoints, op
 class ReinforceConfig:
     """Settings of `select_heads`."""
 
-    steps: int = 100
-    learning_rate: float = 0.1  # Adam
-    init: float = -1.0  # initial logit of every head (replacement probability 0.27)
-    samples: int = 16  # head masks per step, scored in one batched forward
-    batch_size: int = 8  # train rows per step, shared by the samples
-    eval_every: int = 10
-    seed: int = 0
-    sparsity: float = 0.0  # penalty per replaced head (nats of first-token cross-entropy)
+    steps: int = option(100, "training steps", STEPS)
+    learning_rate: float = option(0.1, "Adam's learning rate", RATE)
+    init: float = option(-1.0, "initial logit of every head (replacement probability sigmoid(-1) = 0.27)", FINITE)
+    samples: int = option(16, "head masks per step, scored in one batched forward", integer(2))
+    batch_size: int = option(8, "train rows per step, shared by the samples", COUNT)
+    eval_every: int = option(10, "validate (and keep the best heads) every this many steps", COUNT)
+    seed: int = option(0, "the masks sampled and the order of the train rows", SEED)
+    sparsity: float = option(0.0, "penalty per replaced head (nats of first-token cross-entropy)", PENALTY)
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 class HeadSelection(NamedTuple):

@@ -12,8 +12,11 @@ the leading axis of what `keep` returns.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import signal
+import threading
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -25,6 +28,7 @@ from tqdm.auto import tqdm
 from tvjax.version import __version__
 from tvjax.checkpoint import FitCheckpoints, ResumeError
 from tvjax.data import Task, Template
+from tvjax.fields import Allowed
 from tvjax.sharding import constrain
 from tvjax.vocabulary import model_shape
 
@@ -42,12 +46,15 @@ class Trained(NamedTuple):
         return next(h for h in self.history if h["step"] == step)
 
 
+OPTIMIZER = Allowed(lambda name: isinstance(name, str) and not name.startswith("_")
+                    and callable(getattr(optax, name, None)), "an optax optimizer, e.g. adam, adamw, sgd, lion, rmsprop")
+
+
 def optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
     """`optax.<name>(learning_rate)`, with a clear error for an unknown name."""
-    make = getattr(optax, name, None)
-    if name.startswith("_") or not callable(make):
-        raise ValueError(f"unknown optax optimizer {name!r}; e.g. adam, adamw, sgd, lion, rmsprop")
-    return make(learning_rate)
+    if not OPTIMIZER.test(name):
+        raise ValueError(f"unknown optax optimizer {name!r}: must be {OPTIMIZER.says}")
+    return getattr(optax, name)(learning_rate)
 
 
 @functools.cache
@@ -157,31 +164,69 @@ def loop(step: Callable[[State, int], tuple[State, jax.Array]], validate: Callab
     if patience and _stale(history, best_step) >= patience:
         steps = start  # a resumed run that had already stopped
     bar = tqdm(range(start + 1, steps + 1), desc=desc, leave=False, disable=None, initial=start, total=steps)
+    n = start
     try:
-        for n in bar:
-            state, loss = step(state, n)
-            running.append(loss)
-            if n % eval_every == 0 or n == steps:
-                objective, record = validate(state)
-                history.append({"step": n, "train_loss": np.mean(np.stack(running), axis=0).tolist(), **record})
-                running = []
-                bar.set_postfix({k: f"{np.mean(v):.3f}" for k, v in history[-1].items() if k != "step"})
-                improved = np.asarray(objective) < np.asarray(best_objective)  # a bool, or one per run
-                if improved.any():
-                    best = _where(improved, keep(state), best)
-                    best_objective = np.where(improved, objective, best_objective).tolist()
-                    best_step = np.where(improved, n, best_step).tolist()
-                if checkpoints is not None:
-                    checkpoints.save(n, {"state": state, "best": best},
-                                     {"best_objective": best_objective, "best_step": best_step, "history": history},
-                                     float(np.mean(objective)))
-                if patience and _stale(history, best_step) >= patience:
-                    break
+        with _ctrl_c() as asked:
+            for n in bar:
+                state, loss = step(state, n)
+                running.append(loss)
+                if n % eval_every == 0 or n == steps:
+                    objective, record = validate(state)
+                    history.append({"step": n, "train_loss": np.mean(np.stack(running), axis=0).tolist(), **record})
+                    running = []
+                    bar.set_postfix({k: f"{np.mean(v):.3f}" for k, v in history[-1].items() if k != "step"})
+                    improved = np.asarray(objective) < np.asarray(best_objective)  # a bool, or one per run
+                    if improved.any():
+                        best = _where(improved, keep(state), best)
+                        best_objective = np.where(improved, objective, best_objective).tolist()
+                        best_step = np.where(improved, n, best_step).tolist()
+                    if checkpoints is not None:
+                        checkpoints.save(n, {"state": state, "best": best},
+                                         {"best_objective": best_objective, "best_step": best_step, "history": history},
+                                         float(np.mean(objective)))
+                    if patience and _stale(history, best_step) >= patience:
+                        break
+                if asked:  # Ctrl-C: stop between steps
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        raise Interrupted(desc, n, checkpoints and checkpoints.finished_step()) from None
     finally:
         bar.close()
         if checkpoints is not None:
             checkpoints.close()
     return Trained(state, best, best_step, history)
+
+
+@contextlib.contextmanager
+def _ctrl_c():
+    """While open, Ctrl-C (SIGINT) is a request, `asked` (a list) turning true, so that a loop stops
+    between its steps (and its checkpoint writes); a second Ctrl-C interrupts at once."""
+    asked = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread handles signals
+        yield asked
+        return
+
+    def ask(signum, frame):
+        asked.append(signum)
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, ask)
+    try:
+        yield asked
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C in a training loop, once its checkpoint writes have finished: where it stopped and
+    where resuming continues."""
+
+    def __init__(self, desc: str, step: int, saved: int | None):
+        self.step, self.saved = step, saved
+        resume = (f"resuming continues from step {saved}, the latest checkpoint (--resume, resume=True)"
+                  if saved is not None else "nothing was saved: with --resume (or --checkpoint-dir) a fit keeps "
+                                            "checkpoints and continues after an interruption")
+        super().__init__(f"{desc} interrupted at step {step}; {resume}")
 
 
 def _stale(history: list, best_step) -> int:

@@ -60,9 +60,12 @@ class Task:
         return len(self.train) + len(self.valid) + len(self.test)
 
     def require(self, shots: int) -> None:
-        """Fail clearly when the train split cannot supply `shots` demonstrations plus a query."""
-        if len(self.train) < shots + 1:
-            raise TaskError(f"task {self.name!r} has {len(self.train)} train pairs; {shots}-shot prompts "
+        """Fail clearly when the train split cannot supply `shots` demonstrations plus a query
+        (demonstrations are pairs other than the query: repeated pairs count once)."""
+        distinct = len(set(self.train))
+        if distinct < shots + 1:
+            repeats = f" ({len(self.train)} with repeats)" if distinct < len(self.train) else ""
+            raise TaskError(f"task {self.name!r} has {distinct} distinct train pairs{repeats}; {shots}-shot prompts "
                             f"need at least {shots + 1} (use fewer shots or a larger task)")
 
 
