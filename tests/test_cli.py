@@ -45,6 +45,10 @@ def test_fit_eval_generate_round_trip(tmp_path, capsys, tiny_lm_dir):
     assert (out_dir / "caps.eval.csv").read_text().splitlines()[0] == "method,first_token,exact_match,contains,n,skipped"
     assert main(["generate", "--model", model, "--tv", str(tv), "--query", "fast", "--max-new-tokens", "3"]) == 0
     assert "'Q: fast\\nA:' -> " in capsys.readouterr().out
+    plain = ["generate", "--model", model, "--query", "fast", "--max-new-tokens", "3", "--stop"]
+    assert main(plain) == 0 and main(plain + ["--tv", str(tv), "--scale", "0"]) == 0  # strength 0: no edit
+    without, at_zero = capsys.readouterr().out.splitlines()
+    assert without == at_zero
 
 
 def test_bad_input_exits_non_zero_with_a_message(tmp_path, capsys, tiny_lm, tiny_lm_dir):
@@ -224,18 +228,14 @@ def inputs(tmp_path, tiny_lm):
 
 def _float16_theta(path, config):
     """A head-blend file whose theta is float16 (the format says float32)."""
+    from safetensors import safe_open
     from safetensors.numpy import save_file
 
-    from tvjax.taskvector import load_task_vector
-
-    tv = save_task_vector(path, np.zeros((config.n_layers, config.n_heads)),
-                          np.zeros((config.n_layers, config.n_heads, config.head_dim)), config)
-    from safetensors import safe_open
-
+    save_task_vector(path, np.zeros((config.n_layers, config.n_heads)),
+                     np.zeros((config.n_layers, config.n_heads, config.head_dim)), config)
     with safe_open(str(path), framework="numpy") as f:
         metadata, arrays = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     save_file({**arrays, "theta": arrays["theta"].astype(np.float16)}, str(path), metadata=metadata)
-    del tv, load_task_vector
 
 
 # (command line, words the one-line error must hold); {name} is a file of `inputs`, {out} a fresh folder
@@ -273,6 +273,9 @@ BAD_INPUTS = [
     ("eval --tv {empty_dir}/missing.safetensors", "no task-vector file at"),
     ("eval --task {task} --tv {text}", "notes.safetensors"),
     ("eval --task {task} --split dev", "--split: invalid choice: 'dev'"),
+    ("eval --task {task} --tv {float16}", "every array of the format is float32, not theta float16"),
+    ("eval --task {task} --tv {other_model} --scale 0.5", "cannot be applied"),
+    ("eval --task {task} --scale nan", "--scale: nan"),
     ("generate --prompt hi --max-new-tokens 0", "--max-new-tokens: 0"),
     ("generate --prompt hi --max-new-tokens -1", "--max-new-tokens: -1"),
     ("generate --prompt hi --temperature -1", "--temperature: -1: must be a finite number >= 0"),

@@ -94,6 +94,21 @@ def test_a_kind_of_your_own_is_saved_loaded_and_applied_alike_in_jax_and_pytorch
     assert np.abs(np.asarray(logits) - hf_logits(hf, tokens)).max() > 1e-3, "the edit should change the logits"
 
 
+def test_a_kind_of_your_own_scales_alike_in_jax_and_pytorch(tiny_models, tmp_path):
+    """Nothing in the record says how to scale it: `tvjax.scaled` and `apply_intervention(..., scale=)`
+    move each edited value `scale` times as far, on both sides."""
+    hf, (config, params, _), _ = tiny_models("llama")
+    ours = HeadScale(jnp.asarray(_scale(config)))
+    path = tvjax.save_intervention(tmp_path / "scale.safetensors", ours, config)
+    tokens = np.random.default_rng(2).integers(3, config.vocab_size, size=(2, 6))
+    logits = tvjax.forward(params, jnp.asarray(tokens), config=config, intervention=tvjax.scaled(ours, -0.5)).logits
+    with apply_intervention(hf, path, scale=-0.5):
+        assert_logits_close(logits, hf_logits(hf, tokens))
+    expected = HeadScale(1 - 0.5 * (ours.scale - 1))  # each head's output o moved to o - 0.5 * (scale * o - o)
+    np.testing.assert_allclose(logits, tvjax.forward(params, jnp.asarray(tokens), config=config, intervention=expected)
+                               .logits, rtol=1e-5, atol=1e-5)
+
+
 def test_tvjax_eval_takes_a_kind_of_your_own_from_a_plugin(tmp_path, capsys, tiny_lm, tiny_lm_dir, tiny_task):
     path = tvjax.save_intervention(tmp_path / "scale.safetensors", HeadScale(jnp.asarray(_scale(tiny_lm.config))),
                                    tiny_lm.config, method="head_scale")

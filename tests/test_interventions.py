@@ -1,5 +1,5 @@
 """HeadBlend inside the model: limits, a PyTorch hook reference, gradients, capture; a user's own
-intervention class."""
+intervention class; any intervention at a strength (`scaled`)."""
 
 from typing import NamedTuple
 
@@ -11,6 +11,7 @@ import torch
 
 import tvjax
 from tvjax import HeadBlend
+from tvjax.interventions import Scaled
 from tvjax.torch_port import Intervention, SaveInputsHook, attention_outputs
 from conftest import FAMILIES, assert_logits_close, torch_blend
 
@@ -162,3 +163,62 @@ def test_stacked_blends_apply_row_by_row_as_each_tasks_own(tiny_models):
     assert jax.tree.all(jax.tree.map(np.array_equal, stacked.task(1), HeadBlend.stack(blends[1:2]).task(0)))
     with pytest.raises(ValueError, match="one form and one positions"):
         HeadBlend.stack([blends[0], HeadBlend(blends[0].theta, mu)])
+
+
+def _scaling_cases(config, s):
+    """(name, intervention, what it is at strength `s`, written without `scaled`) for each built-in kind."""
+    L, N, H, D = config.n_layers, config.n_heads, config.head_dim, config.d_model
+    theta, theta_answer = (jnp.asarray(RNG.normal(size=(L, N)), jnp.float32) for _ in range(2))
+    mu, base = (jnp.asarray(RNG.normal(size=(L, N, H)), jnp.float32) for _ in range(2))
+    add, target = (jnp.asarray(RNG.normal(size=(L, D)), jnp.float32) for _ in range(2))
+    weight = jnp.asarray([0.0, 0.7, 0.3][:L], jnp.float32)
+    zero_head = lambda x, layer, _: x.at[..., 1, :].set(0)
+    moved = base + s * (mu - base)  # the shift form's means at strength s
+    return [
+        ("blend", HeadBlend(theta, mu), MixHeads(s * jax.nn.sigmoid(theta), mu)),
+        ("shift", HeadBlend(theta, mu, base=base), HeadBlend(theta, moved, base=base)),
+        ("split", HeadBlend(theta, mu, theta_answer, base), HeadBlend(theta, moved, theta_answer, base)),
+        ("residual", tvjax.ResidualEdit(add, target, weight), tvjax.ResidualEdit(s * add, target, s * weight)),
+        ("edit", tvjax.Edit("heads", zero_head), tvjax.Edit("heads", lambda x, layer, _: x.at[..., 1, :].mul(1 - s))),
+    ]
+
+
+def test_scaled_interventions_move_a_site_scale_times_as_far(tiny_models):
+    """`scaled(i, s)` of every kind is the edit `s` times as large; scale 1 is `i` itself, scale 0 the plain model."""
+    _, config, params, tokens, _ = _setup(tiny_models, "llama")
+    tokens = jnp.asarray(tokens)
+    edit = jnp.zeros(tokens.shape, bool).at[:, 6:].set(True)  # a prompt's last token and two answer tokens
+    run = lambda i: tvjax.forward(params, tokens, config=config, intervention=i, edit_mask=edit).logits
+    plain = run(None)
+    cases = _scaling_cases(config, 2.0)
+    for name, intervention, expected in cases:
+        assert tvjax.scaled(intervention, 1) is intervention, name
+        ours = run(tvjax.scaled(intervention, 2))
+        np.testing.assert_allclose(ours, run(expected), rtol=1e-5, atol=1e-5, err_msg=name)
+        assert np.abs(ours - plain).max() > 1e-3, name
+    every = tuple(intervention for _, intervention, _ in cases)
+    assert tvjax.scaled(every, 0) == tuple(Scaled(i, 0.0) for i in every) and tvjax.scaled(None, 2) is None
+    np.testing.assert_array_equal(run(tvjax.scaled(every, 0)), plain)
+    with pytest.raises(ValueError, match="finite"):
+        tvjax.scaled(every, float("nan"))
+
+
+def test_scaled_interventions_work_under_jit_grad_and_vmap(tiny_models):
+    _, config, params, tokens, mu = _setup(tiny_models, "llama")
+    tokens, mu = jnp.asarray(tokens), jnp.asarray(mu)
+
+    @jax.jit
+    def loss(intervention):
+        logits = tvjax.forward(params, tokens, config=config, intervention=intervention, logits_at=jnp.full((2,), 8))
+        return -jnp.mean(jax.nn.log_softmax(logits.logits)[:, 7])
+
+    add = jnp.asarray(RNG.normal(size=(config.n_layers, config.d_model)), jnp.float32)
+    edit = lambda a: tvjax.ResidualEdit(a, jnp.zeros_like(a), jnp.zeros(config.n_layers))
+    # x + 2 * add: the gradient of the scaled edit is twice the plain one's at 2 * add
+    np.testing.assert_allclose(jax.grad(loss)(tvjax.scaled(edit(add), 2)).intervention.add,
+                               2 * jax.grad(loss)(edit(2 * add)).add, rtol=1e-4, atol=1e-7)
+    thetas = jnp.asarray(RNG.normal(size=(3, config.n_layers, config.n_heads)), jnp.float32)
+    stacked = tvjax.scaled(HeadBlend(thetas, jnp.stack([mu, -mu, mu])), 0.5)  # a leading C = 3 axis
+    np.testing.assert_allclose(jax.vmap(loss)(stacked),
+                               [loss(tvjax.scaled(HeadBlend(thetas[c], stacked.intervention.mu[c]), 0.5))
+                                for c in range(3)], rtol=1e-6)

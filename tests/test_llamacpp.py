@@ -20,6 +20,8 @@ def test_function_vector_becomes_a_control_vector(tmp_path, tiny_lm):
     assert fields["controlvector.model_hint"] == "llama" and fields["controlvector.layer_count"] == 1
     assert [t.name for t in reader.tensors] == ["direction.1"]
     np.testing.assert_array_equal(np.asarray(reader.tensors[0].data), vector)
+    scaled = gguf.GGUFReader(str(save_control_vector(tmp_path / "fv2.gguf", path, scale=-2.0)))
+    np.testing.assert_array_equal(np.asarray(scaled.tensors[0].data), -2 * vector)  # as tvjax.scaled(edit, -2)
 
 
 def test_what_a_control_vector_cannot_carry_is_refused(tmp_path, tiny_lm):

@@ -20,8 +20,20 @@ def test_round_trip_keeps_arrays_and_metadata(tmp_path, tiny_lm):
     np.testing.assert_array_equal(tv.mu, mu)
     assert tv.info == {"task": "upper", "steps": 3} and tv.model["n_heads"] == c.n_heads
     tv.check(c)
-    with pytest.raises(TaskVectorError, match="made for model.*cannot be applied to model"):
+    with pytest.raises(TaskVectorError, match=f"head_blend made for a {c.family} model cannot be applied to a "
+                                              f"{c.family} model: n_layers {c.n_layers} vs 5$"):
         tv.check(c.replace(n_layers=5))
+
+
+def test_a_file_for_another_model_names_both_models_and_how_they_differ(tmp_path, tiny_lm):
+    c = tiny_lm.config
+    path = save_task_vector(tmp_path / "tv.safetensors", np.zeros((c.n_layers, c.n_heads)),
+                            np.zeros((c.n_layers, c.n_heads, c.head_dim)), c, model="gemma-3-270m")
+    other = c.replace(family="gemma3", n_layers=30, d_model=576)
+    with pytest.raises(TaskVectorError, match=f"head_blend made for model 'gemma-3-270m' cannot be applied to model "
+                                              f"'smollm2-135m': family {c.family} vs gemma3, n_layers {c.n_layers} "
+                                              f"vs 30, d_model {c.d_model} vs 576$"):
+        load_task_vector(path).check(other, "smollm2-135m")
 
 
 def test_readable_without_jax(tmp_path, tiny_lm):

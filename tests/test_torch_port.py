@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 
@@ -106,12 +107,17 @@ def test_attention_outputs_are_named_output_projections(tiny_models):
         assert list(attention_outputs(hf.base_model).values()) == list(attention_outputs(hf).values())
 
 
-def test_task_vector_for_another_model_names_both_shapes(tiny_models, tmp_path):
+def test_task_vector_for_another_model_names_both_models(tiny_models, tmp_path):
     _, (config, _, _), _ = tiny_models("llama")
-    _, path = _random_task_vector(config, tmp_path / "tv.safetensors")
-    with pytest.raises(TaskVectorError, match=r"made for model \{'family': 'llama'.*cannot be applied to model "
-                                              r"\{'family': 'gpt2'"):
-        apply_intervention(tiny_models("gpt2")[0], path)
+    blend, _ = _random_task_vector(config, tmp_path / "unused.safetensors")
+    path = tvjax.save_intervention(tmp_path / "tv.safetensors", blend, config, model="tiny-llama")
+    directory = str(tiny_models("gpt2")[2])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(directory)  # its config names it by its path
+    with pytest.raises(TaskVectorError, match=f"head_blend made for model 'tiny-llama' cannot be applied to model "
+                                              f"{re.escape(repr(directory))}: family llama vs gpt2$"):
+        apply_intervention(hf, path)
+    with pytest.raises(TaskVectorError, match="made for model 'tiny-llama' cannot be applied to a gpt2 model: "):
+        apply_intervention(tiny_models("gpt2")[0], path)  # made in Python: no name
     with pytest.raises(TaskVectorError, match="no task-vector port for model_type 'bert'; supported: gemma2, gemma3_text, gpt2, "):
         model_shape(transformers.AutoConfig.for_model("bert"))
 
@@ -177,6 +183,26 @@ print(np.abs(logits - np.load({str(tmp_path / 'expected.npy')!r})).max(), "jax" 
     assert out.returncode == 0, out.stderr
     diff, jax_module = out.stdout.split()
     assert float(diff) < 1e-5 and jax_module == "None"
+
+
+def test_without_torch_tvjax_is_quiet_and_the_port_says_what_to_install(tiny_lm_dir):
+    """Without PyTorch, loading a model (its tokenizer from transformers) prints no advice about PyTorch,
+    and importing the port raises an ImportError naming the extra to install."""
+    advice = "PyTorch was not found"
+    code = f"""
+import sys; sys.modules["torch"] = None
+import tvjax
+assert tvjax.load({str(tiny_lm_dir)!r}).tokenizer is not None
+try:
+    import tvjax.torch_port
+except ImportError as e:
+    print(e)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'tvjax[torch]'" in out.stdout and advice not in out.stderr, out.stderr
+    plain = "import sys; sys.modules['torch'] = None; import transformers"  # the advice tvjax keeps quiet
+    assert advice in subprocess.run([sys.executable, "-c", plain], capture_output=True, text=True).stderr
 
 
 def test_model_shape_reads_the_conversion_tables_without_jax():
@@ -275,3 +301,45 @@ def test_split_vectors_port_to_pytorch_generation(tiny_models, family, form, tmp
                           intervention=tvjax.HeadBlend(theta, blend.mu, None, base, "answer"), eos_token_id=-1)
     assert not np.array_equal(new[0], same[0]), "the answer weights should change this generation"
 
+
+def _scaled_cases(config, rng):
+    """Each built-in kind as a file can hold it: a head blend at the last prompt token, in the blend and the
+    shift form and split (theta at the last prompt token, theta_answer at every generated one); a residual
+    edit at the last prompt token and every generated one."""
+    L, N, H, D = config.n_layers, config.n_heads, config.head_dim, config.d_model
+    theta, theta_answer = (rng.normal(size=(L, N)).astype(np.float32) for _ in range(2))
+    mu, base = (rng.normal(size=(L, N, H)).astype(np.float32) for _ in range(2))
+    add, target = (rng.normal(size=(L, D)).astype(np.float32) for _ in range(2))
+    weight = np.zeros(L, np.float32)
+    weight[-1] = 0.7
+    return {"blend": tvjax.HeadBlend(theta, mu), "shift": tvjax.HeadBlend(theta, mu, base=base),
+            "split": tvjax.HeadBlend(theta, mu, theta_answer, base),
+            "residual": tvjax.ResidualEdit(add, target, weight, positions="answer")}
+
+
+@pytest.mark.parametrize("scale", [0.5, 2.0])
+@pytest.mark.parametrize("case", ["blend", "shift", "split", "residual"])
+def test_scaled_interventions_match_tvjax_in_pytorch(tiny_models, case, scale, tmp_path):
+    """`apply_intervention(..., scale=s)` is `tvjax.scaled(i, s)`: the logits of the prompt's last token and of
+    every generated one (from the KV cache in PyTorch, teacher-forced in tvjax) agree, and so do the tokens
+    generated."""
+    hf, (config, params, _), _ = tiny_models("llama")
+    rng = np.random.default_rng(10)
+    intervention = _scaled_cases(config, rng)[case]
+    path = tvjax.save_intervention(tmp_path / "tv.safetensors", intervention, config)
+    scaled = tvjax.scaled(intervention, scale)
+    prompt = torch.as_tensor(rng.integers(3, config.vocab_size, size=(1, 7)))
+    with apply_intervention(hf, path, scale=scale), torch.no_grad():
+        out = hf.generate(prompt, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    theirs = torch.stack(out.logits, 1).numpy()  # [1, 4, V]
+    T = prompt.shape[1]
+    edit = np.arange(T + 3) >= T - 1 if scaled.positions != "last" else np.arange(T + 3) == T - 1
+    ours = tvjax.forward(params, jnp.asarray(out.sequences[:, :-1].numpy()), config=config, intervention=scaled,
+                         edit_mask=jnp.asarray(edit[None])).logits
+    assert_logits_close(np.asarray(ours)[:, T - 1:], theirs)
+    new = tvjax.generate(params, prompt.numpy(), config=config, max_new_tokens=4, intervention=scaled,
+                         eos_token_id=-1)
+    np.testing.assert_array_equal(new, out.sequences[:, T:].numpy())
+    with apply_intervention(hf, path), torch.no_grad():
+        unscaled = hf(out.sequences[:, :T]).logits[:, -1].numpy()
+    assert np.abs(theirs[:, 0] - unscaled).max() > 0.1, "the scale should change the logits"

@@ -15,7 +15,7 @@ else:
     from tvjax.config import ModelConfig
     from tvjax.convert import CheckpointError, Model, UnsupportedArchitecture, load
     from tvjax.generation import generate
-    from tvjax.interventions import SITES, Edit, HeadBlend, Intervention, ResidualEdit
+    from tvjax.interventions import SITES, Edit, HeadBlend, Intervention, ResidualEdit, scaled
     from tvjax.model import KVCache, Output, forward, init_params, run_with_cache
     from tvjax.data import Task, TaskError, Template, builtin_names, load_task
     from tvjax.extract import extract_means, extract_means_many, site_means
@@ -35,6 +35,6 @@ else:
                "builtin_names", "load_task", "extract_means", "extract_means_many", "FitConfig", "FitResult", "fit",
                "fit_many", "Scores", "evaluate", "evaluate_many", "TaskVector", "TaskVectorError", "load_task_vector",
                "save_task_vector", "ResidualVector", "InterventionFile", "Kind", "register_kind", "load_intervention", "save_intervention", "TaskVectorExtractor",
-               "SITES", "Edit", "Intervention", "ResidualEdit", "run_with_cache",
+               "SITES", "Edit", "Intervention", "ResidualEdit", "scaled", "run_with_cache",
                "site_means", "FunctionVectorConfig", "function_vector_for", "layer_patch", "ReinforceConfig",
                "select_heads", "enable_compilation_cache"]

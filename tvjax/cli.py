@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tvjax.config import ATTENTION, REMAT_POLICIES
 from tvjax.data.tasks import TaskError
-from tvjax.fields import COUNT, SEED, Allowed, allowed_of, help_of, number
+from tvjax.fields import COUNT, FINITE, SEED, Allowed, allowed_of, help_of, number
 from tvjax.files import check_output_dir, write_text
 from tvjax.methods import BASELINES, METHODS
 
@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--template", default=None, help="default: the task vector's, else the standard one")
     ev.add_argument("--first-token-only", action="store_true",
                     help="score the first answer token alone: one forward per batch instead of generating")
+    _add_strength_flag(ev)
     _add_scale_flags(ev)
     _add_compile_cache_flag(ev)
     ev.set_defaults(run=cmd_eval)
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                      default=None, metavar="FLOAT", help="sample among the most likely tokens whose probability "
                                                          "reaches p (default: all)")
     gen.add_argument("--seed", type=_checked(int, SEED), default=0, metavar="INT", help="the sampling seed")
+    _add_strength_flag(gen)
     _add_scale_flags(gen)
     _add_compile_cache_flag(gen)
     gen.set_defaults(run=cmd_generate)
@@ -271,6 +273,12 @@ def _add_scale_flags(parser) -> None:
                              "with the prompt ('none': all at once; default 1024)")
 
 
+def _add_strength_flag(parser) -> None:
+    parser.add_argument("--scale", type=_checked(float, FINITE), default=1.0, metavar="S",
+                        help="the intervention's strength: what it changes, times S (1: as made, 0: nothing; "
+                             "tvjax.scaled)")
+
+
 def _add_baselines_flag(parser) -> None:
     parser.add_argument("--baselines", default=",".join(BASELINES), type=_baselines, metavar="NAMES",
                         help=f"baselines scored beside the fitted methods: comma-separated, of "
@@ -345,9 +353,11 @@ def _intervention_file(args):
 
 def _model_for(args, tv):
     """The model of `args`, checked against the intervention file `tv` (or None)."""
+    from tvjax.convert import DEFAULT_MODEL
+
     model = _load_model(args)
     if tv is not None:
-        tv.check(model.config)
+        tv.check(model.config, args.model or DEFAULT_MODEL)
     return model
 
 
@@ -441,6 +451,7 @@ def cmd_eval(args) -> None:
     from tvjax.convert import DEFAULT_MODEL
     from tvjax.evaluation import Scores, evaluate
     from tvjax.extractor import TaskVectorExtractor
+    from tvjax.interventions import scaled
     from tvjax.report import markdown_table
 
     tv_file = _intervention_file(args)
@@ -458,7 +469,8 @@ def cmd_eval(args) -> None:
     scores = tv.evaluate(BASELINES, split=args.split, first_token_only=args.first_token_only)
     if tv_file is not None:  # scored under the method that made it (compare's files record it)
         method = info.get("method", "task_vector")
-        scores[method] = evaluate(model, task, intervention=tv_file.intervention(), split=args.split, seed=seed,
+        scores[method] = evaluate(model, task, intervention=scaled(tv_file.intervention(), args.scale),
+                                  split=args.split, seed=seed,
                                   template=tv.template, desc=method,
                                   first_token_only=args.first_token_only)
     methods = list(scores)
@@ -470,7 +482,8 @@ def cmd_eval(args) -> None:
           f"{scores['zero_shot'].n} prompts{_skipped(scores['zero_shot'])}")
     paths = out / f"{task.name}.eval.json", out / f"{task.name}.eval.csv"
     write_text(paths[0], json.dumps({"model": args.model or DEFAULT_MODEL, "task": task.name, "split": args.split,
-                                     "seed": seed, "shots": args.shots, "task_vector": args.tv, "scores": table},
+                                     "seed": seed, "shots": args.shots, "task_vector": args.tv, "scale": args.scale,
+                                     "scores": table},
                                     indent=2))
     fields = [f.name for f in dataclasses.fields(Scores)]  # None (not scored) as an empty cell
     write_text(paths[1], "\n".join(["method," + ",".join(fields)] + [
@@ -486,6 +499,7 @@ def cmd_generate(args) -> None:
     import jax
 
     from tvjax.generation import generate_text, template_stop
+    from tvjax.interventions import scaled
 
     tv = _intervention_file(args)
     info = tv.info if tv else {}
@@ -499,8 +513,9 @@ def cmd_generate(args) -> None:
     # Queries end like the fitting prompts did (e.g. with the ' ' token before digits).
     prompts = [_typed(args.prompt)] if args.prompt else [template.query(q)[0] + info.get("lead", "")
                                                          for q in args.query]
-    texts = generate_text(model, prompts, args.max_new_tokens, intervention=tv.intervention() if tv else None,
-                          stop=stop, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    texts = generate_text(model, prompts, args.max_new_tokens, stop=stop,
+                          intervention=tv and scaled(tv.intervention(), args.scale), temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if jax.process_index() != 0:
         return
     for prompt, text in zip(prompts, texts):

@@ -114,7 +114,7 @@ class TaskVectorExtractor:
     def load(self, path) -> HeadBlend:
         """Load a task vector file, checked against this model's shape."""
         tv = load_task_vector(path)
-        tv.check(self.model.config)
+        tv.check(self.model.config, self.model_name)
         self.blend = tv.intervention()
         self.mu = tv.mu
         return self.blend

@@ -9,7 +9,7 @@ The protocol (`Intervention`) is open: any pytree with a `site`, `check(config)`
 `apply(x, layer, edit_mask)` and (optionally) `axes()` works in `tvjax.forward`, under
 `jit`, `grad` and `vmap` and on a mesh. The built-in ones are `HeadBlend` (soft and hard
 head replacement), `ResidualEdit` (function vectors, layer patching) and `Edit` (your
-function on a named site).
+function on a named site); `scaled(intervention, scale)` sets the strength of any of them.
 
 Sites: the named places, in every layer, where interventions act and `forward` captures,
 in the order a layer computes them (TransformerLens hook names in brackets are accepted too):
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import jax
@@ -375,6 +376,65 @@ class Edit:
     def apply(self, x: jax.Array, layer: jax.Array, edit_mask: jax.Array) -> jax.Array:
         y = self.fn(x, layer, self.data)
         return jnp.where(edit_mask.reshape(edit_mask.shape + (1,) * (x.ndim - 2)), y, x)
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["intervention"], meta_fields=["scale"])
+@dataclasses.dataclass(frozen=True)
+class Scaled:
+    """Any intervention at a strength: where `intervention` would turn a site's value `x` into `y`,
+    this one gives `x + scale * (y - x)` (in float32), and every other position stays as it was.
+
+    So a head blend moves each head `scale` times as far (`o + scale * sigmoid(theta) * (mu - o)`;
+    the shift form `o + scale * 2 * sigmoid(theta) * (mu - base)`, `theta_answer` at the answer
+    tokens alike), a residual edit changes `x` by `scale * (weight * (target - x) + add)`, and an
+    `Edit` gives `x + scale * (fn(x) - x)`. Scale 0 leaves the model as it is, 2 doubles the edit,
+    a negative scale pushes the other way. Made by `scaled`; a file holds the unscaled
+    intervention (save `.intervention`).
+
+    Attributes:
+      intervention: the intervention scaled (its leaves are this one's).
+      scale: the strength, static: each value compiles once, as `positions` does.
+    """
+
+    intervention: Any
+    scale: float
+
+    @property
+    def site(self) -> str:
+        return self.intervention.site
+
+    @property
+    def positions(self) -> Positions:
+        return getattr(self.intervention, "positions", "last")
+
+    def check(self, config: ModelConfig) -> None:
+        self.intervention.check(config)
+
+    def apply(self, x: jax.Array, layer: jax.Array, edit_mask: jax.Array) -> jax.Array:
+        """One layer's edit (`self` is that layer's slice) on the site's value `x` `[B, T, ...]`, scaled."""
+        x32 = x.astype(jnp.float32)
+        y = self.intervention.apply(x, layer, edit_mask).astype(jnp.float32)
+        return (x32 + self.scale * (y - x32)).astype(x.dtype)
+
+    def axes(self) -> "Scaled":
+        axes = getattr(self.intervention, "axes", None)
+        return Scaled(axes() if callable(axes) else None, self.scale)
+
+    def answer(self) -> "Scaled":
+        """What acts at generated answer tokens, at this strength (see `at_answer`)."""
+        answer = getattr(self.intervention, "answer", None)
+        return Scaled(answer() if callable(answer) else self.intervention, self.scale)
+
+
+def scaled(intervention, scale: float):
+    """`intervention` (one, a sequence of them: each, or None) at strength `scale` (see `Scaled`);
+    scale 1 returns it as it is."""
+    if not math.isfinite(scale):
+        raise ValueError(f"scale {scale}: an intervention's strength is a finite number")
+    if scale == 1 or intervention is None:
+        return intervention
+    each = tuple(Scaled(i, float(scale)) for i in as_interventions(intervention))
+    return each[0] if is_intervention(intervention) else each
 
 
 def as_interventions(intervention) -> tuple:

@@ -25,11 +25,12 @@ ARCHITECTURE = "controlvector"
 
 
 def save_control_vector(path: str | os.PathLike, vector: str | os.PathLike | ResidualVector,
-                        model_hint: str | None = None) -> Path:
+                        model_hint: str | None = None, scale: float = 1.0) -> Path:
     """Write the additive part of a residual edit (a file or a loaded `ResidualVector`) as a
-    llama.cpp control vector: `direction.{l}` = `add[l]` for every layer with a non-zero `add`.
+    llama.cpp control vector: `direction.{l}` = `scale * add[l]` for every layer with a non-zero `add`.
 
     `model_hint`: the architecture llama.cpp records (default: the edit's model family).
+    `scale`: the strength written (as `tvjax.scaled`; llama.cpp's `--control-vector-scaled` scales it again).
     Raises `TaskVectorError` for a head blend, a patch (`weight != 0`), or an edit of layer 0.
     """
     import gguf
@@ -53,7 +54,7 @@ def save_control_vector(path: str | os.PathLike, vector: str | os.PathLike | Res
     writer.add_string(f"{ARCHITECTURE}.model_hint", model_hint or loaded.model["family"])
     writer.add_uint32(f"{ARCHITECTURE}.layer_count", len(layers))
     for layer in layers:
-        writer.add_tensor(f"direction.{layer}", loaded.add[layer].astype(np.float32))
+        writer.add_tensor(f"direction.{layer}", (scale * loaded.add[layer]).astype(np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -33,6 +33,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from tvjax.files import replacing
 from tvjax.vocabulary import POSITIONS, SHAPE_KEYS, SHIFT_RANGE, blend_weights, check_positions, model_shape
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "KINDS", "Kind", "register_kind", "kind_of", "resolve", "InterventionFile",
@@ -67,11 +68,15 @@ class InterventionFile(NamedTuple):
         """As its JAX intervention (imports JAX): the kind's class built from the arrays and `positions`."""
         return resolve(KINDS[self.kind].intervention)(**self.arrays, positions=self.positions)
 
-    def check(self, config) -> None:
-        """Raise `TaskVectorError` naming both models if `config` (a ModelConfig) has another shape."""
+    def check(self, config, model_name: str | None = None) -> None:
+        """Raise `TaskVectorError` if `config` (a ModelConfig) has another shape, naming both models
+        (the file's by the name its `info` records, `config`'s by `model_name`) and their differences."""
         want = model_shape(config)
         if self.model != want:
-            raise TaskVectorError(f"{self.kind} made for model {self.model} cannot be applied to model {want}")
+            named = lambda name, shape: f"model {name!r}" if name else f"a {shape['family']} model"
+            differ = ", ".join(f"{k} {self.model[k]} vs {want[k]}" for k in SHAPE_KEYS if self.model[k] != want[k])
+            raise TaskVectorError(f"{self.kind} made for {named(self.info.get('model'), self.model)} cannot be "
+                                  f"applied to {named(model_name, want)}: {differ}")
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write it (arrays, model shape, positions, info) to `path`."""
@@ -100,6 +105,7 @@ class ResidualVector(InterventionFile):
 @dataclasses.dataclass(frozen=True)
 class Kind:
     """One kind of intervention: everything tvjax needs to save, load and apply it, in JAX and PyTorch.
+    Its strength needs nothing here: `tvjax.scaled` and `apply_intervention(..., scale=)` scale any kind.
 
     Attributes:
       name: the file's `kind`.
@@ -220,10 +226,8 @@ def _save(path, kind: str, arrays: dict, model: dict, info: dict, positions: str
     _check_contents(path, KINDS[kind], arrays, model, positions, "do not fit model")
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "kind": kind, "positions": positions,
                 "model": json.dumps(model), "info": json.dumps(info, default=str)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    save_file(arrays, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_file(arrays, str(tmp), metadata=metadata)
     return path
 
 
@@ -253,6 +257,9 @@ def _read(path: Path) -> tuple[str, dict, dict, dict, str]:
         raise TaskVectorError(f"{path}: the model metadata lacks {', '.join(missing)} (it has {sorted(model)}); "
                               f"write the file with tvjax.save_intervention")
     positions = metadata.get("positions", "last") if version >= 3 else info.get("positions", "last")
+    other = sorted(f"{k} {a.dtype}" for k, a in arrays.items() if a.dtype != np.float32)
+    if other:
+        raise TaskVectorError(f"{path}: every array of the format is float32, not {', '.join(other)}")
     _check_contents(path, KINDS[kind], arrays, model, positions, "disagree with the model metadata")
     return kind, arrays, model, info, positions
 

@@ -11,6 +11,9 @@ each decoder layer's output, the residual stream.
     with apply_intervention(hf_model, "antonym.safetensors"):   # any kind of file
         out = hf_model.generate(ids, max_new_tokens=8, do_sample=False)
 
+`apply_intervention(..., scale=s)` applies it at strength `s`, as `tvjax.scaled` does in JAX: every
+output `y` a hook puts in place of a module's own `x` becomes `x + s * (y - x)`.
+
 At the last prompt token every head output `o` becomes `o + weight * (mu - o)`,
 `weight = sigmoid(theta)` (the shift form, a file with `base`: `o + weight * (mu - base)`,
 `weight = 2 * sigmoid(theta)`), computed in float32 as in `tvjax.interventions.blend_heads`; a
@@ -30,7 +33,13 @@ import functools
 import os
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ModuleNotFoundError as e:
+    if e.name != "torch":
+        raise
+    raise ImportError(f"tvjax.torch_port needs PyTorch ({e}): pip install 'tvjax[torch]'") from e
 
 from tvjax.config import ModelConfig
 from tvjax.convert.architectures import HF_ATTENTION_OUTPUTS, MODEL_TYPES, SUPPORTED, config_from_hf
@@ -47,28 +56,52 @@ class Hook:
 
     `__call__(module, inputs, output, name)` runs after every forward of each target, as
     a `register_forward_hook` hook would, with the target's `name`; returning a value
-    replaces the module's output, returning None keeps it.
+    replaces the module's output, returning None keeps it. A hook that overrides `attach`
+    passes `scale` on to this one.
     """
 
     def __call__(self, module: torch.nn.Module, inputs: tuple, output, name: str):
         raise NotImplementedError
 
-    def attach(self, targets: dict[str, torch.nn.Module]) -> list:
-        """Register on every target; returns the handles that `Intervention` removes on exit."""
-        return [module.register_forward_hook(functools.partial(self, name=name)) for name, module in targets.items()]
+    def attach(self, targets: dict[str, torch.nn.Module], scale: float = 1.0) -> list:
+        """Register on every target; returns the handles that `Intervention` removes on exit.
+
+        With `scale` `s`, an output `y` returned in place of a module's own `x` becomes `x + s * (y - x)`
+        (in float32): the edit at strength `s` where the module's output is the edited site or affine
+        in it (the built-in hooks: a decoder layer's output, an output projection recomputed).
+        """
+        hook = self if scale == 1 else functools.partial(_scaled, self, scale)
+        return [module.register_forward_hook(functools.partial(hook, name=name)) for name, module in targets.items()]
+
+
+def _scaled(hook: Hook, scale: float, module, inputs, output, name):
+    """What `hook` returns for `output`, at strength `scale` (see `Hook.attach`)."""
+    new = hook(module, inputs, output, name)
+    return None if new is None else _toward(output, new, scale)
+
+
+def _toward(old, new, scale: float):
+    """`old + scale * (new - old)` of a module output: a tensor (in float32), or a tuple of them
+    and other values (kept as `new` has them)."""
+    if isinstance(new, tuple):
+        return tuple(_toward(a, b, scale) for a, b in zip(old, new))
+    if not isinstance(new, torch.Tensor) or new is old:
+        return new
+    return (old.float() + scale * (new.float() - old.float())).to(new.dtype)
 
 
 class Intervention:
-    """Context manager: `hook` runs on `targets` (name -> module) while it is active.
+    """Context manager: `hook` runs on `targets` (name -> module) while it is active, its edits at
+    strength `scale` (see `Hook.attach`).
 
     `with Intervention({"moduleA": model.model.layers[0].mlp}, hook) as hook: ...`
     """
 
-    def __init__(self, targets: dict[str, torch.nn.Module], hook: Hook):
-        self.targets, self.hook, self.handles = dict(targets), hook, []
+    def __init__(self, targets: dict[str, torch.nn.Module], hook: Hook, scale: float = 1.0):
+        self.targets, self.hook, self.scale, self.handles = dict(targets), hook, scale, []
 
     def __enter__(self) -> Hook:
-        self.handles = self.hook.attach(self.targets)
+        self.handles = self.hook.attach(self.targets, self.scale)
         return self.hook
 
     def __exit__(self, *exc) -> None:
@@ -109,9 +142,9 @@ class PromptHook(Hook):
         self.every_token = check_positions(positions) != "last"
         self.prefill = True
 
-    def attach(self, targets):
+    def attach(self, targets, scale: float = 1.0):
         start = self.model.register_forward_pre_hook(self._start, with_kwargs=True)
-        return [start] + super().attach(targets)
+        return [start] + super().attach(targets, scale)
 
     def _start(self, module, args, kwargs) -> None:
         cache = next((kwargs[k] for k in CACHE_KWARGS if kwargs.get(k) is not None), None)
@@ -244,16 +277,19 @@ def model_shape(config) -> dict:
     return _shape(_model_config(config))
 
 
-def apply_intervention(model: torch.nn.Module, intervention: str | os.PathLike | InterventionFile) -> Intervention:
+def apply_intervention(model: torch.nn.Module, intervention: str | os.PathLike | InterventionFile,
+                       scale: float = 1.0) -> Intervention:
     """An `Intervention` applying an intervention file of any registered kind (or a loaded one) to
     `model`, with the kind's own hook: a head blend on the attention output projections, a residual
-    edit on the decoder layers, a kind of your own as its `Kind.torch_hook` says.
+    edit on the decoder layers, a kind of your own as its `Kind.torch_hook` says; at strength `scale`
+    (as `tvjax.scaled`: 0 leaves the model as it is, 2 doubles the edit).
 
-    Raises `TaskVectorError` naming both shapes if it was made for another model.
+    Raises `TaskVectorError` naming both models if it was made for another model.
     """
     loaded = intervention if isinstance(intervention, InterventionFile) else load_intervention(intervention)
-    loaded.check(_model_config(model.config))
-    return resolve(KINDS[loaded.kind].torch_hook)(model, loaded)
+    loaded.check(_model_config(model.config), model.config.name_or_path or None)
+    hooked = resolve(KINDS[loaded.kind].torch_hook)(model, loaded)
+    return Intervention(hooked.targets, hooked.hook, scale)
 
 
 def head_blend_hook(model: torch.nn.Module, loaded: TaskVector) -> Intervention:

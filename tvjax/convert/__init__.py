@@ -7,6 +7,7 @@ are imported on first use, and `CheckpointError` and `DEFAULT_MODEL` when first 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Model", "load", "CheckpointError", "UnsupportedArchitecture", "SUPPORTED", "DEFAULT_MODEL"]
 _LAZY = {"CheckpointError": "tvjax.convert.hf", "DEFAULT_MODEL": "tvjax.convert.default"}  # name -> its module
+# Imported without PyTorch, transformers logs that its models are unavailable: tvjax uses only its tokenizers.
+logging.getLogger("transformers").addFilter(lambda record: not record.getMessage().startswith("PyTorch was not found"))
 
 
 def __getattr__(name: str):
