@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench docs clean
+.PHONY: setup demo test test-slow bench docs clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,11 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 -m "not slow" tests
+
+# The real-model checks that take minutes each (Gemma-3-270M where installed, two default-model fits).
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow tests
 
 docs: $(STAMP)
 	$(PY) -m mkdocs build --strict

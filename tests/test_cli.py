@@ -359,3 +359,22 @@ def test_ctrl_c_says_where_the_fit_stopped_and_resume_continues(tmp_path, tiny_l
     assert steps()[-1] == saved + 4 and len(steps()) <= 4
     history = json.loads((tmp_path / "out" / "caps.json").read_text())["history"]
     assert [h["step"] for h in history][-3:] == [saved, saved + 2, saved + 4]
+
+
+def test_the_python_api_checks_its_numbers_too(tiny_lm, tiny_task):
+    """The same rules guard the Python API, before any work, naming the argument."""
+    import tvjax
+    from tvjax.fields import FieldError
+
+    with pytest.raises(FieldError, match=r"FitConfig.steps=0: must be an integer >= 1"):
+        tvjax.FitConfig(steps=0)
+    with pytest.raises(FieldError, match=r"ReinforceConfig.samples=1: must be an integer >= 2"):
+        tvjax.ReinforceConfig(samples=1)
+    with pytest.raises(ValueError, match=r"shots=-1: must be an integer >= 0"):
+        tvjax.evaluate(tiny_lm, tiny_task, shots=-1)
+    with pytest.raises(ValueError, match=r"n_prompts=0: must be an integer >= 1"):
+        tvjax.extract_means(tiny_lm, tiny_task, n_prompts=0)
+    with pytest.raises(ValueError, match=r"max_new_tokens must be at least 1, not 0"):
+        tvjax.generate(tiny_lm.params, np.ones((1, 3), np.int32), config=tiny_lm.config, max_new_tokens=0)
+    with pytest.raises(ValueError, match=r"n_prompts=0"):
+        tvjax.TaskVectorExtractor("no/such/model", tiny_task, n_prompts=0)  # before loading the model

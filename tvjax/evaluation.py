@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from tvjax.batching import bucket_length, chunks, pad_id, pad_left
 from tvjax.data import Task, Template, prompts_for
+from tvjax.fields import COUNT, NON_NEGATIVE, check_value, optional
 from tvjax.generation import generate, until_eos
 from tvjax.interventions import HeadBlend, Intervention
 from tvjax.rows import prepare_rows, scores
@@ -82,6 +83,9 @@ def evaluate_many(model, tasks: Sequence[Task], *, interventions: Sequence | Non
     scores are the ones it gets alone but for that padding. `first_token_only` scores the first
     token without generating (`first_token_scores`) and leaves exact match and contains None.
     """
+    check_value("shots", shots, NON_NEGATIVE)
+    check_value("batch_size", batch_size, COUNT)
+    check_value("max_new_tokens", max_new_tokens, optional(COUNT, "each task's answer_budget"))
     config, params, tokenizer = model
     interventions = [None] * len(tasks) if interventions is None else list(interventions)
     if len(interventions) != len(tasks):

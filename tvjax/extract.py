@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from tvjax.batching import bucket_length, chunks, pad_id, pad_left
 from tvjax.config import ModelConfig
 from tvjax.data import Prompt, Task, Template, prompts_for
+from tvjax.fields import COUNT, NON_NEGATIVE, check_value
 from tvjax.interventions import site_of
 from tvjax.model import forward, param_axes
 from tvjax.sharding import constrain, on_mesh, put
@@ -104,6 +105,8 @@ def mean_prompts(tokenizer, task: Task, *, n_prompts: int = 50, shots: int = 10,
     Each prompt's query is a train pair (distinct, unless the split is smaller than
     `n_prompts`); its demonstrations are other train pairs.
     """
+    check_value("n_prompts", n_prompts, COUNT)
+    check_value("shots", shots, NON_NEGATIVE)
     task.require(shots)
     rng = random.Random(seed)
     if n_prompts <= len(task.train):

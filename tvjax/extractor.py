@@ -15,6 +15,7 @@ from tvjax.convert import DEFAULT_MODEL, CheckpointError, Model, load
 from tvjax.data import Task, Template, load_task, prompts_for
 from tvjax.evaluation import Scores, evaluate_many
 from tvjax.extract import extract_means_many
+from tvjax.fields import COUNT, check_value
 from tvjax.fitting import FitConfig, FitResult, fit_many
 from tvjax.interventions import HeadBlend
 from tvjax.methods import BASELINES
@@ -38,14 +39,17 @@ class TaskVectorExtractor:
                  n_prompts: int = 50, fit_config: FitConfig = FitConfig(), template: Template = Template(),
                  seed: int = 0, model_name: str | None = None, progress=None):
         """`model_name` names a `Model` passed in (in saved files); by default its name or 'custom'.
-        `progress`: a tqdm bar advanced once per phase (means, fit, each method's evaluation)."""
+        `progress`: a tqdm bar advanced once per phase (means, fit, each method's evaluation).
+        The task and the numbers are checked before a model is loaded."""
+        check_value("shots", shots, COUNT)
+        check_value("n_prompts", n_prompts, COUNT)
+        self.task = task if isinstance(task, Task) else load_task(task, seed)
+        self.task.require(shots)
         self.model = model if isinstance(model, Model) else load(model)
         if self.model.tokenizer is None:
             raise CheckpointError("this checkpoint has no tokenizer; copy its tokenizer files (tokenizer.json, "
                                   "tokenizer_config.json) into the checkpoint directory")
         self.model_name = model_name or ("custom" if isinstance(model, Model) else str(model or DEFAULT_MODEL))
-        self.task = task if isinstance(task, Task) else load_task(task, seed)
-        self.task.require(shots)
         self.shots, self.n_prompts, self.fit_config = shots, n_prompts, fit_config
         self.template, self.seed = template, seed
         self.mu = None

@@ -58,6 +58,13 @@ class FieldError(ValueError):
         super().__init__(f"{owner}.{field}={value!r}: must be {allowed}")
 
 
+def check_value(name: str, value, allowed: Allowed) -> None:
+    """A ValueError naming `name`, `value` and what is allowed, unless `allowed` allows it (for a
+    function's arguments, as `check_fields` for a dataclass's fields)."""
+    if not allowed.test(value):
+        raise ValueError(f"{name}={value!r}: must be {allowed.says}")
+
+
 def check_fields(settings) -> None:
     """Raise a `FieldError` for the first field of the dataclass `settings` whose value its
     `option` does not allow."""
