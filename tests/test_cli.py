@@ -329,7 +329,7 @@ def test_help_shows_every_flag_with_a_line_and_its_default(capsys):
     assert main(["fit", "--help"]) == 0
     text = capsys.readouterr().out
     for flag, default in (("--steps", 400), ("--learning-rate", 0.2), ("--batch-size", 1), ("--eval-every", 40),
-                          ("--n-prompts", 50), ("--shots", 10)):
+                          ("--n-prompts", 50), ("--shots", 10), ("--seed", 0), ("--init", 0.0), ("--patience", 0)):
         entry = re.search(rf"^  {flag} \S+\s+(.*?)(?=^  -)", text, re.S | re.M).group(1)  # its help, to the next flag
         assert f"(default: {default})" in " ".join(entry.split()), entry
 

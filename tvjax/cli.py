@@ -57,7 +57,8 @@ class _WithDefaults(argparse.HelpFormatter):
 
     def _get_help_string(self, action) -> str:
         help = action.help or ""
-        if "default" in help or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in help or unset or not action.option_strings:
             return help
         return help + " (default: %(default)s)"
 
