@@ -13,7 +13,7 @@ import typing
 from pathlib import Path
 
 from tvjax.config import ATTENTION, REMAT_POLICIES
-from tvjax.data.tasks import TaskError
+from tvjax.data.tasks import SUITE_NAMES, TaskError
 from tvjax.fields import COUNT, FINITE, SEED, Allowed, allowed_of, help_of, number
 from tvjax.files import check_output_dir, write_text
 from tvjax.methods import BASELINES, METHODS
@@ -78,8 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     model_help = ("default model (smollm2-135m), gemma-3-270m (the gemma extra), a checkpoint directory, "
                   "a .gguf file or a hub id")
 
-    tasks = sub.add_parser("tasks", help="list the built-in tasks")
-    tasks.set_defaults(run=cmd_tasks)
+    tasks = sub.add_parser("tasks", help="list the built-in tasks and the published suites; download a suite")
+    tasks.set_defaults(run=cmd_tasks, suite=None)
+    download = tasks.add_subparsers(dest="action").add_parser(
+        "download", help="fetch a published suite's task files at its pinned commit, each checked against its "
+                         "pinned hash, into the tvjax cache; then --task / --tasks SUITE or SUITE:TASK,...")
+    download.add_argument("suite", choices=SUITE_NAMES, help="site (57 tasks with splits) or function-vectors")
+    download.add_argument("--from", dest="source", default=None, metavar="PATH",
+                          help="a clone of the suite's repository, or an archive of it (.tar.gz, .zip), instead "
+                               "of GitHub (default: GitHub)")
 
     fit = sub.add_parser("fit", help="extract means, fit a soft task vector, evaluate, save")
     fit.add_argument("--task", required=True, help="built-in task name or a task file / directory; several, "
@@ -364,11 +371,23 @@ def _model_for(args, tv):
 
 def cmd_tasks(args) -> None:
     from tvjax.data import builtin_names, load_task
+    from tvjax.data.suites import SUITES, download
 
+    if args.action == "download":
+        suite = SUITES[args.suite]
+        where = download(suite.name, args.source)
+        print(f"{suite.name}: {len(suite.tasks())} tasks from {suite.repo} at {suite.commit[:12]} ({suite.license}), "
+              f"{len(suite.files())} files checked, in {where}; use --task {suite.name}:TASK or --tasks {suite.name}")
+        return
     print(f"{'task':<18} {'pairs':>6} {'train':>6} {'valid':>6} {'test':>6}")
     for name in builtin_names():
         task = load_task(name)
         print(f"{name:<18} {len(task):>6} {len(task.train):>6} {len(task.valid):>6} {len(task.test):>6}")
+    for suite in SUITES.values():
+        there = suite.directory().is_dir()
+        print(f"suite {suite.name}: {suite.repo} at {suite.commit[:12]}, " +
+              (f"{len(suite.tasks())} tasks in {suite.directory()}" if there else
+               f"not downloaded (tvjax tasks download {suite.name})"))
 
 
 def cmd_fit(args) -> None:
@@ -408,8 +427,9 @@ def cmd_fit(args) -> None:
 def _tasks(names: str, seed: int, shots: int) -> list:
     """The comma-separated tasks of `names`, each checked to make `shots`-shot prompts."""
     from tvjax.data import load_task
+    from tvjax.data.suites import expand
 
-    tasks = [load_task(name.strip(), seed) for name in names.split(",") if name.strip()]
+    tasks = [load_task(path, seed) for path in expand(names)]
     if not tasks:
         raise ValueError(f"--task {names!r} names no task")
     for task in tasks:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from tvjax.version import __version__
 from tvjax.data import Task, Template, load_task
+from tvjax.data.suites import expand
 from tvjax.evaluation import evaluate
 from tvjax.extract import mean_prompts, site_means
 from tvjax.fields import COUNT, SEED, check_fields, option
@@ -173,7 +174,8 @@ def fit_shared(model, tasks: list[Task], config: CompareConfig = CompareConfig()
 
 def task_paths(spec: str) -> list[str]:
     """Tasks named by `spec`: a comma-separated list of built-in names / paths, or a directory of task
-    files (each `.json`, `.jsonl`, `.csv`, `.tsv` file, and each subdirectory with train/valid/test.json)."""
+    files (each `.json`, `.jsonl`, `.csv`, `.tsv` file, and each subdirectory with train/valid/test.json);
+    a downloaded suite's tasks by `suite` or `suite:task,...` (`tvjax.data.suites.expand`)."""
     path = Path(spec)
     if path.is_dir() and not (path / "train.json").is_file():
         found = sorted(str(p) for p in path.iterdir()
@@ -181,7 +183,7 @@ def task_paths(spec: str) -> list[str]:
         if not found:
             raise ValueError(f"no task files ({', '.join(TASK_FORMATS)} or train/valid/test directories) in {path}")
         return found
-    names = [s.strip() for s in spec.split(",") if s.strip()]
+    names = expand(spec)
     if not names:
         raise ValueError("no tasks given")
     return names

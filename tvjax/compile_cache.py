@@ -13,7 +13,7 @@ from pathlib import Path
 
 import jax
 
-from tvjax.convert.default import cache_root
+from tvjax.files import cache_root
 
 
 def enable_compilation_cache(directory: str | Path | None = None) -> Path:

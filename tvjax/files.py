@@ -1,5 +1,6 @@
-"""Output files: their folder checked before the work starts, each file written atomically
-(a temporary file renamed over it), so an interrupted run leaves the old file or the new one."""
+"""Where tvjax writes: its cache, and output files, their folder checked before the work
+starts, each file written atomically (a temporary file renamed over it), so an interrupted
+run leaves the old file or the new one."""
 
 from __future__ import annotations
 
@@ -7,6 +8,13 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+
+
+def cache_root() -> Path:
+    """tvjax's cache: `$TVJAX_CACHE`, else `$XDG_CACHE_HOME/tvjax`, else `~/.cache/tvjax`."""
+    if os.environ.get("TVJAX_CACHE"):
+        return Path(os.environ["TVJAX_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tvjax"
 
 
 def check_output_dir(directory, flag: str = "out") -> Path:

@@ -30,6 +30,7 @@ from safetensors.numpy import save_file
 from tvjax.convert.gguf import _reader, read_gguf
 from tvjax.convert.hf import CheckpointError
 from tvjax.convert.tokenizer import gguf_tokenizer
+from tvjax.files import cache_root
 
 CACHE_VERSION = 2  # bump when the cached layout changes (2: rope_parameters, architectures per model)
 
@@ -55,13 +56,6 @@ EMBEDDED = {
                                   "Gemma is provided under the Gemma terms of use (https://ai.google.dev/gemma/terms)"),
 }
 DEFAULT_MODEL = "smollm2-135m"
-
-
-def cache_root() -> Path:
-    """`$TVJAX_CACHE`, else `$XDG_CACHE_HOME/tvjax`, else `~/.cache/tvjax`."""
-    if os.environ.get("TVJAX_CACHE"):
-        return Path(os.environ["TVJAX_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tvjax"
 
 
 def _embedded(name: str) -> EmbeddedModel:

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 SPLITS = ("train", "valid", "test")
+SUITE_NAMES = ("site", "function-vectors")  # published suites (tvjax.data.suites), named `suite:task`
 FRACTIONS = (0.5, 0.2, 0.3)  # train, valid, test
 Pair = tuple[str, str]
 
@@ -78,9 +79,18 @@ def builtin_names() -> list[str]:
 
 
 def load_task(name_or_path: str | Path, seed: int = 0) -> Task:
-    """A built-in task by name, or a task file / directory by path."""
+    """A built-in task by name, a task of a downloaded suite (`site:antonym`, `tvjax.data.suites`),
+    or a task file / directory by path."""
     path = Path(name_or_path)
-    if str(name_or_path) in builtin_names():
+    if str(name_or_path).partition(":")[0] in SUITE_NAMES:
+        from tvjax.data.suites import expand
+
+        paths = expand(str(name_or_path))
+        if len(paths) != 1:
+            raise TaskError(f"{name_or_path!r} names {len(paths)} tasks; load them one by one "
+                            f"(tvjax.data.suites.expand lists them)")
+        path = Path(paths[0])
+    elif str(name_or_path) in builtin_names():
         path = builtin_dir() / f"{name_or_path}.json"
     elif not path.exists():
         raise TaskError(f"no task {str(name_or_path)!r}: not a file or directory, and not a built-in task "
