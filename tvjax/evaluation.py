@@ -78,9 +78,10 @@ def evaluate_many(model, tasks: Sequence[Task], *, interventions: Sequence | Non
     Each task's prompts get its own intervention (`interventions[a]`: None, any kind, acting
     where its `positions` says; the same one for every task, or one `HeadBlend` per task, applied
     to its rows through `HeadBlend.rows`) and its own generation budget (`max_new_tokens`, by
-    default `answer_budget` of its prompts). Rows are batched in order of budget, padded to the
-    longest prompt of all tasks, and a batch stops decoding once every row has ended: a task's
-    scores are the ones it gets alone but for that padding. `first_token_only` scores the first
+    default `answer_budget` of its prompts). Rows are batched in order of budget and (with several
+    tasks) of length, each batch padded to its own longest prompt (bucketed: a short task's prompts
+    are not padded to a long task's), and a batch stops decoding once every row has ended: a
+    task's scores are the ones it gets alone but for padding. `first_token_only` scores the first
     token without generating (`first_token_scores`) and leaves exact match and contains None.
     """
     check_value("shots", shots, NON_NEGATIVE)
@@ -95,16 +96,17 @@ def evaluate_many(model, tasks: Sequence[Task], *, interventions: Sequence | Non
                                    batch_size=batch_size, desc=desc)[0] for t, i in zip(tasks, interventions)]
     per_task = [prompts_for(tokenizer, t, split, shots, template=template, seed=seed) for t in tasks]
     budgets = [max_new_tokens or answer_budget(prompts) for prompts, _ in per_task]
+    many = len(tasks) > 1  # then batches by budget and length, each padded to its own longest (bucketed)
     items = sorted(((a, p) for a, (prompts, _) in enumerate(per_task) for p in prompts),
-                   key=lambda item: budgets[item[0]])  # a batch decodes as long as its longest budget
-    length = bucket_length(max(len(p.ids) for _, p in items))
+                   key=lambda item: (budgets[item[0]], len(item[1].ids) * many))  # a batch decodes to its longest
+    shared = None if many else bucket_length(max(len(p.ids) for _, p in items))  # one task: one shape
     for_rows = _per_row(interventions)
     hits, pad = np.zeros((len(tasks), 3)), pad_id(tokenizer)
     for chunk, real in tqdm(list(chunks(items, batch_size)),
                             desc=desc or f"eval {tasks[0].name if len(tasks) == 1 else f'{len(tasks)} tasks'}",
                             leave=False, disable=None):
-        task = np.asarray([a for a, _ in chunk])
-        tokens, mask = pad_left([p.ids for _, p in chunk], pad, length)
+        task, ids = np.asarray([a for a, _ in chunk]), [p.ids for _, p in chunk]
+        tokens, mask = pad_left(ids, pad, shared or bucket_length(max(map(len, ids))))
         new = generate(params, tokens, config=config, mask=mask, max_new_tokens=max(budgets[a] for a in task),
                        intervention=for_rows(task), budgets=[budgets[a] for a in task])
         for (a, prompt), row in zip(chunk[:real], new[:real]):
