@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(fit, CompareConfig(), skip=_NOT_FIT_FLAGS)
     fit.add_argument("--template", default=None, help="prompt template with {input} and {output}; \\n and \\t as "
                                                       "typed are a line break and a tab (default: the standard one)")
+    _add_demos_flag(fit)
     _add_baselines_flag(fit)
     add_config_flags(fit.add_argument_group("fitting (tvjax.fitting.FitConfig)"), FitConfig())
     fit.add_argument("--checkpoint-dir", default=None,
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=_checked(int, SEED), default=None, metavar="INT",
                     help="split seed (default: the task vector's, else 0)")
     ev.add_argument("--template", default=None, help="default: the task vector's, else the standard one")
+    _add_demos_flag(ev)
     ev.add_argument("--first-token-only", action="store_true",
                     help="score the first answer token alone: one forward per batch instead of generating")
     _add_strength_flag(ev)
@@ -164,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--redo", action="store_true", help="recompute tasks that already have results in --out")
     defaults = CompareConfig()
     add_config_flags(cmp, defaults, skip=("template", *_method_flags()))
+    _add_demos_flag(cmp)
     for name, (title, flags) in _method_flags().items():
         add_config_flags(cmp.add_argument_group(title), getattr(defaults, name), skip=_SHARED, **flags)
     _add_scale_flags(cmp)
@@ -262,7 +265,9 @@ def compare_config(args):
     for name, (_, flags) in _method_flags().items():
         config = config_from_flags(args, getattr(defaults, name), flags.get("prefix", ""))
         methods[name] = dataclasses.replace(config, **{k: v for k, v in shared.items() if hasattr(config, k)})
-    return config_from_flags(args, dataclasses.replace(defaults, **methods))
+    from tvjax.data import Template
+
+    return config_from_flags(args, dataclasses.replace(defaults, template=Template(demos=args.demos), **methods))
 
 
 def _add_scale_flags(parser) -> None:
@@ -279,6 +284,15 @@ def _add_scale_flags(parser) -> None:
     parser.add_argument("--attention-chunk", default=1024, type=_chunk, metavar="QUERIES",
                         help="attend in blocks of this many queries on longer prompts, so memory grows linearly "
                              "with the prompt ('none': all at once; default 1024)")
+
+
+def _add_demos_flag(parser) -> None:
+    from tvjax.data.prompts import DEMOS
+
+    parser.add_argument("--demos", default=DEMOS[0], choices=DEMOS,
+                        help="how ICL prompts draw their demonstrations: 'distinct' (train pairs other than the "
+                             "query, seeded once) or 'site' (the soft-injection paper's code replayed, digit answers "
+                             "written as it writes them), for its ICL baseline on its tasks")
 
 
 def _add_strength_flag(parser) -> None:
@@ -333,9 +347,10 @@ def _chunk(text: str) -> int | None:
 def _template(args, info: dict | None = None):
     from tvjax.data import DEFAULT_TEMPLATE, Template
 
+    demos = getattr(args, "demos", "distinct")
     if args.template is None:
-        return Template((info or {}).get("template", DEFAULT_TEMPLATE))
-    return Template(_typed(args.template))
+        return Template((info or {}).get("template", DEFAULT_TEMPLATE), demos)
+    return Template(_typed(args.template), demos)
 
 
 def _typed(text: str) -> str:

@@ -78,3 +78,27 @@ def test_prompts_for_reports_skipped_pairs_and_fails_when_none_is_left(tokenizer
     with pytest.warns(UserWarning, match="pairs skipped, their answers do not tokenise"):
         prompts, skipped = prompts_for(tokenizer, mixed, "train", 0, template=Template("{input}={output}"))
     assert prompts and skipped
+
+
+def test_site_demos_replay_the_soft_injection_code_and_its_digit_answers():
+    """Template(demos='site') draws what SITE's own code draws at batch 1 (its global `random`,
+    seeded: a `choice` of its one task, then `sample(range(len(train)), shots + 1)`, the query
+    not excluded), and writes a digit answer right after 'A:'."""
+    import random
+
+    pool = [(f"w{i}", f"W{i}") for i in range(30)] + [("ten", "10")]
+    queries = [("w3", "W3"), ("nine", "9"), ("w7", "W7")]
+    random.seed(5)  # SITE's protocol, as its code runs it (preprocess.py)
+    expected = []
+    for _ in queries:
+        random.choice(list(enumerate([pool])))
+        expected.append([pool[i] for i in random.sample(range(len(pool)), 4)[:-1]])
+    texts = build_texts(Template(demos="site"), queries, 3, pool, seed=5)
+    for (prompt, answer, pair), demos in zip(texts, expected):
+        written = [(d[0], d[1]) for d in demos]
+        assert prompt == "".join(f"Q: {x}\nA:{y}\n\n" if y.isdigit() else f"Q: {x}\nA: {y}\n\n"
+                                 for x, y in written) + f"Q: {pair[0]}\nA:"
+        assert answer == (pair[1] if pair[1].isdigit() else " " + pair[1])
+    assert build_texts(Template(), queries, 3, pool, seed=5) != texts  # the default draws otherwise
+    with pytest.raises(TaskError, match="demos='paper'"):
+        Template(demos="paper")

@@ -19,19 +19,38 @@ from tvjax.data.tasks import Pair, TaskError
 DEFAULT_TEMPLATE = "Q: {input}\nA: {output}\n\n"
 
 
+DEMOS = ("distinct", "site")
+
+
 @dataclasses.dataclass(frozen=True)
 class Template:
-    """How one (input, output) pair is written; `{input}` must come before `{output}`."""
+    """How one (input, output) pair is written (`{input}` must come before `{output}`), and how a
+    prompt's demonstrations are drawn (`demos`):
+
+      'distinct'  per query, seeded once, `shots` train pairs other than the query (the default);
+      'site'      the soft-injection paper's code (SNU-DRL/Soft_Injection, at batch 1) replayed:
+                  per query one `choice` of its one task then `sample(range(len(train)), shots + 1)`,
+                  the first `shots` in that order, the query not excluded; and a digit answer
+                  written without the space before it ("A:13"), as it writes them.
+    """
 
     text: str = DEFAULT_TEMPLATE
+    demos: str = "distinct"
 
     def __post_init__(self):
         if self.text.count("{input}") != 1 or self.text.count("{output}") != 1 or \
                 self.text.index("{input}") > self.text.index("{output}"):
             raise TaskError(f"template {self.text!r} must contain {{input}} once, then {{output}} once")
+        if self.demos not in DEMOS:
+            raise TaskError(f"demos={self.demos!r}: demonstrations are drawn as {' or '.join(map(repr, DEMOS))}")
 
     def demonstration(self, pair: Pair) -> str:
-        return self.text.replace("{input}", pair[0]).replace("{output}", pair[1])
+        text = self.text.replace(" {output}", "{output}") if self._unspaced(pair[1]) else self.text
+        return text.replace("{input}", pair[0]).replace("{output}", pair[1])
+
+    def _unspaced(self, output: str) -> bool:
+        """Whether `output` is written right after the text before it (SITE's digit answers)."""
+        return self.demos == "site" and output.isdigit()
 
     @property
     def after_output(self) -> str:
@@ -64,18 +83,23 @@ def build_texts(template: Template, queries: Sequence[Pair], shots: int, pool: S
                 seed: int) -> list[tuple[str, str, Pair]]:
     """`(prompt text, answer text, pair)` per query with `shots` demonstrations drawn from `pool`.
 
-    Demonstrations never include the query pair itself; draws are seeded per query.
+    Demonstrations are drawn as `template.demos` says: by default never the query pair itself,
+    seeded once for all queries.
     """
     rng = random.Random(seed)
     out = []
     for pair in queries:
-        candidates = [p for p in pool if p != pair]
-        if len(candidates) < shots:
-            raise TaskError(f"{shots}-shot prompts need {shots} demonstrations; only {len(candidates)} available")
-        demos = rng.sample(candidates, shots)
+        if template.demos == "site":
+            rng.choice([0])  # its draw of a task among one: it takes random bits all the same
+            demos = [pool[i] for i in rng.sample(range(len(pool)), shots + 1)[:shots]]
+        else:
+            candidates = [p for p in pool if p != pair]
+            if len(candidates) < shots:
+                raise TaskError(f"{shots}-shot prompts need {shots} demonstrations; only {len(candidates)} available")
+            demos = rng.sample(candidates, shots)
         tail, lead = template.query(pair[0])
         context = "".join(template.demonstration(d) for d in demos)
-        out.append((context + tail, lead + pair[1], pair))
+        out.append((context + tail, ("" if template._unspaced(pair[1]) else lead) + pair[1], pair))
     return out
 
 
