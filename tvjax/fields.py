@@ -34,11 +34,7 @@ def optional(allowed: Allowed, none_means: str) -> Allowed:
     return Allowed(lambda v: v is None or allowed.test(v), f"{allowed.says}, or none ({none_means})")
 
 
-def one_of(*values) -> Allowed:
-    return Allowed(lambda v: v in values, "one of " + ", ".join(map(repr, values)))
-
-
-COUNT, STEPS, NON_NEGATIVE = integer(1), integer(1), integer(0)
+COUNT, NON_NEGATIVE = integer(1), integer(0)  # steps, batch sizes, prompts; patience, shots
 SEED = integer(0)
 RATE = number(0, above=True)
 PENALTY = number(0)

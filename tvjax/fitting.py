@@ -23,7 +23,7 @@ import numpy as np
 from tvjax.config import ModelConfig
 from tvjax.data import Task, Template, prompts_for
 from tvjax.extract import extract_means_many
-from tvjax.fields import COUNT, FINITE, NON_NEGATIVE, PENALTY, RATE, SEED, STEPS, check_fields, option, optional
+from tvjax.fields import COUNT, FINITE, NON_NEGATIVE, PENALTY, RATE, SEED, check_fields, option, optional
 from tvjax.interventions import HeadBlend
 from tvjax.model import param_axes
 from tvjax.rows import Rows, prepare_rows, row_losses, scores, take
@@ -41,7 +41,7 @@ class FitConfig:
     tokens; chosen by valid accuracy over the built-in suite with scripts/sweep_fit.py on the
     default model (docs/method.md has the sweep)."""
 
-    steps: int = option(400, "training steps (with --positions split: of the first stage)", STEPS)
+    steps: int = option(400, "training steps (with --positions split: of the first stage)", COUNT)
     learning_rate: float = option(0.2, "the optimizer's learning rate", RATE)
     batch_size: int = option(1, "train rows per step (of each task)", COUNT)
     init: float = option(0.0, "initial theta: weight sigmoid(0) = 0.5 on the means (blend), 2 sigmoid(0) = 1 "
@@ -51,7 +51,7 @@ class FitConfig:
     patience: int = option(0, "stop once every task's best validation is this many validations old (0: run every "
                               "step)", NON_NEGATIVE)
     answer_steps: int | None = option(None, "with positions split: the answer stage's steps (default: a quarter of steps)",
-                                      optional(STEPS, "a quarter of steps"))
+                                      optional(COUNT, "a quarter of steps"))
     sparsity: float = option(0.0, "penalty weight on the mean head weight mean(sigmoid(theta))", PENALTY)
     optimizer: str = option("adam", "any optax optimizer taking a learning rate: adam, adamw, sgd, lion, ...",
                             OPTIMIZER)

@@ -22,7 +22,7 @@ import numpy as np
 from tvjax.config import ModelConfig
 from tvjax.data import Task, Template
 from tvjax.interventions import HeadBlend
-from tvjax.fields import COUNT, FINITE, PENALTY, RATE, SEED, STEPS, check_fields, integer, option
+from tvjax.fields import COUNT, FINITE, PENALTY, RATE, SEED, check_fields, integer, option
 from tvjax.rows import Rows, mean_loss, split_rows, stacked_losses, take
 from tvjax.sharding import placed
 from tvjax.train import batch_indices, initial_means, loop, open_checkpoints, optimizer, train_step
@@ -32,7 +32,7 @@ from tvjax.train import batch_indices, initial_means, loop, open_checkpoints, op
 class ReinforceConfig:
     """Settings of `select_heads`."""
 
-    steps: int = option(100, "training steps", STEPS)
+    steps: int = option(100, "training steps", COUNT)
     learning_rate: float = option(0.1, "Adam's learning rate", RATE)
     init: float = option(-1.0, "initial logit of every head (replacement probability sigmoid(-1) = 0.27)", FINITE)
     samples: int = option(16, "head masks per step, scored in one batched forward", integer(2))
