@@ -13,7 +13,7 @@ LAYERS = [
     {"attention", "rope", "interventions", "model", "convert", "compile_cache"},
     {"rows", "train", "extract", "generation", "evaluation", "scoring"},  # the engine
     {"fitting", "reinforce", "function_vectors", "patching"},  # the methods
-    {"extractor", "compare", "experiments", "report", "plot", "cli", "torch_port", "llamacpp", "__init__"},
+    {"extractor", "compare", "experiments", "report", "plot", "flags", "cli", "torch_port", "llamacpp", "__init__"},
 ]
 METHODS = LAYERS[3]
 

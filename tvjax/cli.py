@@ -9,13 +9,13 @@ import json
 import os
 import sys
 import time
-import typing
 from pathlib import Path
 
 from tvjax.config import ATTENTION, REMAT_POLICIES
 from tvjax.data.tasks import SUITE_NAMES, TaskError
-from tvjax.fields import COUNT, FINITE, SEED, Allowed, allowed_of, help_of, number
+from tvjax.fields import COUNT, FINITE, SEED, Allowed, number
 from tvjax.files import check_output_dir, write_text
+from tvjax.flags import Parser, add_config_flags, checked, config_from_flags
 from tvjax.methods import BASELINES, METHODS
 
 
@@ -40,27 +40,6 @@ def main(argv=None) -> int:
         print(f"tvjax {args.command}: {e or 'interrupted'}", file=sys.stderr)
         return 130
     return 0
-
-
-class Parser(argparse.ArgumentParser):
-    """Every flag's default in its help, and errors in one line (no usage block)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, formatter_class=_WithDefaults, **kwargs)
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-class _WithDefaults(argparse.HelpFormatter):
-    """Help texts end with the flag's default, unless they say it or it is unset (None, off)."""
-
-    def _get_help_string(self, action) -> str:
-        help = action.help or ""
-        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
-        if "default" in help or unset or not action.option_strings:
-            return help
-        return help + " (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,10 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--intervention", "--tv", dest="tv", default=None, metavar="FILE",
                     help="an intervention file: a task vector from `tvjax fit`, or any kind `tvjax compare` writes")
     ev.add_argument("--out", default="results", help="directory for <task>.eval.json and <task>.eval.csv")
-    ev.add_argument("--shots", type=_checked(int, COUNT), default=10, metavar="INT",
+    ev.add_argument("--shots", type=checked(int, COUNT), default=10, metavar="INT",
                     help="demonstrations per prompt of the ICL baseline")
     ev.add_argument("--split", default="test", choices=("train", "valid", "test"), help="the split scored")
-    ev.add_argument("--seed", type=_checked(int, SEED), default=None, metavar="INT",
+    ev.add_argument("--seed", type=checked(int, SEED), default=None, metavar="INT",
                     help="split seed (default: the task vector's, else 0)")
     ev.add_argument("--template", default=None, help="default: the task vector's, else the standard one")
     _add_demos_flag(ev)
@@ -134,21 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default=None, help=model_help + " (default: the one the task vector records)")
     gen.add_argument("--intervention", "--tv", dest="tv", default=None, metavar="FILE",
                      help="an intervention file of any kind (applied at the last prompt token)")
-    gen.add_argument("--max-new-tokens", type=_checked(int, COUNT), default=16, metavar="INT",
+    gen.add_argument("--max-new-tokens", type=checked(int, COUNT), default=16, metavar="INT",
                      help="tokens generated at most")
     gen.add_argument("--template", default=None, help="for --query, and the default --stop (default: the task "
                                                       "vector's)")
     gen.add_argument("--stop", nargs="*", default=None, metavar="TEXT",
                      help="end each answer at the first of these strings (\\n typed is a line break); a bare --stop: "
                           "never (default: the template's separator, as the fit ends answers)")
-    gen.add_argument("--temperature", type=_checked(float, number(0)), default=0.0, metavar="FLOAT",
+    gen.add_argument("--temperature", type=checked(float, number(0)), default=0.0, metavar="FLOAT",
                      help="sample at this temperature (0: greedy)")
-    gen.add_argument("--top-k", type=_checked(int, COUNT), default=None, metavar="INT",
+    gen.add_argument("--top-k", type=checked(int, COUNT), default=None, metavar="INT",
                      help="sample among the k most likely tokens (default: all)")
-    gen.add_argument("--top-p", type=_checked(float, Allowed(lambda p: 0 < p <= 1, "a number in (0, 1]")),
+    gen.add_argument("--top-p", type=checked(float, Allowed(lambda p: 0 < p <= 1, "a number in (0, 1]")),
                      default=None, metavar="FLOAT", help="sample among the most likely tokens whose probability "
                                                          "reaches p (default: all)")
-    gen.add_argument("--seed", type=_checked(int, SEED), default=0, metavar="INT", help="the sampling seed")
+    gen.add_argument("--seed", type=checked(int, SEED), default=0, metavar="INT", help="the sampling seed")
     _add_strength_flag(gen)
     _add_scale_flags(gen)
     _add_compile_cache_flag(gen)
@@ -189,66 +168,6 @@ def _method_flags() -> dict:
 
 _SHARED = ("seed", "shots", "sweep")  # method settings that `compare_config` takes from compare's own flags
 _NOT_FIT_FLAGS = ("seed", "template", "fit", "function_vector", "reinforce")  # CompareConfig fields fit lacks
-
-
-def add_config_flags(parser, defaults, prefix: str = "", *, skip=(), help=None, aliases=None) -> None:
-    """A flag `--<prefix><field-name>` for each field of the dataclass instance `defaults` (but `skip`).
-
-    Each flag defaults to the field's value in `defaults`, is helped by the field's help text
-    and checked against what it allows (`tvjax.fields.option`) as it is parsed, and stores into
-    `<prefix><field_name>` (dashes as underscores), where `config_from_flags` reads it back. Bool
-    fields are switches (`store_true`); `int | None` fields take an int. `help` / `aliases` give,
-    per field, another help text / more option strings (`{"k": ["--k"]}`).
-    """
-    help, aliases = help or {}, aliases or {}
-    hints = typing.get_type_hints(type(defaults))
-    for field in dataclasses.fields(defaults):
-        if field.name in skip:
-            continue
-        flags = ["--" + (prefix + field.name).replace("_", "-"), *aliases.get(field.name, ())]
-        if hints[field.name] is bool:
-            options = {"action": "store_true"}
-        elif typing.get_origin(hints[field.name]) is typing.Literal:  # a choice (tvjax.vocabulary)
-            options = {"choices": typing.get_args(hints[field.name]), "default": getattr(defaults, field.name)}
-        else:
-            kind = _flag_type(hints[field.name])
-            options = {"type": _checked(kind, allowed_of(field)), "metavar": kind.__name__.upper(),
-                       "default": getattr(defaults, field.name)}
-        parser.add_argument(*flags, dest=_dest(prefix, field.name), help=help.get(field.name, help_of(field)),
-                            **options)
-
-
-def _checked(kind: type, allowed: Allowed | None):
-    """A flag's parser: `kind` of the text, refused (one line naming the value and what is allowed)
-    unless `allowed`."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an' if kind is int else 'a'} "
-                                             f"{ {int: 'integer', float: 'number'}.get(kind, kind.__name__)}") from None
-        if allowed is not None and not allowed.test(value):
-            raise argparse.ArgumentTypeError(f"{text}: must be {allowed.says}")
-        return value
-
-    parse.__name__ = kind.__name__  # what argparse names in its own messages
-    return parse
-
-
-def config_from_flags(args, defaults, prefix: str = ""):
-    """`defaults` with each field that has a value in `args`, under the name `add_config_flags(..., prefix)`
-    stores its flag in."""
-    dests = {f.name: _dest(prefix, f.name) for f in dataclasses.fields(defaults)}
-    return dataclasses.replace(defaults, **{k: getattr(args, d) for k, d in dests.items() if hasattr(args, d)})
-
-
-def _flag_type(hint):
-    """The type a flag's value is parsed as: `hint` itself, or `T` for `T | None`."""
-    return next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
-
-
-def _dest(prefix: str, name: str) -> str:
-    return (prefix + name).replace("-", "_")
 
 
 def compare_config(args):
@@ -296,7 +215,7 @@ def _add_demos_flag(parser) -> None:
 
 
 def _add_strength_flag(parser) -> None:
-    parser.add_argument("--scale", type=_checked(float, FINITE), default=1.0, metavar="S",
+    parser.add_argument("--scale", type=checked(float, FINITE), default=1.0, metavar="S",
                         help="the intervention's strength: what it changes, times S (1: as made, 0: nothing; "
                              "tvjax.scaled)")
 

@@ -28,7 +28,7 @@ class Method:
       shots: evaluated with `shots`-shot prompts (ICL), else zero-shot.
       rankings: the head rankings it reports -> the colour bar label of their heatmaps.
       settings: the `CompareConfig` field holding its settings (a dataclass), or None.
-      flags: `(help group title, tvjax.cli.add_config_flags keywords)` for its settings' flags (their
+      flags: `(help group title, tvjax.flags.add_config_flags keywords)` for its settings' flags (their
         help texts come from the settings' fields, `tvjax.fields.option`).
     """
 
