@@ -1,9 +1,12 @@
 """`tvjax compare` end to end on a tiny model, its report, task lists, and `tvjax plot`."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
+
+import tvjax
 
 from tvjax.cli import main
 from tvjax.compare import METHODS, check_methods, task_paths
@@ -127,3 +130,15 @@ def test_tasks_compared_together_share_means_and_the_soft_fit_as_each_alone(tiny
         assert together["chose"]["layer_patching"]["layer"] == alone["chose"]["layer_patching"]["layer"]
         assert together["chose"]["task_vector"]["best_step"] == alone["chose"]["task_vector"]["best_step"]
         np.testing.assert_allclose(together["rankings"]["soft_weights"], alone["rankings"]["soft_weights"], atol=1e-4)
+
+
+def test_tasks_are_fitted_together_in_groups_of_one_prompt_length(tiny_lm, tiny_task):
+    """A task of long passages is never fitted with short ones (its rows would pad theirs); a
+    block's tasks are cut into near-equal groups of at most the group size, in the given order."""
+    from tvjax.compare import CompareConfig, task_groups
+
+    long = tvjax.Task("long", *(tuple((" ".join([x] * 80), y) for x, y in split)
+                                for split in (tiny_task.train, tiny_task.valid, tiny_task.test)))
+    short = [dataclasses.replace(tiny_task, name=f"t{i}") for i in range(5)]
+    groups = task_groups(tiny_lm, [short[0], long, *short[1:]], CompareConfig(), size=2)
+    assert [[t.name for t in g] for g in groups] == [["t0"], ["t1", "t2"], ["t3", "t4"], ["long"]]

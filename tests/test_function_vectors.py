@@ -44,6 +44,24 @@ def test_function_vector_is_the_sum_of_projected_means_and_adds_like_a_hook(tiny
     assert_logits_close(ours, hooked_logits(hf, tokens, 1, lambda h: h + torch.as_tensor(np.asarray(vector))))
 
 
+def test_on_gemma_a_layers_heads_add_what_its_normed_attention_output_adds(tiny_models):
+    """Gemma's attention output passes its post-attention norm before it joins the residual stream:
+    the function vector of all of a layer's heads is transformers' normed o_proj output of their
+    means, and the heads' shares add up to it."""
+    hf, (config, params, _), _ = tiny_models("gemma3")
+    assert config.post_norms
+    mu = RNG.normal(size=(config.n_layers, config.n_heads, config.head_dim)).astype(np.float32)
+    layer = 1
+    every = np.array([[layer, h] for h in range(config.n_heads)])
+    attn = hf.model.layers[layer]
+    with torch.no_grad():
+        expected = attn.post_attention_layernorm(attn.self_attn.o_proj(torch.as_tensor(mu[layer].reshape(-1)))).numpy()
+    np.testing.assert_allclose(function_vector(params, every, mu, config), expected, rtol=1e-4, atol=1e-5)
+    shares = sum(function_vector(params, every[i:i + 1], mu, config) for i in range(config.n_heads))
+    np.testing.assert_allclose(shares, expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(function_vector(params, every, mu), expected, rtol=1e-2)  # what o_proj alone gives
+
+
 def test_shuffled_label_prompts_keep_the_query_answer():
     from transformers import AutoTokenizer
 

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tvjax.version import __version__
-from tvjax.data import Task, Template, load_task
+from tvjax.data import Task, Template, load_task, prompts_for
 from tvjax.data.suites import expand
 from tvjax.evaluation import evaluate
 from tvjax.extract import mean_prompts, site_means
@@ -34,6 +34,7 @@ from tvjax.patching import layer_patch
 from tvjax.reinforce import ReinforceConfig, select_heads
 from tvjax.methods import BASELINES, METHODS, labels
 from tvjax.report import markdown_table, seconds_table, shared_methods, timed
+from tvjax.rows import block_of
 from tvjax.taskvector import blend_weights, resolve, save_intervention
 
 TASK_FORMATS = (".json", ".jsonl", ".csv", ".tsv")
@@ -189,36 +190,54 @@ def task_paths(spec: str) -> list[str]:
     return names
 
 
+GROUP = 16  # tasks fitted together at most: what a failure can cost, and the rows held at once
+
+
+def task_groups(model, tasks: list[Task], config: CompareConfig, size: int = GROUP) -> list[list[Task]]:
+    """`tasks` in groups to fit together (`fit_shared`): tasks of one prompt-length block
+    (`tvjax.rows.block_of` of their longest zero-shot valid prompt), so that a short task's
+    rows are never padded to a long one's, each block cut into near-equal groups of at most `size`."""
+    by_block: dict[int, list[Task]] = {}
+    for task in tasks:
+        prompts, _ = prompts_for(model.tokenizer, task, "valid", 0, template=config.template, seed=config.seed)
+        by_block.setdefault(block_of(max(len(p.ids) for p in prompts)), []).append(task)
+    groups = []
+    for block in sorted(by_block):
+        members, n = by_block[block], -(-len(by_block[block]) // size)
+        groups += [members[i * len(members) // n:(i + 1) * len(members) // n] for i in range(n)]
+    return groups
+
+
 def compare(model, tasks: list[str], out, config: CompareConfig = CompareConfig(), methods=METHODS, *,
             redo: bool = False, log=tqdm.write, model_name: str = "custom") -> dict[str, dict]:
     """`compare_task` for each task, each result kept in `<out>/tasks/<task>.json` (reused unless `redo`)
     and each fitted intervention in `<out>/interventions/<task>.<method>.safetensors`. The tasks
-    still to run share their means and soft task-vector fit (`fit_shared`).
+    still to run share their means and soft task-vector fit (`fit_shared`) in groups of similar
+    prompt length (`task_groups`); each group's results are written before the next group starts.
 
     A progress bar (on a terminal) counts every task's phases, with the time left.
     """
     results, methods = {}, check_methods(methods)
     loaded = [load_task(spec, config.seed) for spec in tasks]  # every task file checked before the first fit
     paths = {task.name: Path(out) / "tasks" / f"{task.name}.json" for task in loaded}
-    pending = {task.name for task in loaded if redo or not paths[task.name].is_file()}
+    pending = [task for task in loaded if redo or not paths[task.name].is_file()]
+    for task in loaded:
+        if task.name not in {t.name for t in pending}:
+            results[task.name] = json.loads(paths[task.name].read_text())
+            log(f"{task.name}: reusing {paths[task.name]}")
     bar = tqdm(total=len(pending) * phases(methods), desc="compare", unit="phase", disable=None)
     with bar:
-        together = [task for task in loaded if task.name in pending]
-        shared = fit_shared(model, together, config, methods, progress=bar) if together else {}
-        for task in loaded:
-            path = paths[task.name]
-            if task.name not in pending:
-                results[task.name] = json.loads(path.read_text())
-                log(f"{task.name}: reusing {path}")
-                continue
-            bar.set_description(f"compare {task.name}")
-            result = compare_task(model, task, config, methods, progress=bar, model_name=model_name,
-                                  save_to=Path(out) / "interventions", shared=shared.get(task.name, {}))
-            write_text(path, json.dumps(result, indent=1))
-            results[task.name] = result
-            log(f"{task.name}: " + ", ".join(f"{m} {100 * s['first_token']:.0f}/{100 * s['exact_match']:.0f}"
-                                             for m, s in result["scores"].items()))
-    return results
+        for group in task_groups(model, pending, config) if pending else []:
+            shared = fit_shared(model, group, config, methods, progress=bar)
+            for task in group:
+                bar.set_description(f"compare {task.name}")
+                result = compare_task(model, task, config, methods, progress=bar, model_name=model_name,
+                                      save_to=Path(out) / "interventions", shared=shared.get(task.name, {}))
+                write_text(paths[task.name], json.dumps(result, indent=1))
+                results[task.name] = result
+                log(f"{task.name}: " + ", ".join(f"{m} {100 * s['first_token']:.0f}/{100 * s['exact_match']:.0f}"
+                                                 for m, s in result["scores"].items()))
+    return {task.name: results[task.name] for task in loaded}
 
 
 def write_report(results: dict[str, dict], out, **info) -> dict[str, Path]:

@@ -26,7 +26,7 @@ from tvjax.extract import extract_means_many
 from tvjax.fields import COUNT, FINITE, NON_NEGATIVE, PENALTY, RATE, SEED, check_fields, option, optional
 from tvjax.interventions import HeadBlend
 from tvjax.model import param_axes
-from tvjax.rows import Rows, prepare_rows, row_losses, scores, take
+from tvjax.rows import Blocks, Rows, blocks, gather, per_row, prepare_rows, row_losses, scores
 from tvjax.sharding import placed, put
 from tvjax.train import (OPTIMIZER, batch_indices, drawn_rows, initial_means, loop, open_checkpoints, optimizer,
                          train_step)
@@ -88,13 +88,13 @@ class FitResult(NamedTuple):
     history: list  # dicts: step, train_loss (mean since the last eval), valid_loss, valid_first_token (accuracy)
 
 
-def blend_loss(theta, params, blend: HeadBlend, rows: Rows, index, task, sparsity, *, config: ModelConfig):
+def blend_loss(theta, params, blend: HeadBlend, rows: Rows, task, sparsity, *, config: ModelConfig):
     """The soft task vector's loss, for `tvjax.train.train_step`.
 
     Args:
       theta: `[A, L, N]` the logits fitted (`HeadBlend.fitted`) of `A` tasks.
       blend: their blends, stacked (`[A, ...]`), whose fitted logits `theta` replaces.
-      rows: the prepared train rows; `index` `[A * B]` the step's rows, row `i` of task `task[i]`.
+      rows: the step's `A * B` train rows (`tvjax.rows.gather`), row `i` of task `task[i]`.
       sparsity: penalty weight on each task's mean head weight.
     Returns:
       `(sum over tasks, [A] each task's loss)`: its rows' mean answer cross-entropy plus its penalty.
@@ -102,8 +102,8 @@ def blend_loss(theta, params, blend: HeadBlend, rows: Rows, index, task, sparsit
       own gradient, and an elementwise optimizer (adam, sgd, lion, ...) steps each task as it
       would step it alone.
     """
-    per_row = row_losses(params, config, blend.fitting(theta).rows(task), take(rows, index))  # [A * B]
-    per_task = per_row.reshape(theta.shape[0], -1).mean(1) + sparsity * jax.nn.sigmoid(theta).mean((1, 2))
+    losses = row_losses(params, config, blend.fitting(theta).rows(task), rows)  # [A * B]
+    per_task = losses.reshape(theta.shape[0], -1).mean(1) + sparsity * jax.nn.sigmoid(theta).mean((1, 2))
     return per_task.sum(), per_task
 
 
@@ -112,13 +112,13 @@ def fit_step(settings: FitConfig):
     return train_step(blend_loss, settings.optimizer, settings.learning_rate)
 
 
-def lower_train_step(mesh, theta, opt_state, params, blend: HeadBlend, rows: Rows, index, task, sparsity, *,
+def lower_train_step(mesh, theta, opt_state, params, blend: HeadBlend, rows: Rows, task, sparsity, *,
                      config: ModelConfig, settings: FitConfig = FitConfig()):
     """The fitting step on `mesh`, lowered for these arrays or `jax.ShapeDtypeStruct`s (memory planning)."""
     with jax.set_mesh(mesh):
         params = put(params, param_axes(config))
         return fit_step(settings).lower(params, put(theta, None), put(opt_state, None), put(blend, blend.axes()),
-                                        put(rows, rows.axes()), *put((index, task, sparsity), None), config=config)
+                                        put(rows, rows.axes()), *put((task, sparsity), None), config=config)
 
 
 def fit(model, task: Task, mu, settings: FitConfig = FitConfig(), *, template: Template = Template(),
@@ -217,6 +217,7 @@ def _fit_stage(model, tasks: Sequence[Task], start: HeadBlend, settings: FitConf
     (train, drawn), (valid, valid_rows) = data
     row_task = np.repeat(np.arange(A), settings.batch_size)  # [A * B]
     valid_task = np.repeat(np.arange(A), [len(r) for r in valid_rows.rows])  # [R]
+    valid_blocks = blocks(valid)
     theta = jnp.full((A, L, N), settings.init if start.positions != "split" else ANSWER_INIT, jnp.float32)
     state = {"theta": theta, "opt_state": optimizer(settings.optimizer, settings.learning_rate).init(theta),
              **means}
@@ -224,14 +225,15 @@ def _fit_stage(model, tasks: Sequence[Task], start: HeadBlend, settings: FitConf
     run = placed(fit_step(settings))
 
     def step(state, n):
-        theta, opt_state, loss = run(params, state["theta"], state["opt_state"], frame(state), train,
-                                     drawn.index(n - 1), row_task, settings.sparsity, config=config)
+        theta, opt_state, loss = run(params, state["theta"], state["opt_state"], frame(state),
+                                     gather(train, drawn.index(n - 1)), row_task, settings.sparsity, config=config)
         return {**state, "theta": theta, "opt_state": opt_state}, loss
 
     def validate(state):
-        per_task = [np.bincount(valid_task, np.asarray(x, np.float64), A) / np.bincount(valid_task, None, A)
-                    for x in scores(params, frame(state).fitting(state["theta"]).rows(valid_task), valid,
-                                          config=config)]
+        blend = frame(state).fitting(state["theta"])
+        each = [scores(params, blend.rows(valid_task[held]), part, config=config) for part, held in valid_blocks]
+        per_task = [np.bincount(valid_task, per_row([e[i] for e in each], [h for _, h in valid_blocks]).astype(
+            np.float64), A) / np.bincount(valid_task, None, A) for i in (0, 1)]
         return per_task[0].tolist(), {"valid_loss": per_task[0].tolist(), "valid_first_token": per_task[1].tolist()}
 
     desc = f"fit {tasks[0].name if A == 1 else f'{A} tasks'}" + (" (answer tokens)" * (start.positions == "split"))
@@ -270,7 +272,7 @@ def _data(model, tasks: Sequence[Task], settings: FitConfig, template: Template,
 
 
 def _rows(model, tasks: Sequence[Task], split: str, settings: FitConfig, template: Template,
-          blend: HeadBlend) -> tuple[Rows, Drawn]:
+          blend: HeadBlend) -> tuple[Rows | Blocks, Drawn]:
     """The tasks' `split` prompts as rows for `blend`, task after task: on 'train' only the rows
     `settings`' steps draw."""
     prompts = [prompts_for(model.tokenizer, t, split, 0, template=template, seed=settings.seed)[0] for t in tasks]

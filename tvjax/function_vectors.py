@@ -3,9 +3,11 @@
 On ICL prompts whose demonstrations carry shuffled labels, replacing head `(l, h)`'s
 output at the last token by its task mean `mu[l, h]` raises the probability of the
 correct answer's first token by the head's indirect effect. The function vector is
-the sum, over the `k` heads of largest effect, of each mean pushed through that head's
-slice of the output projection; it is added to the residual stream at the last token,
-at the output of one layer (`ResidualEdit`).
+the sum, over the `k` heads of largest effect, of what each head at its mean adds to the
+residual stream: its mean pushed through that head's slice of the output projection (in
+families with a norm on the attention output, Gemma 2/3's `post_norms`, that head's share of
+the norm's output at the layer's mean); it is added to the residual stream at the last
+token, at the output of one layer (`ResidualEdit`).
 
 The effects of all `L * N` heads are computed batched: every prompt's prefix is run
 once into a KV cache, and `batch_size` one-hot hard head replacements
@@ -23,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tvjax.batching import pad_id, pad_left
+from tvjax.config import ModelConfig
 from tvjax.data import Prompt, Task, Template, build_texts, prompts_for, tokenize
 from tvjax.interventions import HeadBlend, ResidualEdit, check_layer
 from tvjax.fields import COUNT, NON_NEGATIVE, SEED, check_fields, option, optional
@@ -124,12 +127,25 @@ def top_heads(effects, k: int) -> np.ndarray:
     return np.stack(np.unravel_index(order, effects.shape), axis=1)
 
 
-def function_vector(params, heads, mu) -> jax.Array:
-    """`[D]`: the sum over `heads` (`[k, 2]` (layer, head)) of `mu[l, h]` `[H]` through `o[l, h]` `[H, D]`."""
+def function_vector(params, heads, mu, config: ModelConfig | None = None) -> jax.Array:
+    """`[D]`: the sum over `heads` (`[k, 2]` (layer, head)) of what each adds to the residual stream
+    at its mean: `mu[l, h]` `[H]` through `o[l, h]` `[H, D]`.
+
+    With `config.post_norms` (Gemma 2/3: the attention output is normed before it joins the
+    residual stream) a head adds its share of the norm's output: RMSNorm is linear in its input
+    at a fixed scale, so at the layer's mean output `x_l = sum_h mu[l, h] @ o[l, h]` head `h`
+    adds `mu[l, h] @ o[l, h] * w_l / rms(x_l)` (`w_l` the norm's scale), and a layer's heads
+    together add exactly the normed `x_l`.
+    """
     heads = np.asarray(heads)
-    o = params["layers"]["attn"]["o"]["kernel"]  # [L, N, H, D]
-    layer, head = heads[:, 0], heads[:, 1]
-    return jnp.einsum("kH,kHD->D", jnp.asarray(mu, jnp.float32)[layer, head], o[layer, head].astype(jnp.float32))
+    o = params["layers"]["attn"]["o"]["kernel"].astype(jnp.float32)  # [L, N, H, D]
+    projected = jnp.einsum("LNH,LNHD->LND", jnp.asarray(mu, jnp.float32), o)  # [L, N, D] each head at its mean
+    if config is not None and config.post_norms:
+        x = projected.sum(1)  # [L, D] each layer's attention output at the means
+        scale = params["layers"]["post_attn_norm"]["scale"].astype(jnp.float32)  # [L, D]
+        scale = 1 + scale if config.norm_plus_one else scale
+        projected = projected * (scale * jax.lax.rsqrt(jnp.mean(x**2, -1, keepdims=True) + config.norm_eps))[:, None]
+    return projected[heads[:, 0], heads[:, 1]].sum(0)
 
 
 def function_vector_for(model, task: Task, mu, settings: FunctionVectorConfig = FunctionVectorConfig(), *,
@@ -143,7 +159,7 @@ def function_vector_for(model, task: Task, mu, settings: FunctionVectorConfig = 
                                      seed=settings.seed, template=template)
     effects = indirect_effects(model, prompts, mu, settings.batch_size)
     heads = top_heads(effects, settings.k)
-    vector = function_vector(params, heads, mu)
+    vector = function_vector(params, heads, mu, config)
     layer, layer_losses = (L // 3 if settings.layer is None else settings.layer), None
     if settings.sweep:
         valid, _ = prompts_for(tokenizer, task, "valid", 0, template=template, seed=settings.seed)

@@ -7,6 +7,12 @@ only its suffix (the last prompt token, plus the answer tokens when `all_answer_
 on top of its cached prefix, with logits only there. Shapes are fixed (bucketed prefixes),
 so a loop over rows compiles once.
 
+Prompts of very different lengths (a task of long passages, several tasks together) are laid
+out in `Blocks`: one `Rows` per power of two of the prefix length above `BLOCK_FROM` tokens,
+each padded to its own longest, so that a few long prompts do not pad every row's cache (the
+cache holds `2 L K H` floats per token and row). The functions here take either; a training
+step takes its batch's rows from them (`gather`), padded to the batch's longest.
+
 Rows live on the params' mesh, split over rows `R` like a batch.
 """
 
@@ -59,10 +65,85 @@ class Rows(NamedTuple):
 
 
 ROWS_AXES = Rows(CACHE_AXES, "RT", "RT", "RT", "RT", "RT")
+BLOCK_FROM = 64  # prefixes of up to this many tokens share a block; longer ones: one block per power of two
+
+
+class Blocks(NamedTuple):
+    """Rows in blocks of similar prefix length, each block padded to its own longest prefix.
+
+    Attributes:
+      parts: the blocks' `Rows` (the same suffix length `Ts`).
+      index: per block, `[R_b]` int, which rows (of all, in the order they were given) it holds.
+    """
+
+    parts: tuple[Rows, ...]
+    index: tuple[np.ndarray, ...]
+
+    def at_last(self) -> "Blocks":
+        """Each block's `Rows.at_last`."""
+        return Blocks(tuple(part.at_last() for part in self.parts), self.index)
+
+
+def block_of(prefix_length: int) -> int:
+    """The block of a prefix of this many tokens: `BLOCK_FROM`, or the power of two above it."""
+    return max(BLOCK_FROM, 1 << (prefix_length - 1).bit_length())
+
+
+def blocks(rows: Rows | Blocks) -> list[tuple[Rows, np.ndarray]]:
+    """`(rows, which of all)` per block; plain `Rows` are one block of all."""
+    if isinstance(rows, Blocks):
+        return list(zip(rows.parts, rows.index))
+    return [(rows, np.arange(rows.tokens.shape[0]))]
+
+
+def n_rows(rows: Rows | Blocks) -> int:
+    """How many rows."""
+    return sum(len(index) for _, index in blocks(rows))
+
+
+def per_row(values: list, index: list[np.ndarray], axis: int = 0) -> np.ndarray:
+    """Blocks' per-row `values` (arrays along `axis`) back in the order of all rows."""
+    order = np.argsort(np.concatenate(index), kind="stable")
+    return np.take(np.concatenate([np.asarray(v) for v in values], axis=axis), order, axis=axis)
+
+
+def gather(rows: Rows | Blocks, index) -> Rows:
+    """The rows at `index` (`[B]`) as one `Rows`: from `Blocks`, each block's prefixes left-padded
+    (masked) to the longest of the batch's blocks (a training step's batch)."""
+    index = np.asarray(index)
+    if not isinstance(rows, Blocks):
+        return take(rows, index)
+    block = np.empty(n_rows(rows), int)
+    position = np.empty(n_rows(rows), int)
+    for b, held in enumerate(rows.index):
+        block[held], position[held] = b, np.arange(len(held))
+    used = sorted(set(block[index].tolist()))
+    length = max(rows.parts[b].cache.k.shape[2] for b in used)
+    picked = [_left_padded(take(rows.parts[b], position[index[block[index] == b]]), length) for b in used]
+    order = np.argsort(np.concatenate([np.flatnonzero(block[index] == b) for b in used]), kind="stable")
+    return _joined(picked, order)
+
+
+def _joined(parts: list[Rows], order: np.ndarray) -> Rows:
+    """`parts` (of one cache length) as one `Rows`, their rows concatenated and taken in `order`."""
+    cat = lambda xs, axis=0: jnp.take(jnp.concatenate(xs, axis), order, axis)
+    caches = [p.cache for p in parts]
+    cache = KVCache(cat([c.k for c in caches], 1), cat([c.v for c in caches], 1), cat([c.mask for c in caches]),
+                    caches[0].end)
+    field = lambda name: None if getattr(parts[0], name) is None else cat([getattr(p, name) for p in parts])
+    return Rows(cache, *(field(name) for name in Rows._fields[1:]))
+
+
+def _left_padded(rows: Rows, length: int) -> Rows:
+    """`rows` with `length - S` masked cache slots before their prefixes."""
+    c = rows.cache
+    pad = length - c.k.shape[2]
+    kv = lambda x: jnp.pad(x, ((0, 0), (0, 0), (pad, 0), (0, 0), (0, 0)))
+    return rows._replace(cache=KVCache(kv(c.k), kv(c.v), jnp.pad(c.mask, ((0, 0), (pad, 0))), c.end + pad))
 
 
 def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, batch_size: int = 16,
-                 intervention=None) -> Rows:
+                 intervention=None) -> Rows | Blocks:
     """Run every prompt's prefix once into a KV cache and lay out suffixes and targets (on the params' mesh),
     for `intervention` (or any with its `positions`; None: one at the last prompt token).
 
@@ -71,9 +152,10 @@ def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, 
     targets are every answer token and the prompt's `stop` token after them (so that the edited
     model still ends its answer); with 'split' the targets counted are the ones `theta_answer`
     serves, all but the first answer token.
+
+    Returns `Rows`, or `Blocks` of them when the prefixes fall in several blocks (`block_of`).
     """
     positions = check_positions(getattr(intervention, "positions", "last"))
-    config, params, _ = model
     if any(len(p.ids) < 2 for p in prompts):
         raise ValueError("every prompt row needs at least 2 tokens (a prefix and the edited last token)")
     if positions != "last":
@@ -81,7 +163,19 @@ def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, 
     else:
         targets = [p.answer if all_answer_tokens else p.answer[:1] for p in prompts]
     suffixes = [[p.ids[-1]] + t[:-1] for p, t in zip(prompts, targets)]
-    Tp, Ts = bucket_length(max(len(p.ids) - 1 for p in prompts)), max(map(len, suffixes))
+    Ts = max(map(len, suffixes))
+    keys = np.array([block_of(len(p.ids) - 1) for p in prompts])
+    index = [np.flatnonzero(keys == key) for key in np.unique(keys)]
+    parts = [_prepared(model, [prompts[i] for i in held], [suffixes[i] for i in held], [targets[i] for i in held],
+                       Ts, positions, batch_size) for held in index]
+    return parts[0] if len(parts) == 1 else Blocks(tuple(parts), tuple(index))
+
+
+def _prepared(model, prompts: list[Prompt], suffixes: list, targets: list, Ts: int, positions: str,
+              batch_size: int) -> Rows:
+    """`prepare_rows` of prompts in one block: prefixes padded to their longest (bucketed)."""
+    config, params, _ = model
+    Tp = bucket_length(max(len(p.ids) - 1 for p in prompts))
     caches = []
     with on_mesh(params):
         for chunk, _ in chunks(prompts, batch_size):  # padded rows are cut off below
@@ -100,7 +194,7 @@ def prepare_rows(model, prompts: list[Prompt], all_answer_tokens: bool = False, 
 
 
 def split_rows(model, task: Task, split: str, *, template: Template, seed: int, all_answer_tokens: bool = False,
-               batch_size: int = 16) -> Rows:
+               batch_size: int = 16) -> Rows | Blocks:
     """The zero-shot prompts of `task`'s `split` as rows (`prepare_rows`)."""
     prompts, _ = prompts_for(model.tokenizer, task, split, 0, template=template, seed=seed)
     return prepare_rows(model, prompts, all_answer_tokens, batch_size)
@@ -146,17 +240,22 @@ def take(rows: Rows, index: jax.Array) -> Rows:
                 None if rows.edit is None else rows.edit[index])
 
 
-@placed
-@functools.partial(jax.jit, static_argnames="config")
-def losses(params, intervention, rows: Rows, *, config: ModelConfig) -> jax.Array:
+def losses(params, intervention, rows: Rows | Blocks, *, config: ModelConfig) -> np.ndarray:
     """`row_losses` `[R]`, on the params' mesh if any."""
-    return constrain(row_losses(params, config, intervention, rows), None)
+    return scores(params, intervention, rows, config=config)[0]
+
+
+def scores(params, intervention, rows: Rows | Blocks, *, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """`row_scores`: losses `[R]` and first-token hits `[R]`, on the params' mesh if any."""
+    parts = blocks(rows)
+    each = [_scores(params, intervention, part, config=config) for part, _ in parts]
+    index = [held for _, held in parts]
+    return per_row([e[0] for e in each], index), per_row([e[1] for e in each], index)
 
 
 @placed
 @functools.partial(jax.jit, static_argnames="config")
-def scores(params, intervention, rows: Rows, *, config: ModelConfig) -> tuple[jax.Array, jax.Array]:
-    """`row_scores`: losses `[R]` and first-token hits `[R]`, on the params' mesh if any."""
+def _scores(params, intervention, rows: Rows, *, config: ModelConfig) -> tuple[jax.Array, jax.Array]:
     return constrain(row_scores(params, config, intervention, rows), None)
 
 
@@ -181,7 +280,7 @@ def stacked_losses(params, stacked, rows: Rows, *, config: ModelConfig, batch_si
     return losses[:C]
 
 
-def stacked_row_losses(params, stacked, rows: Rows, *, config: ModelConfig, batch_size: int) -> jax.Array:
+def stacked_row_losses(params, stacked, rows: Rows | Blocks, *, config: ModelConfig, batch_size: int) -> np.ndarray:
     """`[C, R]`: `row_losses` (answer cross-entropy per row) under each of the `C` stacked interventions.
 
     Args:
@@ -190,7 +289,10 @@ def stacked_row_losses(params, stacked, rows: Rows, *, config: ModelConfig, batc
       batch_size: interventions per vmapped forward.
     """
     with on_mesh(params):
-        return _stacked_row_losses(params, put(stacked, None), rows, config=config, batch_size=batch_size)
+        stacked = put(stacked, None)
+        parts = blocks(rows)
+        return per_row([_stacked_row_losses(params, stacked, part, config=config, batch_size=batch_size)
+                        for part, _ in parts], [held for _, held in parts], axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "batch_size"))
