@@ -151,7 +151,7 @@ def _fit_step(config, params, args, peak):
     from tvjax.data.prompts import Prompt
     from tvjax.fitting import FitConfig, fit_step
     from tvjax.interventions import HeadBlend
-    from tvjax.rows import gather, prepare_rows
+    from tvjax.rows import prepare_rows
     from tvjax.sharding import placed
     from tvjax.train import batch_indices, optimizer
 
@@ -167,8 +167,8 @@ def _fit_step(config, params, args, peak):
     blend, task = HeadBlend(None, mu[None]), jnp.zeros(B, jnp.int32)
 
     def step():
-        batch = gather(rows, batch_indices(n_rows, B, state[2], 0))
-        state[0], state[1], loss = placed(fit_step(fc))(params, state[0], state[1], blend, batch, task, 0.0,
+        index = jnp.asarray(batch_indices(n_rows, B, state[2], 0))
+        state[0], state[1], loss = placed(fit_step(fc))(params, state[0], state[1], blend, rows, index, task, 0.0,
                                             config=config)
         state[2] += 1
         loss.block_until_ready()

@@ -26,6 +26,8 @@ one of
 - `scores`: `tvjax.report.markdown_table` over a results file's `results` (`tvjax compare`'s
   `compare.json`, `docs/task_table.json`): `methods`, optional `labels` ({method: header}),
   `tasks` (a subset, in order), `mean` (default true), `source` (another file, else this one);
+- `summary`: `tvjax.report.summary_table` of the same (`methods`, `source`): each method's mean
+  over the tasks with its standard error, and its gain over ICL;
 - `seconds`: `tvjax.report.seconds_table` of `tvjax compare`'s results;
 - `sweep`: `scripts/sweep_fit.py`'s JSON as rows of recipes: `tasks` and their `short` names,
   `rows` of `{"entry", "label", "fit" (a mark after the seconds), "bold" (of "label",
@@ -125,6 +127,13 @@ def render_scores(spec: dict, data: dict, here: Path) -> str:
     return markdown_table(rows, [labels.get(m, m) for m in spec["methods"]], mean=spec.get("mean", True))
 
 
+def render_summary(spec: dict, data: dict, here: Path) -> str:
+    from tvjax.report import summary_table
+
+    results = _source(spec, data, here)["results"]
+    return summary_table({task: r.get("scores", r) for task, r in results.items()}, spec["methods"])
+
+
 def render_seconds(spec: dict, data: dict, here: Path) -> str:
     from tvjax.report import seconds_table
 
@@ -188,7 +197,8 @@ def render_join(spec: dict, data: dict, here: Path) -> str:
     return markdown(columns, list(joined.values()))
 
 
-RENDERERS = {"cells": render_cells, "printed": render_printed, "scores": render_scores, "seconds": render_seconds, "sweep": render_sweep,
+RENDERERS = {"cells": render_cells, "printed": render_printed, "scores": render_scores, "summary": render_summary,
+             "seconds": render_seconds, "sweep": render_sweep,
              "sweep_tasks": render_sweep_tasks, "curves": render_curves, "join": render_join}
 
 

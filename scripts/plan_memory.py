@@ -62,55 +62,47 @@ def plan(name: str, mesh, *, step: str, dtype: str, remat: str | None, attention
     params = jax.eval_shape(lambda key: tvjax.init_params(config, key), jax.random.PRNGKey(0))
     start = time.perf_counter()
     lower = _lower_fit if step == "fit" else _lower_means
-    lowered, held = lower(mesh, config, params, rows=rows, prompt_length=prompt_length, batch_size=batch_size)
-    memory = lowered.compile().memory_analysis()
+    memory = lower(mesh, config, params, rows=rows, prompt_length=prompt_length, batch_size=batch_size)
+    memory = memory.compile().memory_analysis()
     seconds = time.perf_counter() - start
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
     return {"model": Path(name).stem, "step": step, "params": n_params,
             "task_vector": config.n_layers * config.n_heads, "mesh": dict(mesh.shape), "attention": attention,
             "attention_chunk": chunk, "prompt_length": prompt_length, "batch_size": batch_size,
-            "arguments": memory.argument_size_in_bytes + held, "outputs": memory.output_size_in_bytes,
+            "arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
             "temporaries": memory.temp_size_in_bytes, "aliased": memory.alias_size_in_bytes,
-            "total": memory.argument_size_in_bytes + held + memory.output_size_in_bytes + memory.temp_size_in_bytes
+            "total": memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
             - memory.alias_size_in_bytes, "compile_seconds": seconds}
 
 
 def _lower_fit(mesh, config, params, *, rows: int, prompt_length: int, batch_size: int):
-    """The fit step on `batch_size` of `rows` cached prompts of `prompt_length` prefix tokens, and
-    the per-device bytes of the rows' caches, held on the mesh beside it."""
+    """The fit step on `rows` cached prompts of `prompt_length` prefix tokens, `batch_size` a step."""
     import jax
     import jax.numpy as jnp
-    from jax.sharding import NamedSharding
 
     from tvjax.fitting import FitConfig, lower_train_step
     from tvjax.interventions import HeadBlend
     from tvjax.model import KVCache
-    from tvjax.rows import CACHE_AXES, Rows
-    from tvjax.sharding import partition_spec
+    from tvjax.rows import Rows
     from tvjax.train import optimizer
 
     L, N, K, H = config.n_layers, config.n_heads, config.n_kv_heads, config.head_dim
     S, Ts = prompt_length + 1, 1
     sds = jax.ShapeDtypeStruct
-
-    def cached(R: int) -> Rows:
-        kv = sds((L, R, S, K, H), config.jnp_dtype)
-        suffix = sds((R, Ts), jnp.int32), sds((R, Ts), jnp.bool_)
-        return Rows(KVCache(kv, kv, sds((R, S), jnp.bool_), sds((), jnp.int32)), *suffix, *suffix)
-
     theta = sds((1, L, N), jnp.float32)  # one task
     opt_state = jax.eval_shape(optimizer("adam", 0.3).init, theta)
-    task = sds((batch_size,), jnp.int32)
-    lowered = lower_train_step(mesh, theta, opt_state, params, HeadBlend(None, sds((1, L, N, H), jnp.float32)),
-                               cached(batch_size), task, sds((), jnp.float32), config=config,
-                               settings=FitConfig(learning_rate=0.3, optimizer="adam"))
-    kv = cached(rows).cache.k
-    shard = NamedSharding(mesh, partition_spec(CACHE_AXES.k, kv.shape, dict(mesh.shape))).shard_shape(kv.shape)
-    return lowered, 2 * math.prod(shard) * jnp.dtype(kv.dtype).itemsize
+    kv = sds((L, rows, S, K, H), config.jnp_dtype)
+    cache = KVCache(kv, kv, sds((rows, S), jnp.bool_), sds((), jnp.int32))
+    suffix = sds((rows, Ts), jnp.int32), sds((rows, Ts), jnp.bool_)
+    data = Rows(cache, *suffix, *suffix)
+    index = sds((batch_size,), jnp.int32)
+    return lower_train_step(mesh, theta, opt_state, params, HeadBlend(None, sds((1, L, N, H), jnp.float32)), data,
+                            index, index, sds((), jnp.float32), config=config,
+                            settings=FitConfig(learning_rate=0.3, optimizer="adam"))
 
 
 def _lower_means(mesh, config, params, *, rows: int, prompt_length: int, batch_size: int):
-    """One batch of the means' forward: `batch_size` prompts of `prompt_length` tokens (nothing held beside)."""
+    """One batch of the means' forward: `batch_size` prompts of `prompt_length` tokens."""
     import jax
     import jax.numpy as jnp
 
@@ -118,7 +110,7 @@ def _lower_means(mesh, config, params, *, rows: int, prompt_length: int, batch_s
 
     shape = (batch_size, prompt_length)
     return lower_last_token_sites(mesh, params, jax.ShapeDtypeStruct(shape, jnp.int32),
-                                  jax.ShapeDtypeStruct(shape, jnp.bool_), config=config), 0
+                                  jax.ShapeDtypeStruct(shape, jnp.bool_), config=config)
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from tvjax.function_vectors import FunctionVectorConfig, function_vector_for
 from tvjax.patching import layer_patch
 from tvjax.reinforce import ReinforceConfig, select_heads
 from tvjax.methods import BASELINES, METHODS, labels
-from tvjax.report import markdown_table, seconds_table, shared_methods, timed
+from tvjax.report import markdown_table, seconds_table, shared_methods, summary_table, timed
 from tvjax.rows import block_of
 from tvjax.taskvector import blend_weights, resolve, save_intervention
 
@@ -241,7 +241,8 @@ def compare(model, tasks: list[str], out, config: CompareConfig = CompareConfig(
 
 
 def write_report(results: dict[str, dict], out, **info) -> dict[str, Path]:
-    """`<out>/compare.json` (results and `info`), `compare.md` (scores and seconds tables), `compare.png`."""
+    """`<out>/compare.json` (results and `info`), `compare.md` (scores, their means over the tasks with
+    standard errors and gains over ICL, and seconds), `compare.png`."""
     from tvjax.plot import comparison_chart
 
     out = Path(out)
@@ -249,6 +250,7 @@ def write_report(results: dict[str, dict], out, **info) -> dict[str, Path]:
     scores = {name: r["scores"] for name, r in results.items()}
     paths = {"json": out / "compare.json", "md": out / "compare.md", "png": out / "compare.png"}
     write_text(paths["json"], json.dumps({**info, "methods": methods, "results": results}, indent=1))
-    write_text(paths["md"], markdown_table(scores, methods) + "\n\n" + seconds_table(results) + "\n")
+    write_text(paths["md"], "\n\n".join([markdown_table(scores, methods), summary_table(scores, methods),
+                                         seconds_table(results)]) + "\n")
     comparison_chart(scores, methods, labels(), paths["png"])
     return paths

@@ -26,7 +26,7 @@ from tvjax.extract import extract_means_many
 from tvjax.fields import COUNT, FINITE, NON_NEGATIVE, PENALTY, RATE, SEED, check_fields, option, optional
 from tvjax.interventions import HeadBlend
 from tvjax.model import param_axes
-from tvjax.rows import Blocks, Rows, blocks, gather, per_row, prepare_rows, row_losses, scores
+from tvjax.rows import Blocks, Rows, batch, blocks, per_row, prepare_rows, row_losses, scores, take
 from tvjax.sharding import placed, put
 from tvjax.train import (OPTIMIZER, batch_indices, drawn_rows, initial_means, loop, open_checkpoints, optimizer,
                          train_step)
@@ -88,13 +88,14 @@ class FitResult(NamedTuple):
     history: list  # dicts: step, train_loss (mean since the last eval), valid_loss, valid_first_token (accuracy)
 
 
-def blend_loss(theta, params, blend: HeadBlend, rows: Rows, task, sparsity, *, config: ModelConfig):
+def blend_loss(theta, params, blend: HeadBlend, rows: Rows, index, task, sparsity, *, config: ModelConfig):
     """The soft task vector's loss, for `tvjax.train.train_step`.
 
     Args:
       theta: `[A, L, N]` the logits fitted (`HeadBlend.fitted`) of `A` tasks.
       blend: their blends, stacked (`[A, ...]`), whose fitted logits `theta` replaces.
-      rows: the step's `A * B` train rows (`tvjax.rows.gather`), row `i` of task `task[i]`.
+      rows: the prepared train rows; `index` `[A * B]` the step's rows (`tvjax.rows.batch`), row `i`
+        of task `task[i]`.
       sparsity: penalty weight on each task's mean head weight.
     Returns:
       `(sum over tasks, [A] each task's loss)`: its rows' mean answer cross-entropy plus its penalty.
@@ -102,8 +103,8 @@ def blend_loss(theta, params, blend: HeadBlend, rows: Rows, task, sparsity, *, c
       own gradient, and an elementwise optimizer (adam, sgd, lion, ...) steps each task as it
       would step it alone.
     """
-    losses = row_losses(params, config, blend.fitting(theta).rows(task), rows)  # [A * B]
-    per_task = losses.reshape(theta.shape[0], -1).mean(1) + sparsity * jax.nn.sigmoid(theta).mean((1, 2))
+    per_row = row_losses(params, config, blend.fitting(theta).rows(task), take(rows, index))  # [A * B]
+    per_task = per_row.reshape(theta.shape[0], -1).mean(1) + sparsity * jax.nn.sigmoid(theta).mean((1, 2))
     return per_task.sum(), per_task
 
 
@@ -112,13 +113,13 @@ def fit_step(settings: FitConfig):
     return train_step(blend_loss, settings.optimizer, settings.learning_rate)
 
 
-def lower_train_step(mesh, theta, opt_state, params, blend: HeadBlend, rows: Rows, task, sparsity, *,
+def lower_train_step(mesh, theta, opt_state, params, blend: HeadBlend, rows: Rows, index, task, sparsity, *,
                      config: ModelConfig, settings: FitConfig = FitConfig()):
     """The fitting step on `mesh`, lowered for these arrays or `jax.ShapeDtypeStruct`s (memory planning)."""
     with jax.set_mesh(mesh):
         params = put(params, param_axes(config))
         return fit_step(settings).lower(params, put(theta, None), put(opt_state, None), put(blend, blend.axes()),
-                                        put(rows, rows.axes()), *put((task, sparsity), None), config=config)
+                                        put(rows, rows.axes()), *put((index, task, sparsity), None), config=config)
 
 
 def fit(model, task: Task, mu, settings: FitConfig = FitConfig(), *, template: Template = Template(),
@@ -226,7 +227,7 @@ def _fit_stage(model, tasks: Sequence[Task], start: HeadBlend, settings: FitConf
 
     def step(state, n):
         theta, opt_state, loss = run(params, state["theta"], state["opt_state"], frame(state),
-                                     gather(train, drawn.index(n - 1)), row_task, settings.sparsity, config=config)
+                                     *batch(train, drawn.index(n - 1)), row_task, settings.sparsity, config=config)
         return {**state, "theta": theta, "opt_state": opt_state}, loss
 
     def validate(state):

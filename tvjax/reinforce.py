@@ -23,7 +23,7 @@ from tvjax.config import ModelConfig
 from tvjax.data import Task, Template
 from tvjax.interventions import HeadBlend
 from tvjax.fields import COUNT, FINITE, PENALTY, RATE, SEED, check_fields, integer, option
-from tvjax.rows import Rows, gather, losses, n_rows, split_rows, stacked_losses
+from tvjax.rows import Rows, batch, losses, n_rows, split_rows, stacked_losses, take
 from tvjax.sharding import placed
 from tvjax.train import batch_indices, initial_means, loop, open_checkpoints, optimizer, train_step
 
@@ -67,18 +67,18 @@ def score_function_gradient(logits: jax.Array, masks: jax.Array, rewards: jax.Ar
     return jnp.mean(advantage[:, None, None] * (masks - jax.nn.sigmoid(logits)), axis=0)
 
 
-def reinforce_loss(logits, params, means: HeadBlend, rows: Rows, key, sparsity, *, config: ModelConfig,
+def reinforce_loss(logits, params, means: HeadBlend, rows: Rows, index, key, sparsity, *, config: ModelConfig,
                    samples: int):
     """REINFORCE's surrogate loss, for `tvjax.train.train_step`: its gradient with respect to
     `logits` `[L, N]` is exactly minus `score_function_gradient` of `samples` masks scored on the
-    step's `rows` (`tvjax.rows.gather`; each mask's heads replaced by their means `means.mu` `[L, N, H]`).
+    rows at `index` `[B]` (`tvjax.rows.batch`; each mask's heads replaced by their means `means.mu` `[L, N, H]`).
 
     Returns `(surrogate, mean sampled loss)`.
     """
     fixed = jax.lax.stop_gradient(logits)
     masks = jax.random.bernoulli(key, jax.nn.sigmoid(fixed), (samples, *logits.shape))  # [S, L, N]
     blends = HeadBlend.hard(masks, jnp.broadcast_to(means.mu, (samples, *means.mu.shape)))
-    losses = stacked_losses(params, blends, rows, config=config, batch_size=samples).mean(1)
+    losses = stacked_losses(params, blends, take(rows, index), config=config, batch_size=samples).mean(1)
     rewards = -losses - sparsity * masks.sum((1, 2))
     estimate = jax.lax.stop_gradient(score_function_gradient(fixed, masks, rewards))
     return -jnp.sum(estimate * logits), losses.mean()  # descend the negative expected reward
@@ -108,7 +108,7 @@ def select_heads(model, task: Task, mu, settings: ReinforceConfig = ReinforceCon
     def step(state, n):
         index = batch_indices(n_rows(train), settings.batch_size, n - 1, settings.seed)
         logits, opt_state, loss = run(params, state["logits"], state["opt_state"], HeadBlend(None, state["mu"]),
-                                      gather(train, index), jax.random.fold_in(key, n), settings.sparsity, config=config)
+                                      *batch(train, index), jax.random.fold_in(key, n), settings.sparsity, config=config)
         return {"logits": logits, "opt_state": opt_state, "mu": state["mu"]}, loss
 
     def validate(state):

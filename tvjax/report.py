@@ -25,6 +25,32 @@ def markdown_table(rows: dict[str, dict], methods, mean: bool = True) -> str:
     return "\n".join(lines)
 
 
+def summary_table(rows: dict[str, dict], methods, baseline: str = "icl") -> str:
+    """Markdown: per method, the mean over the tasks of `rows` (as `markdown_table`'s) with its
+    standard error, and (where `baseline` is among `methods`) the mean gain over it with the
+    standard error of the paired differences; first token and exact match, in points."""
+    header = ["method", "first token", "exact match"] + (
+        [f"gain over {labels().get(baseline, baseline)}: first token", "exact match"] if baseline in methods else [])
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for method in methods:
+        cells = [_spread([r[method][k] for r in rows.values()]) for k in ("first_token", "exact_match")]
+        if baseline in methods:
+            cells += [_spread([None if r[method][k] is None or r[baseline][k] is None else r[method][k] - r[baseline][k]
+                               for r in rows.values()], sign=True) for k in ("first_token", "exact_match")]
+        lines.append(f"| {labels().get(method, method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _spread(values: list, sign: bool = False) -> str:
+    """`mean ± standard error` of fractions, in percent points ('-' with a value not measured)."""
+    if None in values or not values:
+        return "-"
+    n = len(values)
+    mean = sum(values) / n
+    error = (sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5 if n > 1 else 0.0
+    return f"{100 * mean:{'+' if sign else ''}.1f} ± {100 * error:.1f}"
+
+
 def _mean(values: list) -> float | None:
     return None if None in values else sum(values) / len(values)
 

@@ -11,7 +11,7 @@ Prompts of very different lengths (a task of long passages, several tasks togeth
 out in `Blocks`: one `Rows` per power of two of the prefix length above `BLOCK_FROM` tokens,
 each padded to its own longest, so that a few long prompts do not pad every row's cache (the
 cache holds `2 L K H` floats per token and row). The functions here take either; a training
-step takes its batch's rows from them (`gather`), padded to the batch's longest.
+step takes its batch's rows from them (`batch`), padded to the batch's longest.
 
 Rows live on the params' mesh, split over rows `R` like a batch.
 """
@@ -107,12 +107,18 @@ def per_row(values: list, index: list[np.ndarray], axis: int = 0) -> np.ndarray:
     return np.take(np.concatenate([np.asarray(v) for v in values], axis=axis), order, axis=axis)
 
 
-def gather(rows: Rows | Blocks, index) -> Rows:
-    """The rows at `index` (`[B]`) as one `Rows`: from `Blocks`, each block's prefixes left-padded
-    (masked) to the longest of the batch's blocks (a training step's batch)."""
+def batch(rows: Rows | Blocks, index) -> tuple[Rows, np.ndarray]:
+    """A training step's `(rows, index)` for the rows at `index` (`[B]`), to `take` in the step:
+    plain `Rows` as they are; from `Blocks`, the rows gathered into one `Rows` (`gather`)."""
     index = np.asarray(index)
     if not isinstance(rows, Blocks):
-        return take(rows, index)
+        return rows, index
+    return gather(rows, index), np.arange(len(index))
+
+
+def gather(rows: Blocks, index: np.ndarray) -> Rows:
+    """The rows at `index` (`[B]`) as one `Rows`, each block's prefixes left-padded (masked) to the
+    longest of the batch's blocks."""
     block = np.empty(n_rows(rows), int)
     position = np.empty(n_rows(rows), int)
     for b, held in enumerate(rows.index):
