@@ -142,3 +142,8 @@ def test_tasks_are_fitted_together_in_groups_of_one_prompt_length(tiny_lm, tiny_
     short = [dataclasses.replace(tiny_task, name=f"t{i}") for i in range(5)]
     groups = task_groups(tiny_lm, [short[0], long, *short[1:]], CompareConfig(), size=2)
     assert [[t.name for t in g] for g in groups] == [["t0"], ["t1", "t2"], ["t3", "t4"], ["long"]]
+
+
+def test_a_long_list_of_tasks_is_a_list_not_a_path():
+    names = ["antonym", "uppercase"] * 150  # longer than a file name may be
+    assert task_paths(",".join(names)) == names

@@ -178,7 +178,7 @@ def task_paths(spec: str) -> list[str]:
     files (each `.json`, `.jsonl`, `.csv`, `.tsv` file, and each subdirectory with train/valid/test.json);
     a downloaded suite's tasks by `suite` or `suite:task,...` (`tvjax.data.suites.expand`)."""
     path = Path(spec)
-    if path.is_dir() and not (path / "train.json").is_file():
+    if "," not in spec and path.is_dir() and not (path / "train.json").is_file():
         found = sorted(str(p) for p in path.iterdir()
                        if p.suffix.lower() in TASK_FORMATS or (p / "train.json").is_file())
         if not found:
