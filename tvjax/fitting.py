@@ -26,7 +26,7 @@ from tvjax.extract import extract_means_many
 from tvjax.fields import COUNT, FINITE, NON_NEGATIVE, PENALTY, RATE, SEED, check_fields, option, optional
 from tvjax.interventions import HeadBlend
 from tvjax.model import param_axes
-from tvjax.rows import Blocks, Rows, batch, blocks, per_row, prepare_rows, row_losses, scores, take
+from tvjax.rows import Blocks, Rows, batch, prepare_rows, row_losses, scores, take
 from tvjax.sharding import placed, put
 from tvjax.train import (OPTIMIZER, batch_indices, drawn_rows, initial_means, loop, open_checkpoints, optimizer,
                          train_step)
@@ -218,7 +218,6 @@ def _fit_stage(model, tasks: Sequence[Task], start: HeadBlend, settings: FitConf
     (train, drawn), (valid, valid_rows) = data
     row_task = np.repeat(np.arange(A), settings.batch_size)  # [A * B]
     valid_task = np.repeat(np.arange(A), [len(r) for r in valid_rows.rows])  # [R]
-    valid_blocks = blocks(valid)
     theta = jnp.full((A, L, N), settings.init if start.positions != "split" else ANSWER_INIT, jnp.float32)
     state = {"theta": theta, "opt_state": optimizer(settings.optimizer, settings.learning_rate).init(theta),
              **means}
@@ -231,10 +230,9 @@ def _fit_stage(model, tasks: Sequence[Task], start: HeadBlend, settings: FitConf
         return {**state, "theta": theta, "opt_state": opt_state}, loss
 
     def validate(state):
-        blend = frame(state).fitting(state["theta"])
-        each = [scores(params, blend.rows(valid_task[held]), part, config=config) for part, held in valid_blocks]
-        per_task = [np.bincount(valid_task, per_row([e[i] for e in each], [h for _, h in valid_blocks]).astype(
-            np.float64), A) / np.bincount(valid_task, None, A) for i in (0, 1)]
+        per_task = [np.bincount(valid_task, x.astype(np.float64), A) / np.bincount(valid_task, None, A)
+                    for x in scores(params, frame(state).fitting(state["theta"]), valid, config=config,
+                                    row_task=valid_task)]
         return per_task[0].tolist(), {"valid_loss": per_task[0].tolist(), "valid_first_token": per_task[1].tolist()}
 
     desc = f"fit {tasks[0].name if A == 1 else f'{A} tasks'}" + (" (answer tokens)" * (start.positions == "split"))

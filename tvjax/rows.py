@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tvjax.batching import bucket_length, chunks, pad_left
+from tvjax.batching import bucket_length, pad_left
 from tvjax.config import ModelConfig
 from tvjax.data import Prompt, Task, Template, prompts_for
 from tvjax.model import KVCache, forward
@@ -182,15 +182,15 @@ def _prepared(model, prompts: list[Prompt], suffixes: list, targets: list, Ts: i
     """`prepare_rows` of prompts in one block: prefixes padded to their longest (bucketed)."""
     config, params, _ = model
     Tp = bucket_length(max(len(p.ids) - 1 for p in prompts))
-    caches = []
+    n, size = len(prompts), min(batch_size, len(prompts))
+    shape = (config.n_layers, n, Tp + Ts, config.n_kv_heads, config.head_dim)
     with on_mesh(params):
-        for chunk, _ in chunks(prompts, batch_size):  # padded rows are cut off below
-            tokens, mask = put(pad_left([p.ids[:-1] for p in chunk], 0, Tp), "BT")
-            caches.append(_prefill(params, tokens, mask, config=config, length=Tp + Ts))
-        n = len(prompts)
-        cache = KVCache(jnp.concatenate([c.k for c in caches], axis=1)[:, :n],
-                        jnp.concatenate([c.v for c in caches], axis=1)[:, :n],
-                        jnp.concatenate([c.mask for c in caches])[:n], caches[0].end)
+        cache = put(KVCache(jnp.zeros(shape, config.jnp_dtype), jnp.zeros(shape, config.jnp_dtype),
+                            jnp.zeros((n, Tp + Ts), bool), jnp.int32(Tp)), CACHE_AXES)
+        for start in range(0, n, size):  # the last chunk: the last `size` prompts, rewriting some identically
+            start = min(start, n - size)
+            tokens, mask = put(pad_left([p.ids[:-1] for p in prompts[start:start + size]], 0, Tp), "BT")
+            cache = _prefill_into(params, cache, tokens, mask, start, config=config)
         tokens, present = _right_pad(suffixes, Ts)
         edit = present if positions != "last" else present & (jnp.arange(Ts) == 0)
         targets, counted = _right_pad(targets, Ts)
@@ -215,12 +215,16 @@ def _right_pad(rows: list[list[int]], length: int) -> tuple[np.ndarray, np.ndarr
     return jnp.asarray(tokens), jnp.asarray(present)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "length"))
-def _prefill(params, tokens, mask, *, config: ModelConfig, length: int) -> KVCache:
+@functools.partial(jax.jit, static_argnames="config", donate_argnums=1)
+def _prefill_into(params, cache: KVCache, tokens, mask, start, *, config: ModelConfig) -> KVCache:
+    """`cache` (`R` rows, donated: written in place, so preparing rows never holds two copies) with
+    the prefixes `tokens` / `mask` `[B, Tp]` run into its rows `start .. start + B`."""
     B = tokens.shape[0]
-    out = forward(params, tokens, config=config, mask=mask, cache=KVCache.empty(config, B, length),
-                  logits_at=jnp.zeros((B,), jnp.int32))
-    return constrain(out.cache, CACHE_AXES)
+    out = forward(params, tokens, config=config, mask=mask, cache=KVCache.empty(config, B, cache.k.shape[2]),
+                  logits_at=jnp.zeros((B,), jnp.int32)).cache
+    rows = lambda full, part, axis: jax.lax.dynamic_update_slice_in_dim(full, part, start, axis)
+    return constrain(KVCache(rows(cache.k, out.k, 1), rows(cache.v, out.v, 1), rows(cache.mask, out.mask, 0),
+                             out.end), CACHE_AXES)
 
 
 def row_losses(params, config: ModelConfig, intervention, rows: Rows) -> jax.Array:
@@ -251,10 +255,16 @@ def losses(params, intervention, rows: Rows | Blocks, *, config: ModelConfig) ->
     return scores(params, intervention, rows, config=config)[0]
 
 
-def scores(params, intervention, rows: Rows | Blocks, *, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
-    """`row_scores`: losses `[R]` and first-token hits `[R]`, on the params' mesh if any."""
+def scores(params, intervention, rows: Rows | Blocks, *, config: ModelConfig,
+           row_task: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`row_scores`: losses `[R]` and first-token hits `[R]`, on the params' mesh if any.
+
+    `row_task` `[R]` int: `intervention` is stacked (`[A, ...]`, a `HeadBlend`) and row `r` takes
+    task `row_task[r]`'s vector (`HeadBlend.rows`).
+    """
     parts = blocks(rows)
-    each = [_scores(params, intervention, part, config=config) for part, _ in parts]
+    each = [_scores(params, intervention if row_task is None else intervention.rows(row_task[held]), part,
+                    config=config) for part, held in parts]
     index = [held for _, held in parts]
     return per_row([e[0] for e in each], index), per_row([e[1] for e in each], index)
 
